@@ -1,0 +1,39 @@
+"""Access helpers: every lookup a person or token makes goes through these.
+
+Each filters by organization and raises Http404 alike for missing and foreign objects, so
+another organization's data is never visible and its existence never revealed.
+"""
+
+from django.http import Http404
+
+from accounts.models import ApiToken, Membership, Organization
+
+
+def get_org_by_ident(ident: str) -> Organization:
+    """An organization by public id or slug (API paths accept either)."""
+    field = "pk" if ident.startswith("org_") else "slug"
+    org = Organization.objects.filter(**{field: ident}).first()
+    if org is None:
+        raise Http404("No such organization.")
+    return org
+
+
+def get_membership_for(user, org_ident: str) -> Membership:
+    field = "organization_id" if org_ident.startswith("org_") else "organization__slug"
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user=user, **{field: org_ident})
+        .first()
+        if user.is_authenticated
+        else None
+    )
+    if membership is None:
+        raise Http404("No such organization.")
+    return membership
+
+
+def get_token_for(org: Organization, token_id: str) -> ApiToken:
+    token = ApiToken.objects.for_org(org).filter(pk=token_id).first()
+    if token is None:
+        raise Http404("No such token.")
+    return token

@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from loops.models import Loop
+from loops.services import loop_create, loop_deploy
+from loops_project.commands import org_or_error
+from loops_project.errors import DomainError
+
+
+class Command(BaseCommand):
+    help = "Deploy a loop's code from a file as its next version (creating the loop if needed). Prints the version number."
+
+    def add_arguments(self, parser):
+        parser.add_argument("org", help="organization slug or id")
+        parser.add_argument("loop", help="loop slug (or id)")
+        parser.add_argument("file", help="path to the .py file")
+        parser.add_argument("--note", default="")
+
+    def handle(self, *args, org, loop, file, note, **options):
+        organization = org_or_error(org)
+        path = Path(file)
+        if not path.is_file():
+            raise CommandError(f"No such file: {file}")
+        code = path.read_text()
+        field = "pk" if loop.startswith("loop_") else "slug"
+        target = Loop.objects.filter(organization=organization, **{field: loop}).first()
+        try:
+            if target is None:
+                target = loop_create(organization=organization, slug=loop, name=loop, code=code,
+                                     author_name="cli", note=note)  # fmt: skip
+                version = target.active_version
+            else:
+                version = loop_deploy(loop=target, code=code, author_name="cli", note=note)
+        except DomainError as exc:
+            raise CommandError(exc.message) from None
+        self.stdout.write(str(version.number))

@@ -1,0 +1,22 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from loops.services import loop_rollback
+from loops_project.commands import loop_or_error, org_or_error
+from loops_project.errors import DomainError
+
+
+class Command(BaseCommand):
+    help = "Make an earlier version of a loop active again."
+
+    def add_arguments(self, parser):
+        parser.add_argument("org")
+        parser.add_argument("loop")
+        parser.add_argument("version", type=int)
+
+    def handle(self, *args, org, loop, version, **options):
+        target = loop_or_error(org_or_error(org), loop)
+        try:
+            loop_rollback(loop=target, number=version)
+        except DomainError as exc:
+            raise CommandError(exc.message) from None
+        self.stdout.write(f"Loop {target.slug} now runs version {version}")

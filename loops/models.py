@@ -1,0 +1,102 @@
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils.timezone import now
+
+from accounts.models import Organization
+from loops_project import ids
+
+
+class LoopQuerySet(models.QuerySet):
+    def for_org(self, org: Organization) -> "LoopQuerySet":
+        return self.filter(organization=org)
+
+
+class Loop(models.Model):
+    id = ids.PublicIdField(ids.loop_id)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="loops")
+    slug = models.SlugField(max_length=64)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    active_version = models.ForeignKey(
+        "loops.LoopVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    paused = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=now, editable=False)
+    updated_at = models.DateTimeField(default=now)
+
+    objects = LoopQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "slug"], name="unique_loop_slug"),
+        ]
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("loops:overview", args=[self.slug])
+
+
+class LoopVersion(models.Model):
+    """One deployed version of a loop's code. Immutable once created."""
+
+    id = ids.PublicIdField(ids.version_id)
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    code = models.TextField()
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_name = models.CharField(max_length=150, blank=True)
+    note = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["loop", "number"], name="unique_version_number"),
+        ]
+        ordering = ["loop", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.loop} v{self.number}"
+
+
+class Schedule(models.Model):
+    """A cron schedule of a loop. django-q2's scheduler runs loops.schedules.fire_due_schedules
+    every minute, which starts a `system` run of every schedule whose next_run_at has come."""
+
+    id = ids.PublicIdField(ids.schedule_id)
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="schedules")
+    cron = models.CharField(max_length=100)
+    timezone = models.CharField(max_length=64, default="UTC")
+    input = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["loop", "created_at"]
+        indexes = [models.Index(fields=["enabled", "next_run_at"], name="schedule_due")]
+
+    def __str__(self) -> str:
+        return f"{self.loop} @ {self.cron} ({self.timezone})"
+
+
+class TestInput(models.Model):
+    """A saved input for test runs from the editor ("Save as test input")."""
+
+    id = ids.PublicIdField(ids.test_input_id)
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="test_inputs")
+    name = models.CharField(max_length=100)
+    input = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name

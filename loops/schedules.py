@@ -1,0 +1,99 @@
+"""Cron schedules: validation, next-time computation (croniter, per time zone) and firing."""
+
+import logging
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from django.db import transaction
+from django.utils import timezone
+
+from loops.models import Loop, Schedule
+from loops_project.errors import DomainError, Invalid
+
+logger = logging.getLogger(__name__)
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Invalid(
+            f"unknown time zone '{name}'", code="invalid_timezone", details={"field": "timezone"}
+        ) from None
+
+
+def next_times(cron: str, tz: str, count: int = 1, after: datetime | None = None) -> list[datetime]:
+    """The next `count` times (aware, in UTC) that a cron expression fires in a time zone."""
+    zone = _zone(tz)
+    if not croniter.is_valid(cron) or len(cron.split()) != 5:
+        raise Invalid(
+            f"'{cron}' is not a valid cron expression (five fields: minute hour day month weekday)",
+            code="invalid_cron",
+            details={"field": "cron"},
+        )
+    start = (after or timezone.now()).astimezone(zone)
+    try:
+        it = croniter(cron, start)
+        return [it.get_next(datetime).astimezone(ZoneInfo("UTC")) for _ in range(count)]
+    except (CroniterBadCronError, CroniterBadDateError) as exc:
+        raise Invalid(str(exc), code="invalid_cron", details={"field": "cron"}) from None
+
+
+def schedule_create(
+    *, loop: Loop, cron: str, timezone_name: str = "UTC", input=None, enabled: bool = True  # noqa: A002
+) -> Schedule:
+    cron = " ".join(cron.split())
+    next_run = next_times(cron, timezone_name)[0]
+    return Schedule.objects.create(
+        loop=loop, cron=cron, timezone=timezone_name, input=input if input is not None else {},
+        enabled=enabled, next_run_at=next_run if enabled else None,
+    )  # fmt: skip
+
+
+def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=None,  # noqa: A002
+                    enabled=None, input_given: bool = False) -> Schedule:  # fmt: skip
+    if cron is not None:
+        schedule.cron = " ".join(cron.split())
+    if timezone_name is not None:
+        schedule.timezone = timezone_name
+    if input_given:
+        schedule.input = input
+    if enabled is not None:
+        schedule.enabled = enabled
+    next_run = next_times(schedule.cron, schedule.timezone)[0]
+    schedule.next_run_at = next_run if schedule.enabled else None
+    schedule.save(update_fields=["cron", "timezone", "input", "enabled", "next_run_at"])
+    return schedule
+
+
+def fire_due_schedules(now: datetime | None = None) -> int:
+    """Start one `system` run for every enabled schedule that is due; returns how many."""
+    from runs.models import TriggerType
+    from runs.services import run_trigger
+
+    now = now or timezone.now()
+    fired = 0
+    due = Schedule.objects.filter(enabled=True, next_run_at__lte=now).values_list("pk", flat=True)
+    for schedule_id in list(due[:500]):
+        with transaction.atomic():
+            schedule = (
+                Schedule.objects.select_for_update(skip_locked=True)
+                .select_related("loop")
+                .filter(pk=schedule_id, enabled=True, next_run_at__lte=now)
+                .first()
+            )
+            if schedule is None:
+                continue  # another worker took it
+            schedule.last_run_at = now
+            schedule.next_run_at = next_times(schedule.cron, schedule.timezone, after=now)[0]
+            schedule.save(update_fields=["last_run_at", "next_run_at"])
+            try:
+                with transaction.atomic():
+                    run_trigger(
+                        loop=schedule.loop, input=schedule.input, trigger_type=TriggerType.SYSTEM
+                    )
+                fired += 1
+            except DomainError as exc:
+                logger.warning("schedule %s skipped: %s", schedule.pk, exc.message)
+    return fired

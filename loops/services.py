@@ -1,0 +1,108 @@
+"""Writes of loops and versions: create, deploy, rollback, pause."""
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import Organization
+from loops.models import Loop, LoopVersion
+from loops.validation import validate_code
+from loops_project.errors import Conflict, Invalid, NotFound
+
+
+def _author_name(author) -> str:
+    return getattr(author, "username", "") or ""
+
+
+@transaction.atomic
+def loop_create(
+    *,
+    organization: Organization,
+    slug: str,
+    name: str = "",
+    description: str = "",
+    code: str | None = None,
+    author=None,
+    author_name: str = "",
+    note: str = "",
+) -> Loop:
+    if code is not None:
+        validate_code(code)  # before anything is saved
+    if not slug or slugify(slug) != slug:
+        raise Invalid(
+            "slug must be lower-case letters, digits and hyphens", code="invalid_slug",
+            details={"field": "slug"},
+        )  # fmt: skip
+    if Loop.objects.filter(organization=organization, slug=slug).exists():
+        raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken")
+    try:
+        with transaction.atomic():
+            loop = Loop.objects.create(
+                organization=organization, slug=slug, name=name or slug, description=description
+            )
+    except IntegrityError:
+        raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken") from None
+    if code is not None:
+        loop_deploy(loop=loop, code=code, author=author, author_name=author_name, note=note)
+    return loop
+
+
+@transaction.atomic
+def loop_deploy(
+    *, loop: Loop, code: str, author=None, author_name: str = "", note: str = ""
+) -> LoopVersion:
+    """Validate the code, save it as the next version and make that version active."""
+    validate_code(code)
+    # Lock the loop so that two deploys never take the same number.
+    locked = Loop.objects.select_for_update().get(pk=loop.pk)
+    number = (locked.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+    version = LoopVersion.objects.create(
+        loop=locked,
+        number=number,
+        code=code,
+        author=author,
+        author_name=author_name or _author_name(author),
+        note=note[:500],
+    )
+    _activate(loop, version)
+    return version
+
+
+def _activate(loop: Loop, version: LoopVersion) -> None:
+    loop.active_version = version
+    loop.updated_at = timezone.now()
+    Loop.objects.filter(pk=loop.pk).update(active_version=version, updated_at=loop.updated_at)
+
+
+@transaction.atomic
+def loop_rollback(*, loop: Loop, number: int) -> Loop:
+    """Make an older (or any existing) version active again. History is never rewritten."""
+    version = loop.versions.filter(number=number).first()
+    if version is None:
+        raise NotFound(f"Loop '{loop.slug}' has no version {number}", code="version_not_found")
+    Loop.objects.select_for_update().get(pk=loop.pk)
+    _activate(loop, version)
+    return loop
+
+
+def loop_update(
+    *, loop: Loop, name: str | None = None, description: str | None = None,
+    paused: bool | None = None,
+) -> Loop:  # fmt: skip
+    fields = []
+    if name is not None:
+        if not name.strip():
+            raise Invalid("name must not be empty", code="invalid_name", details={"field": "name"})
+        loop.name = name
+        fields.append("name")
+    if description is not None:
+        loop.description = description
+        fields.append("description")
+    if paused is not None:
+        loop.paused = paused
+        fields.append("paused")
+    if fields:
+        loop.updated_at = timezone.now()
+        loop.save(update_fields=[*fields, "updated_at"])
+    return loop

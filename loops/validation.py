@@ -1,0 +1,22 @@
+from loops_project.errors import Invalid
+from runs.engine.sandbox.runtime import CodeError, compile_loop
+
+MAX_CODE_BYTES = 256 * 1024
+
+
+def validate_code(code: str) -> None:
+    """Raise Invalid (with `line` in details) unless the program may be deployed."""
+    if not code.strip():
+        raise Invalid("Line 1: the program is empty", code="invalid_code", details={"line": 1})
+    if len(code.encode()) > MAX_CODE_BYTES:
+        raise Invalid(
+            f"Line 1: the program is larger than {MAX_CODE_BYTES} bytes",
+            code="invalid_code",
+            details={"line": 1},
+        )
+    try:
+        compile_loop(code)
+    except CodeError as exc:
+        raise Invalid(
+            str(exc), code="invalid_code", details={"line": exc.line, "reason": exc.message}
+        ) from None

@@ -1,0 +1,206 @@
+"""Settings for Loops, read from the environment.
+
+Embedded defaults (SQLite in WAL mode, the django-q2 ORM broker, DEBUG on) just work on a
+laptop; production sets DATABASE_URL, DJANGO_SECRET_KEY, DJANGO_DEBUG=0, DJANGO_ALLOWED_HOSTS
+and optionally REDIS_URL and LOOPS_WORKERS.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+_INSECURE_KEY = "django-insecure-loops-embedded-default-key-change-me-in-production-0123456789"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", _INSECURE_KEY)
+if not DEBUG and SECRET_KEY == _INSECURE_KEY:
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [
+    o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "django_q",
+    "django_ace",
+    "accounts",
+    "loops",
+    "runs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "loops_project.middleware.ApiBodySizeMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "accounts.middleware.CurrentOrganizationMiddleware",
+]
+
+ROOT_URLCONF = "loops_project.urls"
+WSGI_APPLICATION = "loops_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.organization",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server read while a worker writes; IMMEDIATE avoids lock upgrades
+    # that would otherwise fail with "database is locked" under concurrent writers.
+    _db["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # A file (not :memory:) so that a worker subprocess in the tests shares the test database.
+    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.sqlite3")}
+else:
+    # django-q2 opens a new connection per broker call without persistent connections.
+    _db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600)
+    _db["CONN_HEALTH_CHECKS"] = True
+
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+    if os.environ.get("REDIS_URL")
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- Security (production) ------------------------------------------------------------------
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Request size ---------------------------------------------------------------------------
+# A batch of 100,000 small inputs fits; anything larger is answered 413 by the API.
+LOOPS_MAX_REQUEST_BYTES = env_int("LOOPS_MAX_REQUEST_BYTES", 25 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = LOOPS_MAX_REQUEST_BYTES
+
+# --- Workers (django-q2) --------------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "")
+LOOPS_WORKERS = env_int("LOOPS_WORKERS", 2)
+LOOPS_WALL_SECONDS = env_int("LOOPS_WALL_SECONDS", 60)
+Q_CLUSTER = {
+    "name": "loops",
+    "workers": LOOPS_WORKERS,
+    # An execution is bounded by LOOPS_WALL_SECONDS in the engine; this is only the backstop.
+    "timeout": LOOPS_WALL_SECONDS + 60,
+    "retry": LOOPS_WALL_SECONDS + 120,
+    "max_attempts": 3,
+    "save_limit": -1,
+    "ack_failures": True,
+    "catch_up": False,
+    "poll": 0.1,
+    "label": "Tasks",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Engine limits --------------------------------------------------------------------------
+LOOPS_SANDBOX = env_str("LOOPS_SANDBOX", "auto")  # auto | bwrap | process
+LOOPS_CPU_SECONDS = env_int("LOOPS_CPU_SECONDS", 10)
+LOOPS_MEMORY_MB = env_int("LOOPS_MEMORY_MB", 512)
+LOOPS_LEASE_GRACE_SECONDS = env_int("LOOPS_LEASE_GRACE_SECONDS", 30)
+LOOPS_MAX_INPUT_BYTES = env_int("LOOPS_MAX_INPUT_BYTES", 1024 * 1024)
+LOOPS_MAX_STEP_OUTPUT_BYTES = env_int("LOOPS_MAX_STEP_OUTPUT_BYTES", 8 * 1024 * 1024)
+LOOPS_MAX_STEPS_PER_RUN = env_int("LOOPS_MAX_STEPS_PER_RUN", 1000)
+LOOPS_MAX_LOG_LINES_PER_RUN = env_int("LOOPS_MAX_LOG_LINES_PER_RUN", 1000)
+LOOPS_MAX_WAIT_SECONDS = env_int("LOOPS_MAX_WAIT_SECONDS", 30 * 24 * 3600)
+LOOPS_MAX_BATCH_INPUTS = 100_000
+LOOPS_HTTP_ALLOW_PRIVATE = env_bool("LOOPS_HTTP_ALLOW_PRIVATE", False)
+LOOPS_HTTP_TIMEOUT_SECONDS = env_int("LOOPS_HTTP_TIMEOUT_SECONDS", 30)
+LOOPS_LIVE_TIMEOUT_DEFAULT = 30
+LOOPS_LIVE_TIMEOUT_MAX = 120
+LOOPS_API_RATE = env_str("LOOPS_API_RATE", "100000/m")
+LOOPS_WEBHOOK_MAX_ATTEMPTS = env_int("LOOPS_WEBHOOK_MAX_ATTEMPTS", 5)
+LOOPS_WEBHOOK_RETRY_BASE_SECONDS = env_int("LOOPS_WEBHOOK_RETRY_BASE_SECONDS", 30)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "WARNING")},
+}

@@ -1,0 +1,325 @@
+"""One execution of a run: claim it, replay it in the sandbox, record what happened.
+
+The worker alone touches the database. The sandboxed program asks it to record each step as
+it starts and finishes, sends log lines, and asks for waits (which may suspend the run).
+Every write is conditional on this execution still owning the run, so a cancelled run or a
+run taken over after its lease expired is never written by a stale execution.
+"""
+
+import json
+import signal
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from runs.engine import lifecycle
+from runs.engine.zygote import ExitInfo, get_zygote
+from runs.models import LogEntry, LogLevel, Run, RunStatus, Step, StepKind, StepStatus
+
+LOG_LEVELS = set(LogLevel.values)
+FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKIPPED}
+
+
+def lease_duration() -> timedelta:
+    # An execution never outlives its wall-clock limit, so a lease that outlasts it needs
+    # no renewal: if it expires, the worker holding it is gone.
+    return timedelta(seconds=settings.LOOPS_WALL_SECONDS + settings.LOOPS_LEASE_GRACE_SECONDS)
+
+
+def claim(run_id: str) -> Run | None:
+    """Take a pending run, or a running one whose lease expired (its worker died)."""
+    now = timezone.now()
+    execution_id = uuid.uuid4().hex
+    claimed = (
+        Run.objects.filter(pk=run_id)
+        .filter(Q(status=RunStatus.PENDING) | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now))
+        .update(
+            status=RunStatus.RUNNING,
+            execution_id=execution_id,
+            lease_expires_at=now + lease_duration(),
+            executions=F("executions") + 1,
+            started_at=Coalesce("started_at", now),
+            pending=None,
+        )
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("loop", "version", "organization").get(pk=run_id)
+
+
+@dataclass
+class Execution:
+    run: Run
+    steps: dict = field(default_factory=dict)  # key -> [id, status, order]
+    next_order: int = 0
+    logs: list = field(default_factory=list)
+    log_count: int = 0
+    log_limit_noted: bool = False
+    outcome: dict | None = None
+    current_step: str | None = None
+
+    # --- ownership
+
+    def owned(self) -> Q:
+        return Q(pk=self.run.pk, status=RunStatus.RUNNING, execution_id=self.run.execution_id)
+
+    def still_owned(self) -> bool:
+        return Run.objects.filter(self.owned()).exists()
+
+    # --- messages from the sandbox
+
+    def handle(self, message: dict) -> dict | None:
+        op = message.get("op")
+        if op == "log":
+            self.on_log(message)
+            return None
+        if op == "step":
+            return self.on_step(message)
+        if op == "step_done":
+            return self.on_step_done(message)
+        if op == "wait":
+            from runs.engine import waits
+
+            self.flush_logs()
+            return waits.handle_wait(self, message)
+        if op == "http":
+            from runs.engine import http
+
+            return http.handle_http(self, message)
+        if op in {"done", "failed", "suspended", "cancelled", "stopped"}:
+            self.outcome = message
+            return None
+        return None  # unknown messages from the sandbox are ignored
+
+    def on_log(self, message: dict) -> None:
+        limit = settings.LOOPS_MAX_LOG_LINES_PER_RUN
+        if self.log_count >= limit:
+            if not self.log_limit_noted:
+                self.log_limit_noted = True
+                self.logs.append(
+                    self._log_entry("warning", f"Log limit of {limit} lines reached; later lines dropped.", None)
+                )
+            return
+        level = message.get("level") if message.get("level") in LOG_LEVELS else "info"
+        self.logs.append(
+            self._log_entry(level, str(message.get("message", ""))[:10000], message.get("step"))
+        )
+        self.log_count += 1
+
+    def _log_entry(self, level: str, text: str, step_key: str | None) -> LogEntry:
+        step = self.steps.get(step_key) if step_key else None
+        return LogEntry(
+            run_id=self.run.pk,
+            loop_id=self.run.loop_id,
+            step_id=step[0] if step else None,
+            level=level,
+            message=text,
+            time=timezone.now(),
+        )
+
+    def flush_logs(self) -> None:
+        if self.logs:
+            LogEntry.objects.bulk_create(self.logs)
+            self.logs = []
+
+    def step_limit_error(self) -> str | None:
+        limit = settings.LOOPS_MAX_STEPS_PER_RUN
+        if len(self.steps) >= limit:
+            return f"The run exceeded the limit of {limit} steps"
+        return None
+
+    def open_step(self, message: dict, *, kind: str, status: str, **fields) -> Step | str:
+        """Insert the step, or take over its row from an earlier execution. Returns the
+        step's id, or a reply dict telling the program to stop."""
+        key = str(message["key"])[:300]
+        parent = self.steps.get(message.get("parent"))
+        existing = self.steps.get(key)
+        now = timezone.now()
+        values = {
+            "status": status,
+            "started_at": now,
+            "finished_at": None,
+            "error": None,
+            "run_attempt": self.run.attempt,
+            **fields,
+        }
+        if existing is not None:
+            Step.objects.filter(pk=existing[0]).update(**values)
+            existing[1] = status
+            return existing[0]
+        step = Step.objects.create(
+            run_id=self.run.pk,
+            key=key,
+            name=str(message.get("name", key))[:200],
+            kind=kind,
+            order=self.next_order,
+            parent_id=parent[0] if parent else None,
+            line=_int_or_none(message.get("line")),
+            iteration=_int_or_none(message.get("iteration")),
+            iteration_item=message.get("item"),
+            **values,
+        )
+        self.steps[key] = [step.pk, status, self.next_order]
+        self.next_order += 1
+        return step.pk
+
+    def stop_reply(self) -> dict | None:
+        if not self.still_owned():
+            return {"cancelled": True}
+        error = self.step_limit_error()
+        return {"limit": error} if error else None
+
+    def on_step(self, message: dict) -> dict:
+        self.flush_logs()
+        stop = self.stop_reply()
+        if stop is not None and (stop.get("cancelled") or message.get("key") not in self.steps):
+            return stop
+        kind = message.get("kind") if message.get("kind") in StepKind.values else StepKind.DO
+        self.open_step(
+            message,
+            kind=kind,
+            status=StepStatus.RUNNING,
+            input=message.get("input"),
+            metadata=message.get("metadata") if isinstance(message.get("metadata"), dict) else None,
+        )
+        self.current_step = message.get("key")
+        return {"ok": True}
+
+    def on_step_done(self, message: dict) -> dict:
+        self.flush_logs()
+        entry = self.steps.get(message.get("key"))
+        if entry is None:
+            return {"ok": False}
+        status = (
+            StepStatus.SUCCEEDED if message.get("status") == "succeeded" else StepStatus.FAILED
+        )
+        output_json = message.get("output_json")
+        now = timezone.now()
+        Step.objects.filter(pk=entry[0]).update(
+            status=status,
+            output=json.loads(output_json) if output_json is not None else None,
+            error=_error_dict(message.get("error")),
+            attempts=_int_or_none(message.get("attempts")) or 1,
+            finished_at=now,
+            duration_ms=_int_or_none(message.get("duration_ms")),
+        )
+        entry[1] = status
+        self.current_step = None
+        return {"ok": True}
+
+    # --- the end of the execution
+
+    def finish(self, exit_info: ExitInfo) -> str:
+        self.flush_logs()
+        op = (self.outcome or {}).get("op")
+        with transaction.atomic():
+            Run.objects.filter(pk=self.run.pk).update(
+                cpu_time_ms=F("cpu_time_ms") + exit_info.cpu_ms,
+                total_steps=len(self.steps),
+            )
+            if op == "done":
+                output = json.loads(self.outcome.get("output_json") or "null")
+                ended = lifecycle.run_succeed(self, output=output)
+            elif op == "stopped":
+                ended = lifecycle.run_succeed(self, output=None)
+            elif op == "suspended":
+                ended = lifecycle.run_suspend(self)
+            elif op == "cancelled":
+                ended = lifecycle.run_abandon(self)
+            else:
+                error = _error_dict((self.outcome or {}).get("error")) or self.crash_error(exit_info)
+                ended = lifecycle.run_fail(self, error=error)
+        return ended
+
+    def crash_error(self, exit_info: ExitInfo) -> dict:
+        if exit_info.timed_out:
+            message = f"Wall-clock limit exceeded ({settings.LOOPS_WALL_SECONDS} s)"
+            kind = "WallTimeExceeded"
+        elif exit_info.signal in (signal.SIGXCPU, signal.SIGKILL) and exit_info.cpu_ms >= (
+            settings.LOOPS_CPU_SECONDS * 1000 - 100
+        ):
+            message = f"CPU time limit exceeded ({settings.LOOPS_CPU_SECONDS} s)"
+            kind = "CpuTimeExceeded"
+        elif exit_info.signal in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
+            message = f"Memory limit exceeded ({settings.LOOPS_MEMORY_MB} MB) or the execution crashed"
+            kind = "ExecutionCrashed"
+        elif exit_info.signal:
+            message = f"The execution was killed (signal {exit_info.signal})"
+            kind = "ExecutionKilled"
+        elif exit_info.crashed:
+            message = "The sandbox stopped unexpectedly"
+            kind = "SandboxCrashed"
+        else:
+            message = "The execution ended without reporting a result"
+            kind = "ExecutionLost"
+        error = {"message": message, "type": kind}
+        if self.current_step:
+            error["step"] = self.current_step
+        return error
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _error_dict(error) -> dict | None:
+    if not isinstance(error, dict):
+        return None
+    clean = {k: error[k] for k in ("message", "type", "traceback", "step", "status", "headers", "body") if k in error}
+    clean["message"] = str(clean.get("message", "error"))[:10000]
+    return clean
+
+
+def build_request(execution: Execution) -> dict:
+    run = execution.run
+    saved = {}
+    for key, status, output, error, run_attempt, order, pk in Step.objects.filter(
+        run_id=run.pk
+    ).values_list("key", "status", "output", "error", "run_attempt", "order", "id"):
+        execution.steps[key] = [pk, status, order]
+        if status in FINAL_STEP_STATUSES or status == StepStatus.FAILED:
+            saved[key] = {"status": status, "output": output, "error": error, "run_attempt": run_attempt}
+    execution.next_order = max((s[2] for s in execution.steps.values()), default=-1) + 1
+    return {
+        "op": "exec",
+        "code": run.code,
+        "event": {
+            "body": run.input,
+            "run_id": run.pk,
+            "loop": run.loop.slug,
+            "version": run.version.number if run.version_id else None,
+            "trigger_type": run.trigger_type,
+            "mode": run.mode,
+            "attempt": run.attempt,
+        },
+        "saved": saved,
+        "limits": {
+            "cpu_seconds": settings.LOOPS_CPU_SECONDS,
+            "memory_mb": settings.LOOPS_MEMORY_MB,
+            "wall_seconds": settings.LOOPS_WALL_SECONDS,
+            "step_output_bytes": settings.LOOPS_MAX_STEP_OUTPUT_BYTES,
+        },
+    }
+
+
+def execute_run(run_id: str) -> str:
+    """Claim and execute a run once. Returns what happened, for the task log."""
+    run = claim(run_id)
+    if run is None:
+        return "not claimed"
+    execution = Execution(run=run)
+    request = build_request(execution)
+    zygote = get_zygote()
+    try:
+        exit_info = zygote.execute(request, execution.handle, settings.LOOPS_WALL_SECONDS)
+    except BaseException:
+        # Whatever the program was waiting for will never come: start a fresh sandbox.
+        zygote.stop()
+        raise
+    return execution.finish(exit_info)

@@ -1,0 +1,770 @@
+"""What a loop program sees: Loop, the step API, and the RestrictedPython policy.
+
+This module runs inside the sandbox, so it imports only the standard library and
+RestrictedPython; deploy-time validation imports it too, so the rules are the same at
+deploy and at run time. Everything a program should not reach is behind a leading
+underscore, which RestrictedPython refuses to let user code touch.
+"""
+
+import ast
+import builtins
+import json
+import math
+import sys
+import time
+import traceback
+import types
+from datetime import UTC, datetime
+
+from RestrictedPython import compile_restricted_exec, limited_builtins, safe_builtins
+from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
+from RestrictedPython.Guards import (
+    full_write_guard,
+    guarded_iter_unpack_sequence,
+    guarded_unpack_sequence,
+    safer_getattr,
+)
+from RestrictedPython.Utilities import utility_builtins
+
+ALLOWED_MODULES = frozenset(
+    {
+        "json", "math", "re", "datetime", "time", "random", "statistics", "decimal",
+        "itertools", "functools", "collections", "string", "textwrap", "hashlib", "base64",
+        "uuid", "logging",
+    }
+)  # fmt: skip
+FILENAME = "<loop>"
+
+
+# --- What a program can name -----------------------------------------------------------------
+
+
+class Loop:
+    """Base class of every loop program: subclass it and define run(self, event, step)."""
+
+    def run(self, event, step):
+        raise TypeError("A loop must define run(self, event, step)")
+
+
+class Retry:
+    """Retry policy of step.do: `limit` retries after the first attempt, waiting
+    `delay` seconds, then `delay * backoff`, `delay * backoff**2`, … (at most `max_delay`)."""
+
+    def __init__(self, limit=2, delay=1.0, backoff=2.0, max_delay=60.0):
+        if limit < 0 or delay < 0 or backoff < 1:
+            raise ValueError("Retry needs limit >= 0, delay >= 0 and backoff >= 1")
+        self.limit = int(limit)
+        self.delay = float(delay)
+        self.backoff = float(backoff)
+        self.max_delay = float(max_delay)
+
+    def wait_before(self, retry_number):
+        return min(self.delay * self.backoff ** (retry_number - 1), self.max_delay)
+
+
+DEFAULT_RETRY = Retry()
+NO_RETRY = Retry(limit=0)
+
+
+class StepTimeout(Exception):  # noqa: N818 - the name the product documents
+    """A step or a wait took longer than its timeout."""
+
+
+class HttpError(Exception):
+    """An HTTP response with a 4xx or 5xx status (from step.http)."""
+
+    def __init__(self, message, status=None, headers=None, body=None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+        self.body = body
+
+
+class ChildRunFailed(Exception):  # noqa: N818
+    """The run started by step.run_loop failed."""
+
+
+class Event:
+    def __init__(self, data):
+        self.body = data.get("body")
+        self.run_id = data.get("run_id")
+        self.loop = data.get("loop")
+        self.version = data.get("version")
+        self.trigger_type = data.get("trigger_type")
+        self.mode = data.get("mode")
+        self.attempt = data.get("attempt", 1)
+
+    def __repr__(self):
+        return f"Event(run_id={self.run_id!r}, body={self.body!r})"
+
+
+class Response:
+    """The answer of step.http: status, headers, body (JSON parsed when it is JSON), text."""
+
+    def __init__(self, data):
+        self.status = data.get("status")
+        self.headers = data.get("headers") or {}
+        self.body = data.get("body")
+        self.text = data.get("text", "")
+        self.url = data.get("url")
+        self.ok = self.status is not None and self.status < 400
+
+    def json(self):
+        return self.body
+
+
+# --- Control flow (BaseException, so a program's `except Exception` cannot swallow it) ------
+
+
+class _Suspend(BaseException):
+    """The run waits (sleep, event, person, scan, child run): this execution ends."""
+
+
+class _Cancelled(BaseException):
+    """The run was cancelled: stop at this step boundary."""
+
+
+class _StopRun(BaseException):
+    """A rejected approval with on_reject="stop" ends the run (succeeded)."""
+
+
+class _LimitExceeded(BaseException):
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+# --- Policy: the RestrictedPython globals -----------------------------------------------------
+
+
+class _ModuleProxy:
+    """Exposes a module's public, non-module attributes only: `uuid.os` must not lead to os."""
+
+    def __init__(self, module):
+        object.__setattr__(self, "_module", module)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(object.__getattribute__(self, "_module"), name)
+        if isinstance(value, types.ModuleType):
+            raise AttributeError(f"'{name}' is a module and is not available in a loop")
+        return value
+
+    def __setattr__(self, name, value):
+        raise AttributeError("modules are read-only in a loop")
+
+    def __repr__(self):
+        return f"<module {object.__getattribute__(self, '_module').__name__!r}>"
+
+
+class _UserLogger:
+    def __init__(self, name, emit):
+        self.name = name
+        self._emit = emit
+
+    def log(self, level, msg, *args):
+        text = str(msg)
+        if args:
+            try:
+                text = text % args
+            except (TypeError, ValueError):
+                text = " ".join([text, *map(str, args)])
+        self._emit(level, text)
+
+    def debug(self, msg, *args):
+        self.log("debug", msg, *args)
+
+    def info(self, msg, *args):
+        self.log("info", msg, *args)
+
+    def warning(self, msg, *args):
+        self.log("warning", msg, *args)
+
+    warn = warning
+
+    def error(self, msg, *args):
+        self.log("error", msg, *args)
+
+    critical = error
+
+    def exception(self, msg, *args):
+        self.log("error", msg, *args)
+
+
+class _LoggingModule:
+    """The `logging` a loop imports: loggers whose lines become the run's log entries."""
+
+    DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
+
+    def __init__(self, emit):
+        self._emit = emit
+        self._root = _UserLogger("root", emit)
+
+    def getLogger(self, name=None):  # noqa: N802 - mirrors logging.getLogger
+        return _UserLogger(name or "root", self._emit)
+
+    def basicConfig(self, *args, **kwargs):  # noqa: N802
+        return None
+
+    def debug(self, msg, *args):
+        self._root.debug(msg, *args)
+
+    def info(self, msg, *args):
+        self._root.info(msg, *args)
+
+    def warning(self, msg, *args):
+        self._root.warning(msg, *args)
+
+    def error(self, msg, *args):
+        self._root.error(msg, *args)
+
+    def exception(self, msg, *args):
+        self._root.exception(msg, *args)
+
+
+def _make_import(emit_log):
+    cache = {}
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+        if level != 0 or name not in ALLOWED_MODULES:
+            raise ImportError(
+                f"Importing '{name}' is not allowed in a loop. "
+                f"Allowed modules: {', '.join(sorted(ALLOWED_MODULES))}."
+            )
+        if name not in cache:
+            if name == "logging":
+                cache[name] = _LoggingModule(emit_log)
+            else:
+                cache[name] = _ModuleProxy(__import__(name))
+        return cache[name]
+
+    return guarded_import
+
+
+class _Printer:
+    """RestrictedPython's print hook: each print() becomes one info log line."""
+
+    def __init__(self, emit):
+        self._emit = emit
+
+    def __call__(self, _getattr_=None):
+        return self
+
+    def _call_print(self, *objects, **kwargs):
+        sep = kwargs.get("sep", " ")
+        sep = " " if sep is None else str(sep)
+        self._emit("info", sep.join(str(o) for o in objects))
+
+
+def _write_guard(ob):
+    # The stock guard refuses `self.x = …`; a program's own Loop instance, dicts and lists
+    # are fair game. Never the Loop class itself.
+    if type(ob) in (dict, list) or (isinstance(ob, Loop) and not isinstance(ob, type)):
+        return ob
+    return full_write_guard(ob)
+
+
+def _inplacevar(op, x, y):
+    ops = {
+        "+=": lambda: x + y, "-=": lambda: x - y, "*=": lambda: x * y, "/=": lambda: x / y,
+        "//=": lambda: x // y, "%=": lambda: x % y, "**=": lambda: x**y, "|=": lambda: x | y,
+        "&=": lambda: x & y, "^=": lambda: x ^ y, "<<=": lambda: x << y, ">>=": lambda: x >> y,
+    }  # fmt: skip
+    if op not in ops:
+        raise SyntaxError(f"operator {op} is not supported")
+    return ops[op]()
+
+
+_FULL_BUILTINS = (
+    "range", "tuple", "dict", "list", "set", "frozenset", "sorted", "enumerate", "zip", "min",
+    "max", "sum", "any", "all", "map", "filter", "reversed", "iter", "next", "isinstance",
+    "issubclass", "Exception", "ValueError", "KeyError", "TypeError", "RuntimeError",
+    "IndexError", "ArithmeticError", "ZeroDivisionError", "LookupError", "StopIteration",
+    "NotImplementedError", "AssertionError", "AttributeError", "ImportError", "MemoryError",
+    "OverflowError", "bytes", "bytearray", "object", "super", "property", "staticmethod",
+    "classmethod", "format", "hash", "id", "ascii",
+)  # fmt: skip
+
+
+def make_globals(emit_log):
+    """Fresh globals for one execution of a loop module."""
+    b = dict(safe_builtins)
+    b.update(limited_builtins)
+    b.update(utility_builtins)
+    for name in _FULL_BUILTINS:
+        b[name] = getattr(builtins, name)
+    b["getattr"] = safer_getattr
+    b["__import__"] = _make_import(emit_log)
+    printer = _Printer(emit_log)
+    return {
+        "__builtins__": b,
+        "__metaclass__": type,
+        "__name__": "loop_program",
+        "_getattr_": safer_getattr,
+        "_getitem_": default_guarded_getitem,
+        "_getiter_": default_guarded_getiter,
+        "_write_": _write_guard,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_unpack_sequence_": guarded_unpack_sequence,
+        "_inplacevar_": _inplacevar,
+        "_print_": printer,
+        "_apply_": lambda f, *a, **kw: f(*a, **kw),
+        "Loop": Loop,
+        "Retry": Retry,
+        "StepTimeout": StepTimeout,
+        "HttpError": HttpError,
+        "ChildRunFailed": ChildRunFailed,
+    }
+
+
+# --- Compile and validate ---------------------------------------------------------------------
+
+
+class CodeError(Exception):
+    def __init__(self, line, message):
+        super().__init__(f"Line {line}: {message}")
+        self.line = line
+        self.message = message
+
+
+def _first_line_number(text):
+    # RestrictedPython reports "Line 3: …"
+    if text.startswith("Line "):
+        head = text[5:].split(":", 1)[0]
+        if head.isdigit():
+            return int(head), text.split(":", 1)[1].strip()
+    return 1, text
+
+
+def compile_loop(code):
+    """Check a program and compile it under the policy. Raises CodeError naming the line."""
+    try:
+        tree = ast.parse(code, filename=FILENAME)
+    except SyntaxError as exc:
+        raise CodeError(exc.lineno or 1, f"syntax error: {exc.msg}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name not in ALLOWED_MODULES:
+                    raise CodeError(node.lineno, f"importing '{alias.name}' is not allowed")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level or node.module not in ALLOWED_MODULES:
+                raise CodeError(node.lineno, f"importing from '{node.module}' is not allowed")
+    loop_classes = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+        and any(isinstance(b, ast.Name) and b.id == "Loop" for b in node.bases)
+    ]
+    if not loop_classes:
+        raise CodeError(1, "the program must define one subclass of Loop")
+    if len(loop_classes) > 1:
+        raise CodeError(loop_classes[1].lineno, "the program must define exactly one Loop subclass")
+    cls = loop_classes[0]
+    run = next(
+        (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "run"), None
+    )
+    if run is None:
+        raise CodeError(cls.lineno, f"class {cls.name} must define run(self, event, step)")
+    names = [a.arg for a in run.args.posonlyargs + run.args.args]
+    if len(names) != 3 or run.args.vararg or run.args.kwonlyargs:
+        raise CodeError(run.lineno, "run must take exactly (self, event, step)")
+    result = compile_restricted_exec(code, filename=FILENAME)
+    if result.errors:
+        line, message = _first_line_number(result.errors[0])
+        raise CodeError(line, message)
+    return result.code
+
+
+def find_loop_class(namespace):
+    classes = [
+        v for v in namespace.values() if isinstance(v, type) and issubclass(v, Loop) and v is not Loop
+    ]
+    if len(classes) != 1:
+        raise TypeError("the program must define exactly one Loop subclass")
+    return classes[0]
+
+
+# --- The step API -----------------------------------------------------------------------------
+
+
+def _utcnow_iso():
+    return datetime.now(UTC).isoformat()
+
+
+def _user_line():
+    """The line of the loop program that called into the step API."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename == FILENAME:
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def _error_info(exc):
+    info = {"message": str(exc) or type(exc).__name__, "type": type(exc).__name__}
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    info["traceback"] = "".join(tb)[-20000:]
+    if isinstance(exc, HttpError):
+        info.update(status=exc.status, headers=exc.headers, body=exc.body)
+    if isinstance(exc, MemoryError):
+        info["message"] = "Memory limit exceeded"
+    return info
+
+
+class _Timer:
+    """step.do(timeout=…): raises StepTimeout inside fn after the given seconds."""
+
+    def __init__(self, seconds, name):
+        self.seconds = seconds
+        self.name = name
+
+    def __enter__(self):
+        if self.seconds:
+            import signal
+
+            def on_alarm(signum, frame):
+                raise StepTimeout(f"Step '{self.name}' timed out after {self.seconds} s")
+
+            self._old = signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, float(self.seconds))
+        return self
+
+    def __exit__(self, *exc):
+        if self.seconds:
+            import signal
+
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._old)
+        return False
+
+
+class Step:
+    """The `step` argument of run(). Each method is one recorded, checkpointed step."""
+
+    def __init__(self, channel, saved, run_attempt, limits):
+        self._channel = channel
+        self._saved = saved
+        self._run_attempt = run_attempt
+        self._limits = limits
+        self._seen = {}
+        self._parent = None
+        self._iteration = None
+        self._item = None
+        self._page = None
+        self._suspended = False
+        self._current = None
+        self._failed = None  # (step name, exception) of the last failed step
+
+    # --- bookkeeping
+
+    def _key(self, name):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a step needs a non-empty name")
+        if len(name) > 200:
+            raise ValueError("a step name is at most 200 characters")
+        n = self._seen.get(name, 0) + 1
+        self._seen[name] = n
+        return name if n == 1 else f"{name}#{n}"
+
+    def _final(self, key):
+        saved = self._saved.get(key)
+        if saved is None:
+            return None
+        status = saved["status"]
+        if status in ("succeeded", "rejected", "skipped"):
+            return saved
+        if status == "failed" and saved.get("run_attempt") == self._run_attempt:
+            return saved
+        return None
+
+    def _check_alive(self):
+        if self._suspended:
+            raise _Suspend()
+
+    def _begin(self, key, name, kind, **extra):
+        msg = {
+            "op": "step",
+            "key": key,
+            "name": name,
+            "kind": kind,
+            "line": _user_line(),
+            "parent": self._parent,
+            "iteration": self._iteration,
+            "item": self._item,
+        }
+        msg.update(extra)
+        reply = self._channel.request(msg)
+        if reply.get("cancelled"):
+            raise _Cancelled()
+        if reply.get("limit"):
+            raise _LimitExceeded(reply["limit"])
+        self._current = name
+
+    def _encode(self, name, value):
+        try:
+            encoded = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"Step '{name}' returned a value that is not JSON-serializable: {exc}"
+            ) from None
+        limit = self._limits.get("step_output_bytes")
+        if limit and len(encoded) > limit:
+            raise _StepOutputTooLarge(
+                f"Step '{name}' output is {len(encoded)} bytes; the limit is {limit} bytes"
+            )
+        return encoded
+
+    def _finish(self, key, status, *, output=None, error=None, attempts=1, started=None):
+        msg = {"op": "step_done", "key": key, "status": status, "attempts": attempts}
+        if output is not None:
+            msg["output_json"] = output
+        if error is not None:
+            msg["error"] = error
+        if started is not None:
+            msg["duration_ms"] = int((time.monotonic() - started) * 1000)
+        self._channel.request(msg)
+        self._current = None
+
+    # --- the API
+
+    def do(self, name, fn, *, retries=None, timeout=None, metadata=None):
+        """Run fn() as a checkpointed step and return its (JSON) result."""
+        self._check_alive()
+        key = self._key(name)
+        saved = self._final(key)
+        if saved is not None:
+            if saved["status"] == "succeeded":
+                return saved.get("output")
+            raise _rebuild_error(saved.get("error"))
+        if not callable(fn):
+            raise TypeError(f"step.do('{name}', fn): fn must be callable")
+        policy = retries if isinstance(retries, Retry) else (
+            Retry(limit=retries) if isinstance(retries, int) else DEFAULT_RETRY
+        )
+        self._begin(key, name, "do", metadata=metadata)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with _Timer(timeout, name):
+                    result = fn()
+                encoded = self._encode(name, result)
+            except (_Suspend, _Cancelled, _StopRun, _LimitExceeded):
+                raise
+            except _StepOutputTooLarge as exc:
+                self._finish(key, "failed", error=_error_info(exc), attempts=attempt, started=started)
+                self._failed = (name, exc)
+                raise
+            except Exception as exc:
+                if attempt <= policy.limit and not isinstance(exc, TypeError | MemoryError):
+                    self._channel.send(
+                        {"op": "log", "level": "warning", "time": _utcnow_iso(), "step": key,
+                         "message": f"Step '{name}' attempt {attempt} failed: "
+                                    f"{type(exc).__name__}: {exc}; retrying"}
+                    )  # fmt: skip
+                    time.sleep(policy.wait_before(attempt))
+                    continue
+                self._finish(key, "failed", error=_error_info(exc), attempts=attempt, started=started)
+                self._failed = (name, exc)
+                raise
+            self._finish(key, "succeeded", output=encoded, attempts=attempt, started=started)
+            return json.loads(encoded)
+
+    def _wait(self, name, kind, **params):
+        """A step that may suspend the run until something arrives."""
+        self._check_alive()
+        key = self._key(name)
+        saved = self._final(key)
+        if saved is None:
+            reply = self._channel.request(
+                {"op": "wait", "key": key, "name": name, "kind": kind, "line": _user_line(),
+                 "parent": self._parent, "iteration": self._iteration, "item": self._item,
+                 "params": params}
+            )  # fmt: skip
+            if reply.get("cancelled"):
+                raise _Cancelled()
+            if reply.get("limit"):
+                raise _LimitExceeded(reply["limit"])
+            if reply.get("suspend"):
+                self._suspended = True
+                raise _Suspend()
+            saved = reply["saved"]
+        return key, saved
+
+    def sleep(self, name, seconds):
+        """Suspend the run for `seconds` without holding a worker."""
+        if not isinstance(seconds, int | float) or seconds < 0 or math.isnan(seconds):
+            raise ValueError("step.sleep needs a number of seconds >= 0")
+        self._wait(name, "sleep", seconds=seconds)
+        return None
+
+    def sleep_until(self, name, when):
+        """Suspend the run until `when` (a timezone-aware datetime or an ISO 8601 string)."""
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise ValueError("step.sleep_until needs a timezone-aware datetime")
+            when = when.isoformat()
+        if not isinstance(when, str):
+            raise ValueError("step.sleep_until needs a datetime or an ISO 8601 string")
+        self._wait(name, "sleep", until=when)
+        return None
+
+    def wait_for_event(self, name, event_type, timeout=None):
+        """Suspend until an event of `event_type` is posted to the run; return its payload."""
+        _, saved = self._wait(name, "event", event_type=str(event_type), timeout=timeout)
+        return self._resolved(saved)
+
+    def wait_for_scan(self, name, subject=None, timeout=None):
+        """FACIAL_SCAN: request a scan of `subject`, suspend until its result arrives."""
+        _, saved = self._wait(name, "scan", subject=subject, timeout=timeout)
+        return self._resolved(saved)
+
+    def ask(self, name, prompt, timeout=None):
+        """Ask a person a question; the run waits for the answer, which is returned."""
+        _, saved = self._wait(name, "input", prompt=str(prompt), timeout=timeout)
+        return self._resolved(saved)
+
+    def approve(self, name, prompt, tool=None, tool_input=None, on_reject="stop", timeout=None):
+        """An approval gate. Returns {"approved": bool, "reason": str|None}."""
+        if on_reject not in ("stop", "return"):
+            raise ValueError('on_reject must be "stop" or "return"')
+        _, saved = self._wait(
+            name, "approval", prompt=str(prompt), tool=tool, tool_input=tool_input,
+            on_reject=on_reject, timeout=timeout,
+        )  # fmt: skip
+        if saved["status"] == "rejected":
+            if on_reject == "stop":
+                raise _StopRun()
+            return saved.get("output") or {"approved": False, "reason": None}
+        return self._resolved(saved)
+
+    def run_loop(self, name, loop, body=None):
+        """Run another loop of the organization and return its output (or raise its error)."""
+        _, saved = self._wait(name, "child", loop=str(loop), body=body)
+        if saved["status"] == "failed":
+            err = saved.get("error") or {}
+            raise ChildRunFailed(err.get("message", "the child run failed"))
+        return saved.get("output")
+
+    def http(self, name, method, url, *, headers=None, params=None, json=None, data=None,
+             timeout=None, pages=1):  # fmt: skip
+        """An HTTP request made by the worker; 4xx/5xx raise HttpError. With pages > 1,
+        follows `Link: rel="next"` and records one entry per page; returns the responses."""
+        self._check_alive()
+        key = self._key(name)
+        saved = self._final(key)
+        if saved is not None:
+            if saved["status"] == "succeeded":
+                out = saved.get("output")
+                return [Response(r) for r in out] if isinstance(out, list) else Response(out)
+            raise _rebuild_error(saved.get("error"))
+        request = {
+            "method": str(method).upper(), "url": str(url), "headers": headers or {},
+            "params": params or {}, "json": json, "data": data, "timeout": timeout,
+            "pages": int(pages),
+        }  # fmt: skip
+        self._begin(key, name, "http", input=request)
+        reply = self._channel.request({"op": "http", "key": key, "request": request})
+        if reply.get("error"):
+            exc = _rebuild_error(reply["error"])
+            self._failed = (name, exc)
+            raise exc
+        out = reply["output"]
+        return [Response(r) for r in out] if isinstance(out, list) else Response(out)
+
+    def each(self, name, items):
+        """Iterate over items; steps inside carry the iteration index and item."""
+        self._check_alive()
+        items = list(items)
+        key = self._key(name)
+        saved = self._final(key)
+        if saved is None:
+            self._begin(key, name, "each", input={"count": len(items)})
+        outer = (self._parent, self._iteration, self._item)
+        try:
+            for index, item in enumerate(items):
+                self._parent, self._iteration, self._item = key, index, item
+                yield index, item
+        finally:
+            self._parent, self._iteration, self._item = outer
+        if saved is None:
+            self._finish(key, "succeeded", output=json.dumps({"count": len(items)}))
+
+    def _resolved(self, saved):
+        if saved["status"] == "failed":
+            raise _rebuild_error(saved.get("error"))
+        return saved.get("output")
+
+
+class _StepOutputTooLarge(Exception):  # noqa: N818
+    pass
+
+
+_REBUILDABLE = {"StepTimeout": StepTimeout, "HttpError": HttpError, "ChildRunFailed": ChildRunFailed}
+
+
+def _rebuild_error(error):
+    error = error or {}
+    cls = _REBUILDABLE.get(error.get("type"), RuntimeError)
+    message = error.get("message", "step failed")
+    if cls is HttpError:
+        return HttpError(message, error.get("status"), error.get("headers"), error.get("body"))
+    return cls(message)
+
+
+# --- One execution ----------------------------------------------------------------------------
+
+
+def execute(code_obj, request, channel):
+    """Run a program once. Reports the outcome over the channel; never raises."""
+    step = None
+
+    def emit(level, message):
+        channel.send(
+            {"op": "log", "level": level, "message": str(message)[:10000], "time": _utcnow_iso(),
+             "step": step._current if step is not None else None}
+        )  # fmt: skip
+
+    try:
+        namespace = make_globals(emit)
+        exec(code_obj, namespace)  # noqa: S102 - compiled by RestrictedPython under our policy
+        loop_class = find_loop_class(namespace)
+        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1),
+                    request.get("limits", {}))  # fmt: skip
+        result = loop_class().run(Event(request["event"]), step)
+        if step._suspended:
+            channel.send({"op": "suspended"})
+            return
+        channel.send({"op": "done", "output_json": json.dumps(result, allow_nan=False)})
+    except _Suspend:
+        channel.send({"op": "suspended"})
+    except _Cancelled:
+        channel.send({"op": "cancelled"})
+    except _StopRun:
+        channel.send({"op": "stopped"})
+    except _LimitExceeded as exc:
+        channel.send({"op": "failed", "error": {"message": exc.message, "type": "LimitExceeded"}})
+    except (TypeError, ValueError) as exc:
+        if step is not None and step._suspended:
+            channel.send({"op": "suspended"})
+            return
+        info = _error_info(exc)
+        if step is not None and step._failed and step._failed[1] is exc:
+            info["step"] = step._failed[0]
+        elif "JSON" in str(exc) or "serializable" in str(exc):
+            info["message"] = f"run() returned a value that is not JSON-serializable: {exc}"
+        channel.send({"op": "failed", "error": info})
+    except BaseException as exc:  # noqa: BLE001 - report whatever escaped run()
+        if step is not None and step._suspended:
+            channel.send({"op": "suspended"})
+            return
+        info = _error_info(exc)
+        if step is not None and step._failed and step._failed[1] is exc:
+            info["step"] = step._failed[0]
+        elif step is not None and step._current:
+            info["step"] = step._current
+        channel.send({"op": "failed", "error": info})

@@ -1,0 +1,334 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import ApiToken, Organization
+from loops.models import Loop, LoopVersion
+from loops_project import ids
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ENDED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class TriggerType(models.TextChoices):
+    USER = "user", "User"
+    API_TOKEN = "api_token", "API token"
+    SYSTEM = "system", "System"
+
+
+class RunMode(models.TextChoices):
+    LIVE = "live", "Live"
+    TEST = "test", "Test"
+
+
+class Batch(models.Model):
+    id = ids.PublicIdField(ids.batch_id)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="batches")
+    count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class RunQuerySet(models.QuerySet):
+    def for_org(self, org: Organization) -> "RunQuerySet":
+        return self.filter(organization=org)
+
+
+class Run(models.Model):
+    id = ids.PublicIdField(ids.run_id)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="runs")
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="runs")
+    # The version the run is pinned to; null for a test run of draft code (kept in test_code).
+    version = models.ForeignKey(
+        LoopVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
+    )
+    test_code = models.TextField(blank=True)
+    status = models.CharField(
+        max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING, db_index=False
+    )
+    trigger_type = models.CharField(max_length=16, choices=TriggerType.choices)
+    mode = models.CharField(max_length=8, choices=RunMode.choices, default=RunMode.LIVE)
+    triggered_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    triggered_by_token = models.ForeignKey(
+        ApiToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error_message = models.TextField(blank=True)
+    error_type = models.CharField(max_length=200, blank=True)
+    error_step = models.CharField(max_length=200, blank=True)
+    error_traceback = models.TextField(blank=True)
+    pending = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    cpu_time_ms = models.PositiveBigIntegerField(default=0)
+    attempt = models.PositiveIntegerField(default=1)
+    total_steps = models.PositiveIntegerField(default=0)
+    restarted_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="restarts"
+    )
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="runs"
+    )
+    parent_step = models.ForeignKey(
+        "runs.Step", null=True, blank=True, on_delete=models.CASCADE, related_name="child_runs"
+    )
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # The queued execution (django-q2 task name); answered as workflowInstanceId.
+    task_id = models.CharField(max_length=40, blank=True)
+    # Crash safety: a running run whose lease has expired is taken up again.
+    execution_id = models.CharField(max_length=40, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    executions = models.PositiveIntegerField(default=0)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-created_at", "-id"], name="run_org_created"),
+            models.Index(
+                fields=["organization", "status", "-created_at", "-id"], name="run_org_status"
+            ),
+            models.Index(fields=["loop", "-created_at", "-id"], name="run_loop_created"),
+            models.Index(fields=["batch", "status"], name="run_batch_status"),
+            models.Index(
+                fields=["organization", "trigger_type", "-created_at"], name="run_org_trigger"
+            ),
+            models.Index(fields=["status", "lease_expires_at"], name="run_status_lease"),
+            models.Index(
+                fields=["loop", "idempotency_key", "created_at"],
+                name="run_idempotency",
+                condition=Q(idempotency_key__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    def get_absolute_url(self) -> str:
+        return reverse("runs:detail", args=[self.id])
+
+    @property
+    def is_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
+    @property
+    def code(self) -> str:
+        return self.version.code if self.version_id else self.test_code
+
+    @property
+    def error(self) -> str | None:
+        return self.error_message or None if self.status == RunStatus.FAILED else None
+
+
+class StepKind(models.TextChoices):
+    DO = "do"
+    SLEEP = "sleep"
+    EVENT = "event"
+    SCAN = "scan"
+    INPUT = "input"
+    APPROVAL = "approval"
+    HTTP = "http"
+    CHILD = "child"
+    EACH = "each"
+
+
+class StepStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    WAITING = "waiting", "Waiting"
+    REJECTED = "rejected", "Rejected"
+    SKIPPED = "skipped", "Skipped"
+
+
+class Step(models.Model):
+    id = ids.PublicIdField(ids.step_id)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    order = models.PositiveIntegerField()
+    # Name plus occurrence ("Fetch#2"): the identity of a step across replays.
+    key = models.CharField(max_length=300)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=StepKind.choices, default=StepKind.DO)
+    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    run_attempt = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveBigIntegerField(null=True, blank=True)
+    metadata = models.JSONField(null=True, blank=True)
+    iteration = models.PositiveIntegerField(null=True, blank=True)
+    iteration_item = models.JSONField(null=True, blank=True)
+    page = models.PositiveIntegerField(null=True, blank=True)
+    line = models.PositiveIntegerField(null=True, blank=True)
+    wake_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "order"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="unique_step_key"),
+        ]
+        indexes = [
+            models.Index(fields=["run", "order"], name="step_run_order"),
+            models.Index(fields=["status", "run"], name="step_status_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} · {self.name}"
+
+
+class LogLevel(models.TextChoices):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogEntry(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="logs")
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="+")
+    step = models.ForeignKey(
+        Step, null=True, blank=True, on_delete=models.SET_NULL, related_name="logs"
+    )
+    time = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["time", "id"]
+        indexes = [
+            models.Index(fields=["run", "time"], name="log_run_time"),
+            models.Index(fields=["loop", "-time"], name="log_loop_time"),
+        ]
+        verbose_name_plural = "log entries"
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.message[:60]}"
+
+
+class RunEvent(models.Model):
+    """An event posted to a run. Kept until a wait_for_event of its type consumes it."""
+
+    id = ids.PublicIdField(ids.event_id)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=200)
+    payload = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    consumed_by = models.OneToOneField(
+        Step, null=True, blank=True, on_delete=models.SET_NULL, related_name="consumed_event"
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["run", "type", "created_at"], name="event_run_type")]
+
+    def __str__(self) -> str:
+        return f"{self.type} → {self.run_id}"
+
+
+class ScanStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    COMPLETED = "completed", "Completed"
+    EXPIRED = "expired", "Expired"
+
+
+class ScanRequest(models.Model):
+    """A FACIAL_SCAN request: a person opens its link, the result resumes the run."""
+
+    id = ids.PublicIdField(ids.scan_id)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="scans")
+    step = models.OneToOneField(Step, on_delete=models.CASCADE, related_name="scan")
+    subject = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=ScanStatus.choices, default=ScanStatus.PENDING)
+    result = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.id
+
+    def get_absolute_url(self) -> str:
+        return reverse("scan_page", args=[self.id])
+
+
+class Webhook(models.Model):
+    id = ids.PublicIdField(ids.hook_id)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="webhooks")
+    loop = models.ForeignKey(
+        Loop, null=True, blank=True, on_delete=models.CASCADE, related_name="webhooks"
+    )
+    url = models.URLField(max_length=500)
+    # Run statuses that fire this hook ("succeeded", "failed", …); empty means all of them.
+    events = models.JSONField(default=list, blank=True)
+    secret = models.CharField(max_length=100, editable=False)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class WebhookDelivery(models.Model):
+    id = ids.PublicIdField(ids.delivery_id)
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    event = models.CharField(max_length=50)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.webhook}"

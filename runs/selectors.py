@@ -1,0 +1,137 @@
+"""The runs list: filters, sort and keyset (cursor) pages."""
+
+import base64
+import json
+from datetime import datetime
+
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.utils.dateparse import parse_datetime
+
+from loops.models import Loop
+from loops_project.errors import Invalid
+from runs.models import Run, RunMode, RunStatus, Step, TriggerType
+
+SORTS = {
+    "createdAt": "created_at",
+    "startedAt": "started_at",
+    "completedAt": "completed_at",
+    "status": "status",
+    "durationMs": "duration_ms",
+}
+NULLABLE = {"started_at", "completed_at", "duration_ms"}
+STEP_STATUS_FILTERS = {"failed", "rejected"}
+MAX_LIMIT = 100
+
+
+def _invalid(field: str, message: str) -> Invalid:
+    return Invalid(f"Invalid {field}: {message}", code="invalid_filter", details={"field": field})
+
+
+def _choice(field: str, value: str, allowed) -> str:
+    if value not in allowed:
+        raise _invalid(field, f"'{value}' is not one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _when(field: str, value: str) -> datetime:
+    parsed = parse_datetime(value) if value else None
+    if parsed is None:
+        raise _invalid(field, f"'{value}' is not an ISO 8601 date-time")
+    if parsed.tzinfo is None:
+        raise _invalid(field, "give a time zone (for example 2026-01-01T00:00:00Z)")
+    return parsed
+
+
+def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None, mode=None,
+                batch=None, created_after=None, created_before=None, step_status=None,
+                triggered_by=None, has_errors: bool = False) -> QuerySet:  # fmt: skip
+    if status:
+        statuses = [s.strip() for s in status.split(",") if s.strip()]
+        for s in statuses:
+            _choice("status", s, RunStatus.values)
+        qs = qs.filter(status__in=statuses) if len(statuses) > 1 else qs.filter(status=statuses[0])
+    if loop:
+        field = "pk" if loop.startswith("loop_") else "slug"
+        loop_id = Loop.objects.filter(organization=org, **{field: loop}).values_list("pk", flat=True).first()
+        qs = qs.filter(loop_id=loop_id) if loop_id else qs.none()
+    if trigger_type:
+        qs = qs.filter(trigger_type=_choice("triggerType", trigger_type, TriggerType.values))
+    if mode:
+        qs = qs.filter(mode=_choice("mode", mode, RunMode.values))
+    if batch:
+        qs = qs.filter(batch_id=batch)
+    if created_after:
+        qs = qs.filter(created_at__gte=_when("createdAfter", created_after))
+    if created_before:
+        qs = qs.filter(created_at__lt=_when("createdBefore", created_before))
+    if step_status:
+        _choice("stepStatus", step_status, STEP_STATUS_FILTERS)
+        qs = qs.filter(Exists(Step.objects.filter(run=OuterRef("pk"), status=step_status)))
+    if has_errors:
+        qs = qs.filter(
+            Q(status=RunStatus.FAILED)
+            | Exists(Step.objects.filter(run=OuterRef("pk"), status="failed"))
+        )
+    if triggered_by:
+        if triggered_by.startswith("tok_"):
+            qs = qs.filter(triggered_by_token_id=triggered_by)
+        else:
+            qs = qs.filter(triggered_by_user__username=triggered_by)
+    return qs
+
+
+def _encode_cursor(value, pk: str) -> str:
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    raw = json.dumps([value, pk]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, field: str):
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, TypeError):
+        raise _invalid("cursor", "not a cursor this API gave out") from None
+    if not isinstance(pk, str):
+        raise _invalid("cursor", "not a cursor this API gave out")
+    if value is not None and field in ("created_at", "started_at", "completed_at"):
+        value = parse_datetime(str(value))
+        if value is None:
+            raise _invalid("cursor", "not a cursor this API gave out")
+    return value, pk
+
+
+def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset: int = 0,
+              cursor: str | None = None) -> tuple[list[Run], bool, str | None]:  # fmt: skip
+    """One page: (runs, hasMore, nextCursor). Cursor pages never repeat or skip a run while
+    new runs arrive, because they continue from the last (sort value, id) seen."""
+    if limit < 1 or limit > MAX_LIMIT:
+        raise _invalid("limit", f"must be between 1 and {MAX_LIMIT}")
+    if offset < 0:
+        raise _invalid("offset", "must be 0 or more")
+    desc = sort.startswith("-")
+    name = sort.lstrip("-")
+    if name not in SORTS:
+        raise _invalid("sort", f"'{sort}' is not one of {', '.join(SORTS)} (with - for descending)")
+    field = SORTS[name]
+    if field in NULLABLE:
+        primary = F(field).desc(nulls_last=True) if desc else F(field).asc(nulls_last=True)
+    else:
+        primary = F(field).desc() if desc else F(field).asc()
+    qs = qs.order_by(primary, "-pk" if desc else "pk")
+    if cursor:
+        value, pk = _decode_cursor(cursor, field)
+        op, id_op = ("lt", "lt") if desc else ("gt", "gt")
+        if value is None:
+            after = Q(**{f"{field}__isnull": True, f"pk__{id_op}": pk})
+        else:
+            after = Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"pk__{id_op}": pk})
+            if field in NULLABLE:
+                after |= Q(**{f"{field}__isnull": True})
+        qs = qs.filter(after)
+    rows = list(qs[offset : offset + limit + 1])
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = _encode_cursor(getattr(rows[-1], field), rows[-1].pk) if has_more else None
+    return rows, has_more, next_cursor

@@ -1,0 +1,275 @@
+"""Writes of runs: trigger, respond, events, scans, cancel, resume, restart."""
+
+import json
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import ApiToken
+from loops.models import Loop
+from loops.validation import validate_code
+from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
+from runs.engine.waits import lock_run, resolve_step
+from runs.models import (
+    Run,
+    RunEvent,
+    RunMode,
+    RunStatus,
+    ScanRequest,
+    ScanStatus,
+    Step,
+    StepStatus,
+    TriggerType,
+)
+from runs.notify import run_status_changed
+from runs.queue import enqueue_execution, new_task_id
+
+
+def check_input_size(value) -> None:
+    size = len(json.dumps(value))
+    if size > settings.LOOPS_MAX_INPUT_BYTES:
+        raise TooLarge(
+            f"input is {size} bytes; the limit is {settings.LOOPS_MAX_INPUT_BYTES} bytes",
+            code="input_too_large",
+            details={"field": "input"},
+        )
+
+
+def check_triggerable(loop: Loop) -> None:
+    if loop.paused:
+        raise Conflict(f"Loop '{loop.slug}' is paused", code="loop_paused")
+    if loop.active_version_id is None:
+        raise Conflict(f"Loop '{loop.slug}' has no deployed version", code="no_active_version")
+
+
+@transaction.atomic
+def run_trigger(
+    *,
+    loop: Loop,
+    input,  # noqa: A002 - the product's name for it
+    trigger_type: str,
+    mode: str = RunMode.LIVE,
+    user=None,
+    token: ApiToken | None = None,
+    test_code: str | None = None,
+    idempotency_key: str | None = None,
+) -> Run:
+    """Save a pending run and queue its execution after commit.
+
+    A live run is pinned to the loop's active version; a test run executes draft code.
+    """
+    check_input_size(input)
+    if mode == RunMode.TEST:
+        validate_code(test_code or "")
+        version = None
+    else:
+        check_triggerable(loop)
+        version = loop.active_version
+    run = Run.objects.create(
+        organization_id=loop.organization_id,
+        loop=loop,
+        version=version,
+        test_code=test_code or "",
+        trigger_type=TriggerType(trigger_type),
+        mode=RunMode(mode),
+        triggered_by_user=user if getattr(user, "is_authenticated", False) else None,
+        triggered_by_token=token,
+        input=input,
+        idempotency_key=idempotency_key,
+        task_id=new_task_id(),
+    )
+    enqueue_execution(run.id, run.task_id)
+    return run
+
+
+# --- Run control --------------------------------------------------------------------------------
+
+PERSON_KINDS = {"input", "approval"}
+ACTIONS = {"input": "input", "approve": "approval", "reject": "approval"}
+
+
+def _waiting_step(run: Run, kind: str) -> Step | None:
+    return Step.objects.filter(run=run, status=StepStatus.WAITING, kind=kind).order_by("-order").first()
+
+
+@transaction.atomic
+def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
+                reason: str | None = None, actor: str = "") -> Run:  # fmt: skip
+    """Answer a run waiting for a person: an `ask` answer, or an approval decision."""
+    run = lock_run(run.pk)
+    pending = run.pending or {}
+    if run.status != RunStatus.WAITING or pending.get("kind") not in PERSON_KINDS:
+        raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
+    if action not in ACTIONS:
+        raise DomainError(
+            "action must be one of: input, approve, reject", code="invalid_action",
+            details={"field": "action"},
+        )  # fmt: skip
+    if ACTIONS[action] != pending["kind"]:
+        expected = "input" if pending["kind"] == "input" else "approve or reject"
+        raise DomainError(
+            f"This run waits for {pending['kind']}; the action must be {expected}.",
+            code="action_mismatch", details={"field": "action"},
+        )  # fmt: skip
+    if action == "input" and not has_value:
+        raise DomainError("input is required to answer a question.", code="input_required",
+                          details={"field": "input"})  # fmt: skip
+    step = _waiting_step(run, pending["kind"])
+    if step is None:
+        raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
+    if action == "input":
+        check_input_size(value)
+        resolve_step(step, status=StepStatus.SUCCEEDED, output=value)
+    else:
+        decision = {"approved": action == "approve", "reason": reason, "by": actor or None}
+        status = StepStatus.SUCCEEDED if action == "approve" else StepStatus.REJECTED
+        resolve_step(step, status=status, output=decision)
+    run.refresh_from_db()
+    return run
+
+
+@transaction.atomic
+def run_send_event(*, run: Run, type: str, payload=None) -> RunEvent:  # noqa: A002
+    """Post an event to a run: it resumes a matching wait, or is kept for a later one."""
+    run = lock_run(run.pk)
+    if run.is_ended:
+        raise Conflict(f"The run has ended ({run.status}).", code="run_ended")
+    check_input_size(payload)
+    event = RunEvent.objects.create(run=run, type=type, payload=payload)
+    if run.status == RunStatus.WAITING and (run.pending or {}).get("eventType") == type:
+        step = _waiting_step(run, "event")
+        if step is not None:
+            RunEvent.objects.filter(pk=event.pk).update(consumed_by=step)
+            resolve_step(step, status=StepStatus.SUCCEEDED, output=payload)
+    return event
+
+
+@transaction.atomic
+def scan_submit_result(*, scan: ScanRequest, result) -> ScanRequest:
+    lock_run(scan.run_id)
+    scan = ScanRequest.objects.select_related("step").get(pk=scan.pk)
+    if scan.status != ScanStatus.PENDING:
+        raise Conflict(f"This scan already has a result ({scan.status}).", code="scan_closed")
+    if not isinstance(result, dict) or not result:
+        raise Invalid("The scan result must be a JSON object of measures.", code="invalid_result",
+                      details={"field": "body"})  # fmt: skip
+    check_input_size(result)
+    ScanRequest.objects.filter(pk=scan.pk).update(
+        status=ScanStatus.COMPLETED, result=result, completed_at=timezone.now()
+    )
+    resolve_step(scan.step, status=StepStatus.SUCCEEDED, output=result)
+    scan.refresh_from_db()
+    return scan
+
+
+@transaction.atomic
+def run_cancel(*, run: Run) -> Run:
+    """Cancel a pending, running or waiting run. A running execution stops at its next
+    step boundary (it finds the run no longer running)."""
+    run = lock_run(run.pk)
+    if run.is_ended:
+        raise Conflict(f"The run has already ended ({run.status}).", code="run_ended")
+    now = timezone.now()
+    started = run.started_at or now
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.CANCELLED,
+        completed_at=now,
+        duration_ms=max(int((now - started).total_seconds() * 1000), 0),
+        lease_expires_at=None,
+    )
+    Step.objects.filter(run=run, status__in=[StepStatus.WAITING, StepStatus.RUNNING]).update(
+        status=StepStatus.FAILED,
+        error={"message": "The run was cancelled", "type": "Cancelled"},
+        finished_at=now,
+    )
+    ScanRequest.objects.filter(run=run, status=ScanStatus.PENDING).update(status=ScanStatus.EXPIRED)
+    transaction.on_commit(lambda: run_status_changed(run.pk, RunStatus.CANCELLED))
+    run.refresh_from_db()
+    return run
+
+
+@transaction.atomic
+def run_resume(*, run: Run) -> Run:
+    """Continue a failed or cancelled run on its pinned version from its last checkpoint."""
+    run = lock_run(run.pk)
+    if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        raise Conflict(
+            f"Only a failed or cancelled run can be resumed; this one is {run.status}.",
+            code="not_resumable",
+        )
+    task_id = new_task_id()
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.PENDING,
+        attempt=run.attempt + 1,
+        completed_at=None,
+        duration_ms=None,
+        output=None,
+        error_message="",
+        error_type="",
+        error_step="",
+        error_traceback="",
+        pending=None,
+        task_id=task_id,
+    )
+    enqueue_execution(run.pk, task_id)
+    run.refresh_from_db()
+    return run
+
+
+def run_restart(*, run: Run, user=None, token: ApiToken | None = None,
+                trigger_type: str | None = None) -> Run:  # fmt: skip
+    """A new run with the same input on the loop's currently active version."""
+    loop = Loop.objects.select_related("active_version").get(pk=run.loop_id)
+    with transaction.atomic():
+        new = run_trigger(
+            loop=loop,
+            input=run.input,
+            trigger_type=trigger_type or run.trigger_type,
+            mode=run.mode,
+            user=user,
+            token=token,
+            test_code=run.test_code if run.mode == RunMode.TEST else None,
+        )
+        Run.objects.filter(pk=new.pk).update(restarted_from=run)
+        new.restarted_from = run
+    return new
+
+
+@transaction.atomic
+def run_trigger_batch(
+    *, loop: Loop, inputs: list, trigger_type: str, user=None, token: ApiToken | None = None
+) -> "Batch":
+    """Create the runs of a batch in bulk and queue them in chunks, all before answering."""
+    from runs.models import Batch
+
+    check_triggerable(loop)
+    limit = settings.LOOPS_MAX_INPUT_BYTES
+    for index, item in enumerate(inputs):
+        if len(json.dumps(item)) > limit:
+            raise TooLarge(
+                f"inputs[{index}] is larger than {limit} bytes", code="input_too_large",
+                details={"field": f"inputs[{index}]"},
+            )  # fmt: skip
+    batch = Batch.objects.create(organization_id=loop.organization_id, loop=loop, count=len(inputs))
+    now = timezone.now()
+    runs = [
+        Run(
+            organization_id=loop.organization_id,
+            loop_id=loop.pk,
+            version_id=loop.active_version_id,
+            trigger_type=trigger_type,
+            mode=RunMode.LIVE,
+            triggered_by_user=user if getattr(user, "is_authenticated", False) else None,
+            triggered_by_token=token,
+            input=item,
+            batch_id=batch.pk,
+            created_at=now,
+        )
+        for item in inputs
+    ]
+    Run.objects.bulk_create(runs, batch_size=2000)
+    from runs.queue import enqueue_executions
+
+    enqueue_executions([r.pk for r in runs])
+    return batch

@@ -1,0 +1,126 @@
+"""Webhooks: a signed JSON POST of the run on each status change, retried with backoff."""
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import timedelta
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from django_q.models import Schedule as QSchedule
+from django_q.tasks import schedule as q_schedule
+
+from accounts.models import Organization
+from loops.models import Loop
+from loops_project.errors import Invalid
+from runs.engine import outbound
+from runs.models import DeliveryStatus, Run, RunStatus, Webhook, WebhookDelivery
+from runs.queue import enqueue_task
+
+SIGNATURE_HEADER = "X-Loops-Signature"
+DELIVER_TASK = "runs.tasks.deliver_webhook"
+EVENT_NAMES = {f"run.{s}" for s in RunStatus.values}
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def webhook_create(
+    *, organization: Organization, url: str, events: list[str] | None = None,
+    loop: Loop | None = None,
+) -> Webhook:  # fmt: skip
+    events = list(events or [])
+    unknown = [e for e in events if e not in EVENT_NAMES]
+    if unknown:
+        raise Invalid(
+            f"unknown events: {', '.join(map(str, unknown))}; use {', '.join(sorted(EVENT_NAMES))}",
+            code="invalid_events", details={"field": "events"},
+        )  # fmt: skip
+    if not url.startswith(("http://", "https://")):
+        raise Invalid("url must be an http or https URL", code="invalid_url", details={"field": "url"})
+    return Webhook.objects.create(
+        organization=organization, loop=loop, url=url, events=events,
+        secret="whsec_" + secrets.token_urlsafe(24),
+    )  # fmt: skip
+
+
+def queue_deliveries(run_id: str, status: str) -> None:
+    run = Run.objects.filter(pk=run_id).only("organization_id", "loop_id").first()
+    if run is None:
+        return
+    event = f"run.{status}"
+    hooks = [
+        hook
+        for hook in Webhook.objects.filter(
+            Q(loop__isnull=True) | Q(loop_id=run.loop_id),
+            organization_id=run.organization_id,
+            active=True,
+        )
+        if not hook.events or event in hook.events
+    ]
+    if not hooks:
+        return
+    from runs.schemas import run_payload
+
+    payload = {"event": event, "data": run_payload(Run.objects.get(pk=run_id))}
+    for hook in hooks:
+        delivery = WebhookDelivery.objects.create(
+            webhook=hook, run_id=run_id, event=event, payload=payload
+        )
+        enqueue_task(DELIVER_TASK, delivery.pk)
+
+
+def deliver(delivery_id: str) -> str:
+    delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
+    if delivery is None or delivery.status == DeliveryStatus.SUCCEEDED:
+        return "nothing to do"
+    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Loops-Webhooks/1",
+        SIGNATURE_HEADER: sign(delivery.webhook.secret, body),
+        "X-Loops-Event": delivery.event,
+        "X-Loops-Delivery": delivery.pk,
+    }
+    attempt = delivery.attempt + 1
+    status_code, excerpt, error = None, "", ""
+    try:
+        response, _ = outbound.request("POST", delivery.webhook.url, headers=headers, content=body,
+                                       timeout=10)  # fmt: skip
+        status_code, excerpt = response.status_code, response.text[:1000]
+        ok = 200 <= response.status_code < 300
+        if not ok:
+            error = f"HTTP {response.status_code}"
+    except (outbound.TargetRefused, httpx.HTTPError) as exc:
+        ok, error = False, f"{type(exc).__name__}: {exc}"[:1000]
+    final = ok or attempt >= settings.LOOPS_WEBHOOK_MAX_ATTEMPTS
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        attempt=attempt,
+        status_code=status_code,
+        response_excerpt=excerpt,
+        error=error,
+        delivered_at=timezone.now(),
+        status=DeliveryStatus.SUCCEEDED if ok else (
+            DeliveryStatus.FAILED if final else DeliveryStatus.PENDING
+        ),
+    )  # fmt: skip
+    if not final:
+        delay = settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+        with transaction.atomic():
+            q_schedule(
+                DELIVER_TASK, delivery.pk, name=f"webhook:{delivery.pk}:{attempt}",
+                schedule_type=QSchedule.ONCE, repeats=-1,
+                next_run=timezone.now() + timedelta(seconds=delay),
+            )  # fmt: skip
+    return "delivered" if ok else f"attempt {attempt} failed"
+
+
+def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING)
+    enqueue_task(DELIVER_TASK, delivery.pk)
+    return delivery
