@@ -1,0 +1,182 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs a loop
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from accounts.models import Role
+from tests.factories import LoopFactory, MembershipFactory, OrganizationFactory, UserFactory, make_token
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+(BASE_DIR / "var").mkdir(exist_ok=True)  # the SQLite test database and worker logs live here
+
+
+# --- people and organizations -------------------------------------------------------------
+
+
+@pytest.fixture
+def org(db):
+    return OrganizationFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_org(db):
+    return OrganizationFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def owner(org):
+    return MembershipFactory(organization=org, role=Role.OWNER, user=UserFactory(username="olivia")).user
+
+
+@pytest.fixture
+def member(org):
+    return MembershipFactory(organization=org, role=Role.EDITOR, user=UserFactory(username="mo")).user
+
+
+@pytest.fixture
+def outsider(other_org):
+    return MembershipFactory(organization=other_org, role=Role.OWNER, user=UserFactory(username="otto")).user
+
+
+@pytest.fixture
+def loop(org):
+    return LoopFactory(organization=org, slug="greeting", name="Greeting")
+
+
+@pytest.fixture
+def token(org) -> str:
+    return make_token(org)
+
+
+# --- real HTTP --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(live_server, token):
+    """An HTTP client for the API of a live server, authenticated as the org's full token."""
+    with httpx.Client(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def anon_api(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=60) as client:
+        yield client
+
+
+# --- the real django-q2 worker -----------------------------------------------------------------
+
+
+def database_url_for_subprocess() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db.get("USER") or "postgres"
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+
+
+class Cluster:
+    """A `manage.py qcluster` process on the test database."""
+
+    def __init__(self, env_overrides: dict | None = None):
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url_for_subprocess(),
+            "LOOPS_WORKERS": "2",
+            "DJANGO_LOG_LEVEL": "WARNING",
+            **(env_overrides or {}),
+        }
+        self.log = open(BASE_DIR / "var" / f"qcluster-{os.getpid()}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
+            env=env, cwd=BASE_DIR, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True, text=True, check=False
+        ).stdout
+        return [int(line.split()[0]) for line in out.splitlines() if line.strip()]
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+                self.proc.wait(timeout=20)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def _session_cluster(django_db_setup, django_db_blocker):
+    (BASE_DIR / "var").mkdir(exist_ok=True)
+    with django_db_blocker.unblock():
+        cluster = Cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def worker(_session_cluster, transactional_db):
+    """The real django-q2 worker cluster (shared by the session) on the test database."""
+    assert _session_cluster.proc.poll() is None, "the qcluster process died"
+    return _session_cluster
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """Poll until predicate() is truthy; fail with a clear message after the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+# --- browser ------------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+def pytest_collection_modifyitems(config, items):
+    if CHROMIUM or os.environ.get("CI"):
+        return  # in CI a missing Chromium must fail, never skip
+    skip = pytest.mark.skip(reason="Chromium is not installed (apt-get install chromium)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fast_settings(settings):
+    settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS = 1
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
