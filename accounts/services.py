@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, Membership, Organization, Role, TokenScope
 
-TOKEN_PREFIX = "lp_"
+TOKEN_PREFIX = "lp_"  # noqa: S105 - a public prefix, not a secret
 # Recording last use on every request would turn each API read into a write.
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 

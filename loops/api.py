@@ -141,14 +141,18 @@ def rollback(request, loop: str, payload: RollbackIn):
     return {"data": loop_payload(get_loop_for(request.auth.organization, target.pk), request)}
 
 
-@router.get("/loops/{loop}/schedules", response={200: ScheduleList, **ERRORS_FULL}, tags=["schedules"])
+@router.get(
+    "/loops/{loop}/schedules", response={200: ScheduleList, **ERRORS_FULL}, tags=["schedules"]
+)
 def list_schedules(request, loop: str):
     require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     return _list([schedule_payload(s) for s in target.schedules.all()])
 
 
-@router.post("/loops/{loop}/schedules", response={201: ScheduleEnvelope, **ERRORS_FULL}, tags=["schedules"])
+@router.post(
+    "/loops/{loop}/schedules", response={201: ScheduleEnvelope, **ERRORS_FULL}, tags=["schedules"]
+)
 def create_schedule(request, loop: str, payload: ScheduleIn):
     """Add a cron schedule (five fields, in `timezone`); a bad expression is 422."""
     require_full_scope(request)
@@ -160,7 +164,9 @@ def create_schedule(request, loop: str, payload: ScheduleIn):
     return 201, {"data": schedule_payload(schedule)}
 
 
-@router.patch("/schedules/{schedule_id}", response={200: ScheduleEnvelope, **ERRORS_FULL}, tags=["schedules"])
+@router.patch(
+    "/schedules/{schedule_id}", response={200: ScheduleEnvelope, **ERRORS_FULL}, tags=["schedules"]
+)
 def patch_schedule(request, schedule_id: str, payload: SchedulePatch):
     require_full_scope(request)
     schedule = get_schedule_for(request.auth.organization, schedule_id)

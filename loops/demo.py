@@ -7,13 +7,13 @@ from accounts.models import Membership, Organization, Role
 from loops.models import Loop
 from loops.services import loop_create
 
-GREETING_CODE = '''\
+GREETING_CODE = """\
 class HealthLoop(Loop):
     def run(self, event, step):
         name = event.body.get("name")
         greeting = step.do("Build greeting", lambda: f"Hello, {name or 'there'}!")
         return {"greeting": greeting}
-'''
+"""
 
 DEMO_ORG = "demo"
 DEMO_USER = "admin"
@@ -27,7 +27,9 @@ def demo_setup() -> tuple[Organization, Loop]:
     user = User.objects.filter(username=DEMO_USER).first()
     if user is None:
         user = User.objects.create_superuser(DEMO_USER, "admin@example.com", DEMO_PASSWORD)
-    org, _ = Organization.objects.get_or_create(slug=DEMO_ORG, defaults={"name": "Demo Organization"})
+    org, _ = Organization.objects.get_or_create(
+        slug=DEMO_ORG, defaults={"name": "Demo Organization"}
+    )
     Membership.objects.get_or_create(user=user, organization=org, defaults={"role": Role.OWNER})
     loop = Loop.objects.filter(organization=org, slug="greeting").first()
     if loop is None:

@@ -41,7 +41,12 @@ def next_times(cron: str, tz: str, count: int = 1, after: datetime | None = None
 
 
 def schedule_create(
-    *, loop: Loop, cron: str, timezone_name: str = "UTC", input=None, enabled: bool = True  # noqa: A002
+    *,
+    loop: Loop,
+    cron: str,
+    timezone_name: str = "UTC",
+    input=None,
+    enabled: bool = True,
 ) -> Schedule:
     cron = " ".join(cron.split())
     next_run = next_times(cron, timezone_name)[0]
@@ -51,7 +56,7 @@ def schedule_create(
     )  # fmt: skip
 
 
-def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=None,  # noqa: A002
+def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=None,
                     enabled=None, input_given: bool = False) -> Schedule:  # fmt: skip
     if cron is not None:
         schedule.cron = " ".join(cron.split())

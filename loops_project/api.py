@@ -62,7 +62,9 @@ api = NinjaAPI(
 
 @api.exception_handler(AuthenticationError)
 def on_auth_error(request, exc):
-    return error_response(401, "unauthorized", "A valid API token is required (Authorization: Bearer <token>).")
+    return error_response(
+        401, "unauthorized", "A valid API token is required (Authorization: Bearer <token>)."
+    )
 
 
 @api.exception_handler(DomainError)
@@ -91,7 +93,9 @@ def on_validation_error(request, exc: ValidationError):
 def on_http_error(request, exc: HttpError):
     codes = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
              409: "conflict", 413: "too_large", 422: "invalid", 429: "rate_limited"}  # fmt: skip
-    response = error_response(exc.status_code, codes.get(exc.status_code, "error"), str(exc.message))
+    response = error_response(
+        exc.status_code, codes.get(exc.status_code, "error"), str(exc.message)
+    )
     return response
 
 
@@ -107,7 +111,9 @@ def too_large_response() -> HttpResponse:
 
 def require_full_scope(request) -> None:
     if request.auth.scope != TokenScope.FULL:
-        raise HttpError(403, "This token's scope (trigger) only allows triggering and reading runs.")
+        raise HttpError(
+            403, "This token's scope (trigger) only allows triggering and reading runs."
+        )
 
 
 def json_body(request, *, required: bool = True):
@@ -121,7 +127,9 @@ def json_body(request, *, required: bool = True):
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DomainError(
-            f"The request body is not valid JSON: {exc}", code="invalid_json", details={"field": "body"}
+            f"The request body is not valid JSON: {exc}",
+            code="invalid_json",
+            details={"field": "body"},
         ) from None
 
 

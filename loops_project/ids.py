@@ -70,7 +70,5 @@ def test_input_id() -> str:
     return new_id("tin")
 
 
-def PublicIdField(default) -> models.CharField:  # noqa: N802 - reads like a field class
-    return models.CharField(
-        primary_key=True, max_length=ID_LENGTH, default=default, editable=False
-    )
+def PublicIdField(default) -> models.CharField:
+    return models.CharField(primary_key=True, max_length=ID_LENGTH, default=default, editable=False)

@@ -44,10 +44,10 @@ _INSECURE_KEY = "django-insecure-loops-embedded-default-key-change-me-in-product
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", _INSECURE_KEY)
 if not DEBUG and SECRET_KEY == _INSECURE_KEY:
     raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [
-    o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o
+ALLOWED_HOSTS = [
+    h for h in env_str("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h
 ]
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -110,14 +110,21 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
     }
     # A file (not :memory:) so that a worker subprocess in the tests shares the test database.
-    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.sqlite3")}
+    _db["TEST"] = {
+        "NAME": str(
+            BASE_DIR / "var" / f"test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.sqlite3"
+        )
+    }
 else:
     # django-q2 opens a new connection per broker call without persistent connections.
     _db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600)
     _db["CONN_HEALTH_CHECKS"] = True
 
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": os.environ["REDIS_URL"]}
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": os.environ["REDIS_URL"],
+    }
     if os.environ.get("REDIS_URL")
     else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
 }

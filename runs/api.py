@@ -90,7 +90,9 @@ def _idempotent_run(loop, key: str | None) -> Run | None:
     if not key:
         return None
     if len(key) > 200:
-        raise Invalid("Idempotency-Key is at most 200 characters", details={"field": "idempotencyKey"})
+        raise Invalid(
+            "Idempotency-Key is at most 200 characters", details={"field": "idempotencyKey"}
+        )
     return (
         Run.objects.filter(
             loop=loop, idempotency_key=key, created_at__gte=timezone.now() - IDEMPOTENCY_WINDOW
@@ -127,7 +129,7 @@ def trigger(
     org: str,
     loop: str,
     mode: Literal["async", "live"] = "async",
-    timeout: float | None = Query(None, description="Live mode: seconds to wait (max 120)"),  # noqa: B008
+    timeout: float | None = Query(None, description="Live mode: seconds to wait (max 120)"),
 ):
     """Queue a run with the posted JSON as input. `?mode=live&timeout=S` waits for the end."""
     organization = get_org_by_ident(org)
@@ -193,7 +195,7 @@ def trigger_runs(request, loop: str, payload: LoopTriggerIn):
 @router.get("/runs", response={200: RunList, **ERRORS}, summary="List runs")
 def list_runs(
     request,
-    status: str | None = Query(None, description="Comma list of statuses"),  # noqa: B008
+    status: str | None = Query(None, description="Comma list of statuses"),
     loop: str | None = None,
     triggerType: str | None = None,
     mode: str | None = None,
@@ -225,7 +227,9 @@ def list_runs(
     }
 
 
-@router.get("/loops/{loop}/runs", response={200: RunList, **ERRORS}, summary="A loop's 50 newest runs")
+@router.get(
+    "/loops/{loop}/runs", response={200: RunList, **ERRORS}, summary="A loop's 50 newest runs"
+)
 def loop_runs(request, loop: str):
     target = get_loop_for(request.auth.organization, loop)
     rows = list(_runs_with_relations().filter(loop=target).order_by("-created_at", "-pk")[:50])
@@ -241,9 +245,13 @@ def get_run(request, run_id: str):
 
 
 @router.get("/runs/{run_id}/logs", response={200: LogList, **ERRORS}, summary="A run's log lines")
-def get_logs(request, run_id: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)):  # noqa: B008
+def get_logs(
+    request, run_id: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+):
     run = get_run_for(request.auth.organization, run_id)
-    rows = list(LogEntry.objects.filter(run=run).order_by("time", "id")[offset : offset + limit + 1])
+    rows = list(
+        LogEntry.objects.filter(run=run).order_by("time", "id")[offset : offset + limit + 1]
+    )
     return {
         "data": [log_payload(e) for e in rows[:limit]],
         "limit": limit,
@@ -266,8 +274,8 @@ class OutputChunk(Schema):
     response={200: OutputChunk, **ERRORS},
     summary="A chunk of a step's output (its JSON text)",
 )
-def step_output(request, run_id: str, step_id: str, offset: int = Query(0, ge=0),  # noqa: B008
-                length: int = Query(65536, ge=1, le=1048576)):  # noqa: B008  # fmt: skip
+def step_output(request, run_id: str, step_id: str, offset: int = Query(0, ge=0),
+                length: int = Query(65536, ge=1, le=1048576)):  # fmt: skip
     import json
 
     run = get_run_for(request.auth.organization, run_id)
@@ -334,7 +342,9 @@ def send_event(request, run_id: str, payload: EventIn):
     run = get_run_for(request.auth.organization, run_id)
     event = services.run_send_event(run=run, type=payload.type, payload=payload.payload)
     event.refresh_from_db()
-    return 202, {"data": {"id": event.pk, "type": event.type, "consumed": event.consumed_by_id is not None}}
+    return 202, {
+        "data": {"id": event.pk, "type": event.type, "consumed": event.consumed_by_id is not None}
+    }
 
 
 @router.post("/runs/{run_id}/resume", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
@@ -374,10 +384,12 @@ class BatchEnvelope(Schema):
     data: BatchOut
 
 
-@router.get("/batches/{batch_id}", response={200: BatchEnvelope, **ERRORS}, summary="A batch's counts")
+@router.get(
+    "/batches/{batch_id}", response={200: BatchEnvelope, **ERRORS}, summary="A batch's counts"
+)
 def get_batch(request, batch_id: str):
     batch = get_batch_for(request.auth.organization, batch_id)
-    counts = {s: 0 for s in RunStatus.values}
+    counts = dict.fromkeys(RunStatus.values, 0)
     for row in Run.objects.filter(batch=batch).values("status").annotate(n=Count("pk")):
         counts[row["status"]] = row["n"]
     return {"data": {"id": batch.pk, "loopId": batch.loop_id, "count": batch.count,
@@ -407,7 +419,9 @@ def scan_payload(request, scan) -> dict:
     }  # fmt: skip
 
 
-@router.get("/scans/{scan_id}", response={200: ScanEnvelope, **ERRORS}, summary="A facial-scan request")
+@router.get(
+    "/scans/{scan_id}", response={200: ScanEnvelope, **ERRORS}, summary="A facial-scan request"
+)
 def get_scan(request, scan_id: str):
     return {"data": scan_payload(request, get_scan_for(request.auth.organization, scan_id))}
 
@@ -416,7 +430,9 @@ def get_scan(request, scan_id: str):
     "/scans/{scan_id}/result",
     response={202: ScanEnvelope, 409: ErrorOut, **ERRORS_FULL},
     summary="Post a scan's measures (resumes the waiting run)",
-    openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}},
+    openapi_extra={
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}
+    },
 )
 def post_scan_result(request, scan_id: str):
     require_full_scope(request)
@@ -486,4 +502,3 @@ def delete_webhook(request, hook_id: str):
     require_full_scope(request)
     get_webhook_for(request.auth.organization, hook_id).delete()
     return 204, None
-

@@ -95,7 +95,8 @@ class Run(models.Model):
     parent_step = models.ForeignKey(
         "runs.Step", null=True, blank=True, on_delete=models.CASCADE, related_name="child_runs"
     )
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL (not "") for "no key", so the partial index holds only keyed runs.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # The queued execution (django-q2 task name); answered as workflowInstanceId.
     task_id = models.CharField(max_length=40, blank=True)
     # Crash safety: a running run whose lease has expired is taken up again.
@@ -286,7 +287,9 @@ class ScanRequest(models.Model):
 
 class Webhook(models.Model):
     id = ids.PublicIdField(ids.hook_id)
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="webhooks")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="webhooks"
+    )
     loop = models.ForeignKey(
         Loop, null=True, blank=True, on_delete=models.CASCADE, related_name="webhooks"
     )

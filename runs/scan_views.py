@@ -49,6 +49,4 @@ def scan_page(request: HttpRequest, scan_id: str) -> HttpResponse:
             else:
                 messages.success(request, "Scan result recorded. Thank you.")
                 return redirect("scan_page", scan_id=scan.pk)
-    return render(
-        request, "runs/scan.html", {"scan": scan, "measures": MEASURES, "error": error}
-    )
+    return render(request, "runs/scan.html", {"scan": scan, "measures": MEASURES, "error": error})

@@ -132,9 +132,9 @@ def run_payload(run: Run, *, steps: list[Step] | None = None) -> dict:
         "pending": run.pending if run.status == "waiting" else None,
     }
     if run.parent_step_id:
-        data["parentRunId"] = Step.objects.filter(pk=run.parent_step_id).values_list(
-            "run_id", flat=True
-        ).first()
+        data["parentRunId"] = (
+            Step.objects.filter(pk=run.parent_step_id).values_list("run_id", flat=True).first()
+        )
     if steps is not None:
         data["steps"] = [step_payload(s) for s in steps]
         data["totalSteps"] = max(len(steps), run.total_steps)

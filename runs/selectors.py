@@ -52,7 +52,11 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
         qs = qs.filter(status__in=statuses) if len(statuses) > 1 else qs.filter(status=statuses[0])
     if loop:
         field = "pk" if loop.startswith("loop_") else "slug"
-        loop_id = Loop.objects.filter(organization=org, **{field: loop}).values_list("pk", flat=True).first()
+        loop_id = (
+            Loop.objects.filter(organization=org, **{field: loop})
+            .values_list("pk", flat=True)
+            .first()
+        )
         qs = qs.filter(loop_id=loop_id) if loop_id else qs.none()
     if trigger_type:
         qs = qs.filter(trigger_type=_choice("triggerType", trigger_type, TriggerType.values))

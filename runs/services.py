@@ -12,6 +12,7 @@ from loops.validation import validate_code
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
 from runs.engine.waits import lock_run, resolve_step
 from runs.models import (
+    Batch,
     Run,
     RunEvent,
     RunMode,
@@ -23,7 +24,7 @@ from runs.models import (
     TriggerType,
 )
 from runs.notify import run_status_changed
-from runs.queue import enqueue_execution, new_task_id
+from runs.queue import enqueue_execution, enqueue_executions, new_task_id
 
 
 def check_input_size(value) -> None:
@@ -47,7 +48,7 @@ def check_triggerable(loop: Loop) -> None:
 def run_trigger(
     *,
     loop: Loop,
-    input,  # noqa: A002 - the product's name for it
+    input,
     trigger_type: str,
     mode: str = RunMode.LIVE,
     user=None,
@@ -90,7 +91,11 @@ ACTIONS = {"input": "input", "approve": "approval", "reject": "approval"}
 
 
 def _waiting_step(run: Run, kind: str) -> Step | None:
-    return Step.objects.filter(run=run, status=StepStatus.WAITING, kind=kind).order_by("-order").first()
+    return (
+        Step.objects.filter(run=run, status=StepStatus.WAITING, kind=kind)
+        .order_by("-order")
+        .first()
+    )
 
 
 @transaction.atomic
@@ -130,7 +135,7 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
 
 
 @transaction.atomic
-def run_send_event(*, run: Run, type: str, payload=None) -> RunEvent:  # noqa: A002
+def run_send_event(*, run: Run, type: str, payload=None) -> RunEvent:
     """Post an event to a run: it resumes a matching wait, or is kept for a later one."""
     run = lock_run(run.pk)
     if run.is_ended:
@@ -239,9 +244,8 @@ def run_restart(*, run: Run, user=None, token: ApiToken | None = None,
 @transaction.atomic
 def run_trigger_batch(
     *, loop: Loop, inputs: list, trigger_type: str, user=None, token: ApiToken | None = None
-) -> "Batch":
+) -> Batch:
     """Create the runs of a batch in bulk and queue them in chunks, all before answering."""
-    from runs.models import Batch
 
     check_triggerable(loop)
     limit = settings.LOOPS_MAX_INPUT_BYTES
@@ -269,7 +273,5 @@ def run_trigger_batch(
         for item in inputs
     ]
     Run.objects.bulk_create(runs, batch_size=2000)
-    from runs.queue import enqueue_executions
-
     enqueue_executions([r.pk for r in runs])
     return batch

@@ -42,7 +42,9 @@ def webhook_create(
             code="invalid_events", details={"field": "events"},
         )  # fmt: skip
     if not url.startswith(("http://", "https://")):
-        raise Invalid("url must be an http or https URL", code="invalid_url", details={"field": "url"})
+        raise Invalid(
+            "url must be an http or https URL", code="invalid_url", details={"field": "url"}
+        )
     return Webhook.objects.create(
         organization=organization, loop=loop, url=url, events=events,
         secret="whsec_" + secrets.token_urlsafe(24),

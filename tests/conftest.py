@@ -10,11 +10,16 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 
 import httpx
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from accounts.models import Role
-from tests.factories import LoopFactory, MembershipFactory, OrganizationFactory, UserFactory, make_token
+from tests.factories import (
+    LoopFactory,
+    MembershipFactory,
+    OrganizationFactory,
+    UserFactory,
+    make_token,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 (BASE_DIR / "var").mkdir(exist_ok=True)  # the SQLite test database and worker logs live here
@@ -35,17 +40,23 @@ def other_org(db):
 
 @pytest.fixture
 def owner(org):
-    return MembershipFactory(organization=org, role=Role.OWNER, user=UserFactory(username="olivia")).user
+    return MembershipFactory(
+        organization=org, role=Role.OWNER, user=UserFactory(username="olivia")
+    ).user
 
 
 @pytest.fixture
 def member(org):
-    return MembershipFactory(organization=org, role=Role.EDITOR, user=UserFactory(username="mo")).user
+    return MembershipFactory(
+        organization=org, role=Role.EDITOR, user=UserFactory(username="mo")
+    ).user
 
 
 @pytest.fixture
 def outsider(other_org):
-    return MembershipFactory(organization=other_org, role=Role.OWNER, user=UserFactory(username="otto")).user
+    return MembershipFactory(
+        organization=other_org, role=Role.OWNER, user=UserFactory(username="otto")
+    ).user
 
 
 @pytest.fixture
@@ -102,7 +113,7 @@ class Cluster:
             **(env_overrides or {}),
         }
         self.log = open(BASE_DIR / "var" / f"qcluster-{os.getpid()}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
             env=env, cwd=BASE_DIR, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -110,7 +121,10 @@ class Cluster:
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(
-            ["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], capture_output=True, text=True, check=False
+            ["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout
         return [int(line.split()[0]) for line in out.splitlines() if line.strip()]
 

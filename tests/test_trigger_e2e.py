@@ -29,11 +29,15 @@ def test_greeting_through_api_succeeds_with_one_step(worker, api, org, loop):
         ("Build greeting", "succeeded", 1)
     ]
     assert run["steps"][0]["output"] == "Hello, Khaya!"
-    assert run["startedAt"] and run["completedAt"] and run["durationMs"] is not None
+    assert run["startedAt"]
+    assert run["completedAt"]
+    assert run["durationMs"] is not None
 
 
 def test_live_mode_answers_200_with_the_ended_run(worker, api, org, loop):
-    response = api.post(f"/api/loop/{loop.organization_id}/{loop.pk}?mode=live&timeout=60", json={"name": "Ana"})
+    response = api.post(
+        f"/api/loop/{loop.organization_id}/{loop.pk}?mode=live&timeout=60", json={"name": "Ana"}
+    )
     assert response.status_code == 200
     assert response.json()["data"]["output"] == {"greeting": "Hello, Ana!"}
     assert Run.objects.get().status == "succeeded"

@@ -103,7 +103,9 @@ class Execution:
             if not self.log_limit_noted:
                 self.log_limit_noted = True
                 self.logs.append(
-                    self._log_entry("warning", f"Log limit of {limit} lines reached; later lines dropped.", None)
+                    self._log_entry(
+                        "warning", f"Log limit of {limit} lines reached; later lines dropped.", None
+                    )
                 )
             return
         level = message.get("level") if message.get("level") in LOG_LEVELS else "info"
@@ -196,9 +198,7 @@ class Execution:
         entry = self.steps.get(message.get("key"))
         if entry is None:
             return {"ok": False}
-        status = (
-            StepStatus.SUCCEEDED if message.get("status") == "succeeded" else StepStatus.FAILED
-        )
+        status = StepStatus.SUCCEEDED if message.get("status") == "succeeded" else StepStatus.FAILED
         output_json = message.get("output_json")
         now = timezone.now()
         Step.objects.filter(pk=entry[0]).update(
@@ -233,7 +233,9 @@ class Execution:
             elif op == "cancelled":
                 ended = lifecycle.run_abandon(self)
             else:
-                error = _error_dict((self.outcome or {}).get("error")) or self.crash_error(exit_info)
+                error = _error_dict((self.outcome or {}).get("error")) or self.crash_error(
+                    exit_info
+                )
                 ended = lifecycle.run_fail(self, error=error)
         return ended
 
@@ -247,7 +249,9 @@ class Execution:
             message = f"CPU time limit exceeded ({settings.LOOPS_CPU_SECONDS} s)"
             kind = "CpuTimeExceeded"
         elif exit_info.signal in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS):
-            message = f"Memory limit exceeded ({settings.LOOPS_MEMORY_MB} MB) or the execution crashed"
+            message = (
+                f"Memory limit exceeded ({settings.LOOPS_MEMORY_MB} MB) or the execution crashed"
+            )
             kind = "ExecutionCrashed"
         elif exit_info.signal:
             message = f"The execution was killed (signal {exit_info.signal})"
@@ -271,7 +275,11 @@ def _int_or_none(value) -> int | None:
 def _error_dict(error) -> dict | None:
     if not isinstance(error, dict):
         return None
-    clean = {k: error[k] for k in ("message", "type", "traceback", "step", "status", "headers", "body") if k in error}
+    clean = {
+        k: error[k]
+        for k in ("message", "type", "traceback", "step", "status", "headers", "body")
+        if k in error
+    }
     clean["message"] = str(clean.get("message", "error"))[:10000]
     return clean
 
@@ -284,7 +292,12 @@ def build_request(execution: Execution) -> dict:
     ).values_list("key", "status", "output", "error", "run_attempt", "order", "id"):
         execution.steps[key] = [pk, status, order]
         if status in FINAL_STEP_STATUSES or status == StepStatus.FAILED:
-            saved[key] = {"status": status, "output": output, "error": error, "run_attempt": run_attempt}
+            saved[key] = {
+                "status": status,
+                "output": output,
+                "error": error,
+                "run_attempt": run_attempt,
+            }
     execution.next_order = max((s[2] for s in execution.steps.values()), default=-1) + 1
     return {
         "op": "exec",

@@ -39,16 +39,22 @@ def run_fail(execution, *, error: dict) -> str:
     step_name = error.get("step") or ""
     step_key = step_name
     if step_key in execution.steps:
-        step_name = Step.objects.filter(pk=execution.steps[step_key][0]).values_list(
-            "name", flat=True
-        ).first() or step_name
+        step_name = (
+            Step.objects.filter(pk=execution.steps[step_key][0])
+            .values_list("name", flat=True)
+            .first()
+            or step_name
+        )
     # The step in progress when the execution died is failed with the same error.
     Step.objects.filter(run_id=execution.run.pk, status=StepStatus.RUNNING).update(
         status=StepStatus.FAILED, error=error, finished_at=timezone.now()
     )
-    detail = f"{error.get('type')}: {error['message']}" if error.get("type") not in (
-        None, "", "RuntimeError", "Exception"
-    ) and not error["message"].startswith(error.get("type", "")) else error["message"]
+    detail = (
+        f"{error.get('type')}: {error['message']}"
+        if error.get("type") not in (None, "", "RuntimeError", "Exception")
+        and not error["message"].startswith(error.get("type", ""))
+        else error["message"]
+    )
     message = f"Step '{step_name}' failed: {detail}" if step_name else detail
     if _end(
         execution,

@@ -17,7 +17,7 @@ MAX_REDIRECTS = 5
 MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
-class TargetRefused(Exception):  # noqa: N818
+class TargetRefused(Exception):
     pass
 
 

@@ -74,7 +74,7 @@ def _step_kind(kind: str) -> str:
     return kind
 
 
-def _suspend(execution, message, *, kind: str, pending: dict, timeout=None, input=None,  # noqa: A002
+def _suspend(execution, message, *, kind: str, pending: dict, timeout=None, input=None,
              wake_at=None) -> tuple[str, dict]:  # fmt: skip
     step_id = execution.open_step(
         message, kind=kind, status=StepStatus.WAITING, input=input, wake_at=wake_at
@@ -196,21 +196,26 @@ def wait_child(execution, message, params):
 
     ident = str(params.get("loop") or "")
     field = "pk" if ident.startswith("loop_") else "slug"
-    loop = Loop.objects.filter(organization_id=execution.run.organization_id, **{field: ident}).first()
+    loop = Loop.objects.filter(
+        organization_id=execution.run.organization_id, **{field: ident}
+    ).first()
     if loop is None:
         error = {"message": f"No loop '{ident}' in this organization", "type": "ChildRunFailed"}
         execution.open_step(message, kind="child", status=StepStatus.FAILED, error=error)
         return _resolved(StepStatus.FAILED, error=error)
     step_id = execution.open_step(
-        message, kind="child", status=StepStatus.WAITING, input={"loop": loop.slug, "body": params.get("body")}
+        message,
+        kind="child",
+        status=StepStatus.WAITING,
+        input={"loop": loop.slug, "body": params.get("body")},
     )
     try:
-        child = run_trigger(
-            loop=loop, input=params.get("body"), trigger_type="system", mode="live"
-        )
+        child = run_trigger(loop=loop, input=params.get("body"), trigger_type="system", mode="live")
     except DomainError as exc:
         error = {"message": exc.message, "type": "ChildRunFailed"}
-        Step.objects.filter(pk=step_id).update(status=StepStatus.FAILED, error=error, finished_at=timezone.now())
+        Step.objects.filter(pk=step_id).update(
+            status=StepStatus.FAILED, error=error, finished_at=timezone.now()
+        )
         execution.steps[message["key"]][1] = StepStatus.FAILED
         return _resolved(StepStatus.FAILED, error=error)
     Run.objects.filter(pk=child.pk).update(parent_step_id=step_id)

@@ -17,7 +17,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, slug, name, owner, **options):
         if slugify(slug) != slug or not slug:
-            raise CommandError(f"'{slug}' is not a valid slug (lower-case letters, digits, hyphens)")
+            raise CommandError(
+                f"'{slug}' is not a valid slug (lower-case letters, digits, hyphens)"
+            )
         if Organization.objects.filter(slug=slug).exists():
             raise CommandError(f"An organization with slug '{slug}' already exists")
         user = None

@@ -29,13 +29,19 @@ class Command(BaseCommand):
         self.stdout.write(f"  URL:    {url}")
         self.stdout.write(f"  Login:  {DEMO_USER} / {DEMO_PASSWORD}")
         self.stdout.write(f"  Admin:  {url}admin/")
-        self.stdout.write(f"  Loop:   {loop.name} ({org.slug}/{loop.slug}), version {loop.active_version.number}")
-        self.stdout.write(f"  Try:    {sys.executable} manage.py trigger {org.slug} {loop.slug} --input '{{\"name\": \"Khaya\"}}' --wait")
+        self.stdout.write(
+            f"  Loop:   {loop.name} ({org.slug}/{loop.slug}), version {loop.active_version.number}"
+        )
+        self.stdout.write(
+            f'  Try:    {sys.executable} manage.py trigger {org.slug} {loop.slug} --input \'{{"name": "Khaya"}}\' --wait'
+        )
         if no_serve:
             return
         manage = os.path.join(settings.BASE_DIR, "manage.py")
-        cluster = subprocess.Popen([sys.executable, manage, "qcluster"])  # noqa: S603
-        self.stdout.write(f"  Worker: django-q2 cluster (pid {cluster.pid}, {settings.LOOPS_WORKERS} workers)")
+        cluster = subprocess.Popen([sys.executable, manage, "qcluster"])
+        self.stdout.write(
+            f"  Worker: django-q2 cluster (pid {cluster.pid}, {settings.LOOPS_WORKERS} workers)"
+        )
         try:
             call_command("runserver", f"{host}:{port}", use_reloader=False)
         finally:

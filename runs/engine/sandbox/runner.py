@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 if "--lib" in sys.argv:
     sys.path.insert(1, sys.argv[sys.argv.index("--lib") + 1])
 
-import runtime  # noqa: E402
+import runtime
 
 
 class Channel:
@@ -64,7 +64,7 @@ def apply_seccomp():
     ):  # fmt: skip
         try:
             f.add_rule(eperm, name)
-        except Exception:  # noqa: BLE001, S112 - a syscall this kernel lacks
+        except Exception:  # noqa: S112 - a syscall this kernel lacks
             continue
     f.load()
     return "on"
@@ -130,7 +130,7 @@ def main():
             try:
                 signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 run_child(code_obj, request, channel)
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 code_status = 1
             os._exit(code_status)
         timed_out = []

@@ -66,7 +66,7 @@ DEFAULT_RETRY = Retry()
 NO_RETRY = Retry(limit=0)
 
 
-class StepTimeout(Exception):  # noqa: N818 - the name the product documents
+class StepTimeout(Exception):
     """A step or a wait took longer than its timeout."""
 
 
@@ -80,7 +80,7 @@ class HttpError(Exception):
         self.body = body
 
 
-class ChildRunFailed(Exception):  # noqa: N818
+class ChildRunFailed(Exception):
     """The run started by step.run_loop failed."""
 
 
@@ -201,10 +201,10 @@ class _LoggingModule:
         self._emit = emit
         self._root = _UserLogger("root", emit)
 
-    def getLogger(self, name=None):  # noqa: N802 - mirrors logging.getLogger
+    def getLogger(self, name=None):
         return _UserLogger(name or "root", self._emit)
 
-    def basicConfig(self, *args, **kwargs):  # noqa: N802
+    def basicConfig(self, *args, **kwargs):
         return None
 
     def debug(self, msg, *args):
@@ -226,7 +226,7 @@ class _LoggingModule:
 def _make_import(emit_log):
     cache = {}
 
-    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
         if level != 0 or name not in ALLOWED_MODULES:
             raise ImportError(
                 f"Importing '{name}' is not allowed in a loop. "
@@ -362,9 +362,7 @@ def compile_loop(code):
     if len(loop_classes) > 1:
         raise CodeError(loop_classes[1].lineno, "the program must define exactly one Loop subclass")
     cls = loop_classes[0]
-    run = next(
-        (n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "run"), None
-    )
+    run = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "run"), None)
     if run is None:
         raise CodeError(cls.lineno, f"class {cls.name} must define run(self, event, step)")
     names = [a.arg for a in run.args.posonlyargs + run.args.args]
@@ -379,7 +377,9 @@ def compile_loop(code):
 
 def find_loop_class(namespace):
     classes = [
-        v for v in namespace.values() if isinstance(v, type) and issubclass(v, Loop) and v is not Loop
+        v
+        for v in namespace.values()
+        if isinstance(v, type) and issubclass(v, Loop) and v is not Loop
     ]
     if len(classes) != 1:
         raise TypeError("the program must define exactly one Loop subclass")
@@ -541,8 +541,10 @@ class Step:
             raise _rebuild_error(saved.get("error"))
         if not callable(fn):
             raise TypeError(f"step.do('{name}', fn): fn must be callable")
-        policy = retries if isinstance(retries, Retry) else (
-            Retry(limit=retries) if isinstance(retries, int) else DEFAULT_RETRY
+        policy = (
+            retries
+            if isinstance(retries, Retry)
+            else (Retry(limit=retries) if isinstance(retries, int) else DEFAULT_RETRY)
         )
         self._begin(key, name, "do", metadata=metadata)
         started = time.monotonic()
@@ -556,7 +558,9 @@ class Step:
             except (_Suspend, _Cancelled, _StopRun, _LimitExceeded):
                 raise
             except _StepOutputTooLarge as exc:
-                self._finish(key, "failed", error=_error_info(exc), attempts=attempt, started=started)
+                self._finish(
+                    key, "failed", error=_error_info(exc), attempts=attempt, started=started
+                )
                 self._failed = (name, exc)
                 raise
             except Exception as exc:
@@ -568,7 +572,9 @@ class Step:
                     )  # fmt: skip
                     time.sleep(policy.wait_before(attempt))
                     continue
-                self._finish(key, "failed", error=_error_info(exc), attempts=attempt, started=started)
+                self._finish(
+                    key, "failed", error=_error_info(exc), attempts=attempt, started=started
+                )
                 self._failed = (name, exc)
                 raise
             self._finish(key, "succeeded", output=encoded, attempts=attempt, started=started)
@@ -700,11 +706,15 @@ class Step:
         return saved.get("output")
 
 
-class _StepOutputTooLarge(Exception):  # noqa: N818
+class _StepOutputTooLarge(Exception):
     pass
 
 
-_REBUILDABLE = {"StepTimeout": StepTimeout, "HttpError": HttpError, "ChildRunFailed": ChildRunFailed}
+_REBUILDABLE = {
+    "StepTimeout": StepTimeout,
+    "HttpError": HttpError,
+    "ChildRunFailed": ChildRunFailed,
+}
 
 
 def _rebuild_error(error):
@@ -758,7 +768,7 @@ def execute(code_obj, request, channel):
         elif "JSON" in str(exc) or "serializable" in str(exc):
             info["message"] = f"run() returned a value that is not JSON-serializable: {exc}"
         channel.send({"op": "failed", "error": info})
-    except BaseException as exc:  # noqa: BLE001 - report whatever escaped run()
+    except BaseException as exc:
         if step is not None and step._suspended:
             channel.send({"op": "suspended"})
             return

@@ -28,7 +28,9 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No matching runs.")
             return
-        self.stdout.write(f"{'RUN':<32} {'LOOP':<20} {'VER':>4} {'STATUS':<10} {'TRIGGER':<10} {'CREATED':<20} {'MS':>8}")
+        self.stdout.write(
+            f"{'RUN':<32} {'LOOP':<20} {'VER':>4} {'STATUS':<10} {'TRIGGER':<10} {'CREATED':<20} {'MS':>8}"
+        )
         for r in rows:
             self.stdout.write(
                 f"{r.pk:<32} {r.loop.slug[:20]:<20} {r.version.number if r.version_id else '-':>4} "

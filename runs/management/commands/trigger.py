@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="wait for the run to end")
         parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
 
-    def handle(self, *args, org, loop, input, wait, timeout, **options):  # noqa: A002
+    def handle(self, *args, org, loop, input, wait, timeout, **options):
         target = loop_or_error(org_or_error(org), loop)
         try:
             value = json.loads(input)
@@ -39,6 +39,8 @@ class Command(BaseCommand):
             if run.is_ended:
                 break
             if time.monotonic() > deadline:
-                raise CommandError(f"Run {run.pk} is still {run.status} after {timeout} s (is a worker running? manage.py qcluster)")
+                raise CommandError(
+                    f"Run {run.pk} is still {run.status} after {timeout} s (is a worker running? manage.py qcluster)"
+                )
             time.sleep(0.1)
         self.stdout.write(json.dumps(run_payload(run), default=str, indent=2))
