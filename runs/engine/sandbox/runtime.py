@@ -22,7 +22,7 @@ from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
-    safer_getattr,
+    safer_getattr_raise,
 )
 from RestrictedPython.Utilities import utility_builtins
 
@@ -34,6 +34,10 @@ ALLOWED_MODULES = frozenset(
     }
 )  # fmt: skip
 FILENAME = "<loop>"
+# Builtins a loop cannot have; naming one is refused at deploy with its line.
+FORBIDDEN_NAMES = frozenset(
+    {"open", "globals", "locals", "vars", "input", "breakpoint", "compile", "memoryview", "help"}
+)
 
 
 # --- What a program can name -----------------------------------------------------------------
@@ -294,14 +298,14 @@ def make_globals(emit_log):
     b.update(utility_builtins)
     for name in _FULL_BUILTINS:
         b[name] = getattr(builtins, name)
-    b["getattr"] = safer_getattr
+    b["getattr"] = safer_getattr_raise
     b["__import__"] = _make_import(emit_log)
     printer = _Printer(emit_log)
     return {
         "__builtins__": b,
         "__metaclass__": type,
         "__name__": "loop_program",
-        "_getattr_": safer_getattr,
+        "_getattr_": safer_getattr_raise,
         "_getitem_": default_guarded_getitem,
         "_getiter_": default_guarded_getiter,
         "_write_": _write_guard,
@@ -351,6 +355,8 @@ def compile_loop(code):
         elif isinstance(node, ast.ImportFrom):
             if node.level or node.module not in ALLOWED_MODULES:
                 raise CodeError(node.lineno, f"importing from '{node.module}' is not allowed")
+        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
+            raise CodeError(node.lineno, f"'{node.id}' is not available in a loop")
     loop_classes = [
         node
         for node in tree.body
@@ -405,7 +411,10 @@ def _user_line():
 
 def _error_info(exc):
     info = {"message": str(exc) or type(exc).__name__, "type": type(exc).__name__}
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    # Only the program's own frames: the runtime's are noise to the person reading it.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    tb = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    tb += traceback.format_exception_only(type(exc), exc)
     info["traceback"] = "".join(tb)[-20000:]
     if isinstance(exc, HttpError):
         info.update(status=exc.status, headers=exc.headers, body=exc.body)
@@ -739,6 +748,10 @@ def execute(code_obj, request, channel):
              "step": step._current if step is not None else None}
         )  # fmt: skip
 
+    import linecache
+
+    code = request.get("code", "")
+    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
     try:
         namespace = make_globals(emit)
         exec(code_obj, namespace)  # noqa: S102 - compiled by RestrictedPython under our policy
