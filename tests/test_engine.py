@@ -63,7 +63,7 @@ def test_failing_step_fails_the_run_with_its_message_and_step_name(org):
     assert run.error_step == "Charge card"
     assert "Charge card" in run.error_message
     assert "card declined" in run.error_message
-    assert 'line 5, in charge\n    raise ValueError("card declined")' in run.error_traceback
+    assert 'line 7, in charge\n    raise ValueError("card declined")' in run.error_traceback
     assert "runtime.py" not in run.error_traceback  # only the program's own frames
     assert run.output is None
     statuses = list(run.steps.order_by("order").values_list("name", "status", "attempts"))
