@@ -1,6 +1,6 @@
 """Loops, versions and schedules API (token scope `full`)."""
 
-from ninja import Router, Schema
+from ninja import Path, Router, Schema, Status
 
 from loops import schedules, services
 from loops.access import get_loop_for, get_schedule_for, get_version_for
@@ -86,7 +86,7 @@ def create_loop(request, payload: LoopIn):
         description=payload.description, code=payload.code, author_name=_author(request),
     )  # fmt: skip
     loop = get_loop_for(request.auth.organization, loop.pk)
-    return 201, {"data": loop_payload(loop, request)}
+    return Status(201, {"data": loop_payload(loop, request)})
 
 
 @router.get("/loops/{loop}", response={200: LoopEnvelope, **ERRORS_FULL})
@@ -114,7 +114,7 @@ def deploy_version(request, loop: str, payload: VersionIn):
     version = services.loop_deploy(
         loop=target, code=payload.code, note=payload.note, author_name=_author(request)
     )
-    return 201, {"data": version_payload(version, active_id=version.pk, code=True)}
+    return Status(201, {"data": version_payload(version, active_id=version.pk, code=True)})
 
 
 @router.get("/loops/{loop}/versions", response={200: VersionList, **ERRORS_FULL})
@@ -126,7 +126,7 @@ def list_versions(request, loop: str):
 
 
 @router.get("/loops/{loop}/versions/{number}", response={200: VersionEnvelope, **ERRORS_FULL})
-def get_version(request, loop: str, number: int):
+def get_version(request, loop: str, number: int = Path(..., ge=1, le=2**31 - 1)):
     require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     version = get_version_for(target, number)
@@ -161,7 +161,7 @@ def create_schedule(request, loop: str, payload: ScheduleIn):
         loop=target, cron=payload.cron, timezone_name=payload.timezone, input=payload.input,
         enabled=payload.enabled,
     )  # fmt: skip
-    return 201, {"data": schedule_payload(schedule)}
+    return Status(201, {"data": schedule_payload(schedule)})
 
 
 @router.patch(
@@ -182,4 +182,4 @@ def patch_schedule(request, schedule_id: str, payload: SchedulePatch):
 def delete_schedule(request, schedule_id: str):
     require_full_scope(request)
     get_schedule_for(request.auth.organization, schedule_id).delete()
-    return 204, None
+    return Status(204, None)

@@ -47,7 +47,7 @@ class VersionIn(Schema):
 
 
 class RollbackIn(Schema):
-    version: int = Field(..., ge=1)
+    version: int = Field(..., ge=1, le=2**31 - 1)
 
 
 class ScheduleOut(Schema):

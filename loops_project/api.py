@@ -1,14 +1,19 @@
 """The one NinjaAPI: token auth, the error shape of API.md, and the apps' routers."""
 
 import json
+import threading
+import time
 
 from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
+from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
-from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
+from ninja.parser import Parser
 from ninja.security import HttpBearer
-from ninja.throttling import AuthRateThrottle
+from ninja.throttling import BaseThrottle
 
 from accounts.models import ApiToken, TokenScope
 from accounts.services import token_authenticate
@@ -20,14 +25,58 @@ class TokenAuth(HttpBearer):
         return token_authenticate(token)
 
 
-class TokenRateThrottle(AuthRateThrottle):
-    """Per token (by id), whatever its name."""
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
 
-    def get_cache_key(self, request: HttpRequest) -> str | None:
+
+def parse_json(raw: bytes | str):
+    """Strict JSON: NaN, Infinity and NUL characters are refused (PostgreSQL cannot store
+    them, and NaN is not JSON to any other client)."""
+    value = json.loads(raw, parse_constant=_reject_constant)
+    escaped = b"\\u0000" if isinstance(raw, bytes) else "\\u0000"
+    if escaped in raw and "\x00" in json.dumps(value, ensure_ascii=False):
+        raise ValueError("NUL characters (\\u0000) are not allowed")
+    return value
+
+
+class StrictParser(Parser):
+    def parse_body(self, request: HttpRequest):
+        return parse_json(request.body)
+
+
+PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """'100/m' -> (100, 60): the requests allowed per period of seconds."""
+    count, _, period = rate.partition("/")
+    return int(count), PERIODS[period]
+
+
+class TokenRateThrottle(BaseThrottle):
+    """Per token (by id), at settings.LOOPS_API_RATE read on every request, so a change of the
+    setting applies at once. A token's sliding-window history lives in the cache; the wait of
+    the current request is thread-local because one instance serves every server thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def allow_request(self, request: HttpRequest) -> bool:
         auth = getattr(request, "auth", None)
         if auth is None:
-            return None
-        return self.cache_format % {"scope": self.scope, "ident": auth.pk}
+            return True
+        allowed, period = parse_rate(settings.LOOPS_API_RATE)
+        key = f"throttle_token_{auth.pk}"
+        now = time.time()
+        history = [t for t in cache.get(key, []) if t > now - period]
+        if len(history) >= allowed:
+            self._local.wait = period - (now - history[-1])
+            return False
+        cache.set(key, [now, *history], period)
+        return True
+
+    def wait(self) -> float | None:
+        return max(getattr(self._local, "wait", 1.0), 1.0)
 
 
 class ErrorBody(Schema):
@@ -51,9 +100,11 @@ api = NinjaAPI(
     title="Loops API",
     version="1",
     description="Durable workflows for operations teams. Authenticate with "
-    "`Authorization: Bearer <token>` (a per-organization API token).",
+    "`Authorization: Bearer <token>` (a per-organization API token). Errors answer "
+    '`{"error": {"code", "message", "details"?}}`.',
     auth=TokenAuth(),
-    throttle=[TokenRateThrottle(settings.LOOPS_API_RATE)],
+    throttle=[TokenRateThrottle()],
+    parser=StrictParser(),
     urls_namespace="api",
     docs_url="/docs",
     openapi_url="/openapi.json",
@@ -65,6 +116,12 @@ def on_auth_error(request, exc):
     return error_response(
         401, "unauthorized", "A valid API token is required (Authorization: Bearer <token>)."
     )
+
+
+@api.exception_handler(Throttled)
+def on_throttled(request, exc: Throttled):
+    # ninja sets Retry-After on this response from the throttle's wait().
+    return error_response(429, "rate_limited", "Too many requests for this token; slow down.")
 
 
 @api.exception_handler(DomainError)
@@ -82,26 +139,42 @@ def on_not_found(request, exc):
 def on_validation_error(request, exc: ValidationError):
     details = []
     for err in exc.errors:
-        loc = [str(p) for p in err.get("loc", []) if p not in ("body", "query", "path", "payload")]
-        details.append({"field": ".".join(loc) or None, "message": err.get("msg", "invalid")})
-    fields = ", ".join(d["field"] for d in details if d["field"]) or "request"
+        loc = [str(p) for p in err.get("loc", [])]
+        named = [p for p in loc if p not in ("body", "query", "path", "payload", "header")]
+        field = ".".join(named) or ("body" if "body" in loc else None)
+        details.append({"field": field, "message": err.get("msg", "invalid")})
+    fields = ", ".join(dict.fromkeys(d["field"] for d in details if d["field"])) or "request"
     first = details[0]["message"] if details else "invalid"
     return error_response(422, "validation_error", f"Invalid {fields}: {first}", details)
 
 
+HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+              409: "conflict", 413: "too_large", 422: "invalid", 429: "rate_limited"}  # fmt: skip
+
+
 @api.exception_handler(HttpError)
 def on_http_error(request, exc: HttpError):
-    codes = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-             409: "conflict", 413: "too_large", 422: "invalid", 429: "rate_limited"}  # fmt: skip
-    response = error_response(
-        exc.status_code, codes.get(exc.status_code, "error"), str(exc.message)
-    )
-    return response
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ValueError | UnicodeDecodeError):
+        # ninja could not parse the body: name the problem instead of a generic sentence.
+        return error_response(
+            400, "invalid_json", f"The request body is not valid JSON: {cause}", {"field": "body"}
+        )
+    code = HTTP_CODES.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.message))
 
 
 @api.exception_handler(RequestDataTooBig)
 def on_too_big(request, exc):
     return too_large_response()
+
+
+@api.exception_handler(DataError)
+def on_data_error(request, exc):
+    # Values the database refuses (out-of-range numbers and the like) are bad input, not a 500.
+    return error_response(
+        422, "invalid_value", "The request holds a value the database cannot store."
+    )
 
 
 def too_large_response() -> HttpResponse:
@@ -121,11 +194,13 @@ def json_body(request, *, required: bool = True):
     raw = request.body
     if not raw.strip():
         if required:
-            raise DomainError("The request body must be JSON.", code="invalid_json")
+            raise DomainError(
+                "The request body must be JSON.", code="invalid_json", details={"field": "body"}
+            )
         return None
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return parse_json(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DomainError(
             f"The request body is not valid JSON: {exc}",
             code="invalid_json",

@@ -1,5 +1,7 @@
 """Runs API (API.md "Trigger" and "Runs")."""
 
+import json
+import math
 import time
 from datetime import timedelta
 from typing import Any, Literal
@@ -7,7 +9,7 @@ from typing import Any, Literal
 from django.conf import settings
 from django.db.models import Count
 from django.utils import timezone
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.access import get_org_by_ident
@@ -64,7 +66,7 @@ def _live_timeout(raw) -> float:
         value = float(raw)
     except (TypeError, ValueError):
         raise Invalid("timeout must be a number of seconds", details={"field": "timeout"}) from None
-    if value < 0 or value > settings.LOOPS_LIVE_TIMEOUT_MAX:
+    if not math.isfinite(value) or value < 0 or value > settings.LOOPS_LIVE_TIMEOUT_MAX:
         raise Invalid(
             f"timeout must be between 0 and {settings.LOOPS_LIVE_TIMEOUT_MAX} seconds",
             details={"field": "timeout"},
@@ -142,8 +144,8 @@ def trigger(
     if wait is not None:
         ended = wait_for_end(run.pk, wait)
         if ended is not None:
-            return 200, {"data": run_payload(ended)}
-    return 202, {"runId": run.pk, "workflowInstanceId": run.task_id}
+            return Status(200, {"data": run_payload(ended)})
+    return Status(202, {"runId": run.pk, "workflowInstanceId": run.task_id})
 
 
 class LoopTriggerIn(Schema):
@@ -180,35 +182,41 @@ def trigger_runs(request, loop: str, payload: LoopTriggerIn):
             loop=target, inputs=payload.inputs, trigger_type=TriggerType.API_TOKEN,
             token=request.auth,
         )  # fmt: skip
-        return 202, {"data": {"batchId": batch.pk, "count": batch.count}}
+        return Status(202, {"data": {"batchId": batch.pk, "count": batch.count}})
     wait = _live_timeout(payload.timeout) if payload.mode == "live" else None
     key = request.headers.get("Idempotency-Key") or payload.idempotencyKey
     run, _ = _trigger_one(request, target, payload.input, key)
     if wait is not None:
         ended = wait_for_end(run.pk, wait)
         if ended is not None:
-            return 200, {"data": run_payload(ended)}
+            return Status(200, {"data": run_payload(ended)})
     run = _runs_with_relations().get(pk=run.pk)
-    return 202, {"data": run_payload(run)}
+    return Status(202, {"data": run_payload(run)})
 
 
 @router.get("/runs", response={200: RunList, **ERRORS}, summary="List runs")
 def list_runs(
     request,
-    status: str | None = Query(None, description="Comma list of statuses"),
-    loop: str | None = None,
-    triggerType: str | None = None,
-    mode: str | None = None,
-    batch: str | None = None,
-    createdAfter: str | None = None,
-    createdBefore: str | None = None,
-    stepStatus: str | None = None,
-    triggeredBy: str | None = None,
-    limit: int = 10,
-    offset: int = 0,
-    cursor: str | None = None,
-    sort: str = "-createdAt",
+    status: str | None = Query(
+        None, description="Comma list of pending, running, waiting, succeeded, failed, cancelled"
+    ),
+    loop: str | None = Query(None, description="Loop id or slug"),
+    triggerType: str | None = Query(None, description="user, api_token or system"),
+    mode: str | None = Query(None, description="live or test"),
+    batch: str | None = Query(None, description="Batch id"),
+    createdAfter: str | None = Query(None, description="ISO 8601 with time zone (inclusive)"),
+    createdBefore: str | None = Query(None, description="ISO 8601 with time zone (exclusive)"),
+    stepStatus: str | None = Query(None, description="failed or rejected: runs with such a step"),
+    triggeredBy: str | None = Query(None, description="Token id, or a member's id or username"),
+    limit: int = Query(10, description="1 to 100"),
+    offset: int = Query(0, description="Rows to skip (0 to 1000000)"),
+    cursor: str | None = Query(None, description="nextCursor of the previous page"),
+    sort: str = Query(
+        "-createdAt",
+        description="createdAt, startedAt, completedAt, status or durationMs; - for descending",
+    ),
 ):
+    """Newest first by default. Unknown filter values answer 422 naming the field."""
     org = request.auth.organization
     qs = filter_runs(
         _runs_with_relations().for_org(org), org, status=status, loop=loop,
@@ -246,7 +254,10 @@ def get_run(request, run_id: str):
 
 @router.get("/runs/{run_id}/logs", response={200: LogList, **ERRORS}, summary="A run's log lines")
 def get_logs(
-    request, run_id: str, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+    request,
+    run_id: str,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=10_000_000),
 ):
     run = get_run_for(request.auth.organization, run_id)
     rows = list(
@@ -274,10 +285,8 @@ class OutputChunk(Schema):
     response={200: OutputChunk, **ERRORS},
     summary="A chunk of a step's output (its JSON text)",
 )
-def step_output(request, run_id: str, step_id: str, offset: int = Query(0, ge=0),
+def step_output(request, run_id: str, step_id: str, offset: int = Query(0, ge=0, le=2**40),
                 length: int = Query(65536, ge=1, le=1048576)):  # fmt: skip
-    import json
-
     run = get_run_for(request.auth.organization, run_id)
     step = get_step_for(run, step_id)
     text = json.dumps(step.output, ensure_ascii=False)
@@ -314,7 +323,7 @@ def respond(request, run_id: str, payload: RespondIn):
         has_value="input" in payload.model_fields_set and payload.input is not None,
         reason=payload.reason, actor=request.auth.name,
     )  # fmt: skip
-    return 202, {"data": {"id": run.pk, "status": run.status}}
+    return Status(202, {"data": {"id": run.pk, "status": run.status}})
 
 
 class EventIn(Schema):
@@ -342,9 +351,16 @@ def send_event(request, run_id: str, payload: EventIn):
     run = get_run_for(request.auth.organization, run_id)
     event = services.run_send_event(run=run, type=payload.type, payload=payload.payload)
     event.refresh_from_db()
-    return 202, {
-        "data": {"id": event.pk, "type": event.type, "consumed": event.consumed_by_id is not None}
-    }
+    return Status(
+        202,
+        {
+            "data": {
+                "id": event.pk,
+                "type": event.type,
+                "consumed": event.consumed_by_id is not None,
+            }
+        },
+    )
 
 
 @router.post("/runs/{run_id}/resume", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
@@ -352,7 +368,7 @@ def resume(request, run_id: str):
     """Continue a failed or cancelled run from its last checkpoint (pinned version)."""
     require_full_scope(request)
     run = services.run_resume(run=get_run_for(request.auth.organization, run_id))
-    return 202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))}
+    return Status(202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
 @router.post("/runs/{run_id}/restart", response={201: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
@@ -361,7 +377,7 @@ def restart(request, run_id: str):
     require_full_scope(request)
     original = get_run_for(request.auth.organization, run_id)
     run = services.run_restart(run=original, token=request.auth, trigger_type=TriggerType.API_TOKEN)
-    return 201, {"data": run_payload(_runs_with_relations().get(pk=run.pk))}
+    return Status(201, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
 @router.post("/runs/{run_id}/cancel", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
@@ -369,7 +385,7 @@ def cancel(request, run_id: str):
     """Cancel a pending, running or waiting run."""
     require_full_scope(request)
     run = services.run_cancel(run=get_run_for(request.auth.organization, run_id))
-    return 202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))}
+    return Status(202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
 class BatchOut(Schema):
@@ -438,7 +454,7 @@ def post_scan_result(request, scan_id: str):
     require_full_scope(request)
     scan = get_scan_for(request.auth.organization, scan_id)
     scan = services.scan_submit_result(scan=scan, result=json_body(request))
-    return 202, {"data": scan_payload(request, scan)}
+    return Status(202, {"data": scan_payload(request, scan)})
 
 
 # --- Webhooks -----------------------------------------------------------------------------------
@@ -494,11 +510,11 @@ def create_webhook(request, payload: WebhookIn):
     org = request.auth.organization
     loop = get_loop_for(org, payload.loop) if payload.loop else None
     hook = webhook_create(organization=org, url=payload.url, events=payload.events, loop=loop)
-    return 201, {"data": webhook_payload(hook, secret=True)}
+    return Status(201, {"data": webhook_payload(hook, secret=True)})
 
 
 @router.delete("/webhooks/{hook_id}", response={204: None, **ERRORS_FULL}, tags=["webhooks"])
 def delete_webhook(request, hook_id: str):
     require_full_scope(request)
     get_webhook_for(request.auth.organization, hook_id).delete()
-    return 204, None
+    return Status(204, None)

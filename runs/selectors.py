@@ -7,9 +7,10 @@ from datetime import datetime
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils.dateparse import parse_datetime
 
+from accounts.models import ApiToken, Membership
 from loops.models import Loop
 from loops_project.errors import Invalid
-from runs.models import Run, RunMode, RunStatus, Step, TriggerType
+from runs.models import Batch, Run, RunMode, RunStatus, Step, TriggerType
 
 SORTS = {
     "createdAt": "created_at",
@@ -21,6 +22,7 @@ SORTS = {
 NULLABLE = {"started_at", "completed_at", "duration_ms"}
 STEP_STATUS_FILTERS = {"failed", "rejected"}
 MAX_LIMIT = 100
+MAX_OFFSET = 1_000_000
 
 
 def _invalid(field: str, message: str) -> Invalid:
@@ -34,7 +36,10 @@ def _choice(field: str, value: str, allowed) -> str:
 
 
 def _when(field: str, value: str) -> datetime:
-    parsed = parse_datetime(value) if value else None
+    try:
+        parsed = parse_datetime(value) if value else None
+    except ValueError:  # well formed but impossible, like month 13
+        parsed = None
     if parsed is None:
         raise _invalid(field, f"'{value}' is not an ISO 8601 date-time")
     if parsed.tzinfo is None:
@@ -47,9 +52,11 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
                 triggered_by=None, has_errors: bool = False) -> QuerySet:  # fmt: skip
     if status:
         statuses = [s.strip() for s in status.split(",") if s.strip()]
+        if not statuses:
+            raise _invalid("status", "give one or more statuses separated by commas")
         for s in statuses:
             _choice("status", s, RunStatus.values)
-        qs = qs.filter(status__in=statuses) if len(statuses) > 1 else qs.filter(status=statuses[0])
+        qs = qs.filter(status__in=statuses)
     if loop:
         field = "pk" if loop.startswith("loop_") else "slug"
         loop_id = (
@@ -57,12 +64,16 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
             .values_list("pk", flat=True)
             .first()
         )
-        qs = qs.filter(loop_id=loop_id) if loop_id else qs.none()
+        if loop_id is None:
+            raise _invalid("loop", f"no loop '{loop}' in this organization")
+        qs = qs.filter(loop_id=loop_id)
     if trigger_type:
         qs = qs.filter(trigger_type=_choice("triggerType", trigger_type, TriggerType.values))
     if mode:
         qs = qs.filter(mode=_choice("mode", mode, RunMode.values))
     if batch:
+        if not Batch.objects.filter(organization=org, pk=batch).exists():
+            raise _invalid("batch", f"no batch '{batch}' in this organization")
         qs = qs.filter(batch_id=batch)
     if created_after:
         qs = qs.filter(created_at__gte=_when("createdAfter", created_after))
@@ -77,32 +88,55 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
             | Exists(Step.objects.filter(run=OuterRef("pk"), status="failed"))
         )
     if triggered_by:
-        if triggered_by.startswith("tok_"):
-            qs = qs.filter(triggered_by_token_id=triggered_by)
-        else:
-            qs = qs.filter(triggered_by_user__username=triggered_by)
+        qs = qs.filter(**_triggered_by(org, triggered_by))
     return qs
 
 
-def _encode_cursor(value, pk: str) -> str:
+def _triggered_by(org, ident: str) -> dict:
+    """A token of the organization (by id) or one of its members (by id or username)."""
+    if ApiToken.objects.filter(organization=org, pk=ident).exists():
+        return {"triggered_by_token_id": ident}
+    members = Membership.objects.filter(organization=org)
+    if ident.isdigit() and len(ident) < 19:
+        members = members.filter(Q(user__username=ident) | Q(user_id=int(ident)))
+    else:
+        members = members.filter(user__username=ident)
+    user_id = members.values_list("user_id", flat=True).first()
+    if user_id is None:
+        raise _invalid("triggeredBy", f"no token or member '{ident}' in this organization")
+    return {"triggered_by_user_id": user_id}
+
+
+def _encode_cursor(sort: str, value, pk: str) -> str:
     if isinstance(value, datetime):
         value = value.isoformat()
-    raw = json.dumps([value, pk]).encode()
+    raw = json.dumps([sort, value, pk]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, field: str):
+def _decode_cursor(cursor: str, sort: str, field: str):
+    """(sort value, id) of the last run of the previous page; 422 for anything else."""
+    bad = _invalid("cursor", "not a cursor this API gave out for this sort")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        given_sort, value, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, TypeError):
-        raise _invalid("cursor", "not a cursor this API gave out") from None
-    if not isinstance(pk, str):
-        raise _invalid("cursor", "not a cursor this API gave out")
-    if value is not None and field in ("created_at", "started_at", "completed_at"):
-        value = parse_datetime(str(value))
-        if value is None:
-            raise _invalid("cursor", "not a cursor this API gave out")
+        raise bad from None
+    if given_sort != sort or not isinstance(pk, str):
+        raise bad
+    if value is None:
+        return None, pk
+    if field in ("created_at", "started_at", "completed_at"):
+        try:
+            value = parse_datetime(value) if isinstance(value, str) else None
+        except ValueError:
+            value = None
+    elif field == "duration_ms":
+        value = value if isinstance(value, int) and 0 <= value < 2**62 else None
+    elif not isinstance(value, str):
+        value = None
+    if value is None:
+        raise bad
     return value, pk
 
 
@@ -112,8 +146,8 @@ def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset
     new runs arrive, because they continue from the last (sort value, id) seen."""
     if limit < 1 or limit > MAX_LIMIT:
         raise _invalid("limit", f"must be between 1 and {MAX_LIMIT}")
-    if offset < 0:
-        raise _invalid("offset", "must be 0 or more")
+    if offset < 0 or offset > MAX_OFFSET:
+        raise _invalid("offset", f"must be between 0 and {MAX_OFFSET} (use cursor for deep pages)")
     desc = sort.startswith("-")
     name = sort.lstrip("-")
     if name not in SORTS:
@@ -125,7 +159,7 @@ def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset
         primary = F(field).desc() if desc else F(field).asc()
     qs = qs.order_by(primary, "-pk" if desc else "pk")
     if cursor:
-        value, pk = _decode_cursor(cursor, field)
+        value, pk = _decode_cursor(cursor, sort, field)
         op, id_op = ("lt", "lt") if desc else ("gt", "gt")
         if value is None:
             after = Q(**{f"{field}__isnull": True, f"pk__{id_op}": pk})
@@ -137,5 +171,5 @@ def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset
     rows = list(qs[offset : offset + limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode_cursor(getattr(rows[-1], field), rows[-1].pk) if has_more else None
+    next_cursor = _encode_cursor(sort, getattr(rows[-1], field), rows[-1].pk) if has_more else None
     return rows, has_more, next_cursor

@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import httpx
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -34,17 +36,20 @@ def webhook_create(
     *, organization: Organization, url: str, events: list[str] | None = None,
     loop: Loop | None = None,
 ) -> Webhook:  # fmt: skip
-    events = list(events or [])
+    # A status alone ("failed") names the same event as "run.failed".
+    events = list(dict.fromkeys(e if e.startswith("run.") else f"run.{e}" for e in events or []))
     unknown = [e for e in events if e not in EVENT_NAMES]
     if unknown:
         raise Invalid(
             f"unknown events: {', '.join(map(str, unknown))}; use {', '.join(sorted(EVENT_NAMES))}",
             code="invalid_events", details={"field": "events"},
         )  # fmt: skip
-    if not url.startswith(("http://", "https://")):
+    try:
+        URLValidator(schemes=["http", "https"])(url)
+    except ValidationError:
         raise Invalid(
             "url must be an http or https URL", code="invalid_url", details={"field": "url"}
-        )
+        ) from None
     return Webhook.objects.create(
         organization=organization, loop=loop, url=url, events=events,
         secret="whsec_" + secrets.token_urlsafe(24),
@@ -78,8 +83,15 @@ def queue_deliveries(run_id: str, status: str) -> None:
 
 
 def deliver(delivery_id: str) -> str:
+    """One attempt of a delivery. Each attempt is its own WebhookDelivery row (status code,
+    response excerpt, attempt number, time); a failed attempt schedules the next one as a new
+    row after an exponential backoff, until LOOPS_WEBHOOK_MAX_ATTEMPTS."""
+    # Claim the attempt, so that a task that runs twice never posts twice.
+    claimed = WebhookDelivery.objects.filter(
+        pk=delivery_id, status=DeliveryStatus.PENDING, delivered_at__isnull=True
+    ).update(delivered_at=timezone.now())
     delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
-    if delivery is None or delivery.status == DeliveryStatus.SUCCEEDED:
+    if not claimed or delivery is None:
         return "nothing to do"
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     headers = {
@@ -107,15 +119,17 @@ def deliver(delivery_id: str) -> str:
         response_excerpt=excerpt,
         error=error,
         delivered_at=timezone.now(),
-        status=DeliveryStatus.SUCCEEDED if ok else (
-            DeliveryStatus.FAILED if final else DeliveryStatus.PENDING
-        ),
-    )  # fmt: skip
+        status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
+    )
     if not final:
         delay = settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
         with transaction.atomic():
+            retry = WebhookDelivery.objects.create(
+                webhook=delivery.webhook, run_id=delivery.run_id, event=delivery.event,
+                payload=delivery.payload, attempt=attempt,
+            )  # fmt: skip
             q_schedule(
-                DELIVER_TASK, delivery.pk, name=f"webhook:{delivery.pk}:{attempt}",
+                DELIVER_TASK, retry.pk, name=f"webhook:{retry.pk}",
                 schedule_type=QSchedule.ONCE, repeats=-1,
                 next_run=timezone.now() + timedelta(seconds=delay),
             )  # fmt: skip
@@ -123,6 +137,9 @@ def deliver(delivery_id: str) -> str:
 
 
 def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(status=DeliveryStatus.PENDING)
+    """Send a recorded delivery again (its row records the new attempt)."""
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=DeliveryStatus.PENDING, delivered_at=None
+    )
     enqueue_task(DELIVER_TASK, delivery.pk)
     return delivery
