@@ -4,5 +4,14 @@ from runs import views
 
 app_name = "runs"
 urlpatterns = [
+    path("", views.run_list, name="list"),
     path("<str:run_id>/", views.detail, name="detail"),
+    path("<str:run_id>/row/", views.run_row, name="row"),
+    path("<str:run_id>/card/", views.run_card, name="card"),
+    path("<str:run_id>/value/", views.run_value, name="value"),
+    path("<str:run_id>/restart/", views.restart, name="restart"),
+    path("<str:run_id>/resume/", views.resume, name="resume"),
+    path("<str:run_id>/cancel/", views.cancel, name="cancel"),
+    path("<str:run_id>/respond/", views.respond, name="respond"),
+    path("<str:run_id>/save-input/", views.save_test_input, name="save_input"),
 ]

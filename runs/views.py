@@ -1,14 +1,376 @@
+import hashlib
+import json
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from loops.views import current_org
-from runs.access import get_run_for
+from accounts.models import Role
+from accounts.permissions import current_membership, current_org, require_role
+from loops.access import get_loop_for
+from loops.models import TestInput
+from loops_project.errors import DomainError
+from runs.access import get_run_for, get_step_for
+from runs.forms import RespondForm, RunFilterForm, SaveInputForm
+from runs.models import Run, RunStatus, Step, StepStatus, TriggerType
+from runs.selectors import filter_runs
+from runs.services import run_cancel, run_respond, run_restart, run_resume
+
+PAGE_SIZE = 25
+CHUNK_CHARS = 20_000  # a huge value is shown this many characters at a time
+ARRAY_PAGE = 20  # a long array is shown this many items at a time
+PERSON_KINDS = {"input", "approval"}
+
+
+
+def fmt_ms(ms: int | None) -> str:
+    if ms is None:
+        return "—"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(ms // 1000, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def decorate(runs):
+    """Add display text that the templates need (durations) to runs or steps."""
+    for obj in runs:
+        obj.duration_text = fmt_ms(obj.duration_ms)
+        if hasattr(obj, "cpu_time_ms"):
+            obj.cpu_text = fmt_ms(obj.cpu_time_ms)
+    return runs
+
+
+# --- Runs list ----------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET"])
+def run_list(request: HttpRequest, slug: str | None = None) -> HttpResponse:
+    org = current_org(request)
+    loop = get_loop_for(org, slug) if slug else None
+    form = RunFilterForm(request.GET or None)
+    qs = Run.objects.for_org(org).select_related("loop", "version", "triggered_by_user")
+    error = None
+    if form.is_bound and not form.is_valid():
+        error = "Some filters are not valid: " + "; ".join(
+            f"{name}: {' '.join(errs)}" for name, errs in form.errors.items()
+        )
+        qs = qs.none()
+    elif form.is_bound:
+        try:
+            qs = filter_runs(qs, org, loop=loop.pk if loop else None, **form.selector_kwargs())
+        except DomainError as exc:
+            error, qs = exc.message, qs.none()
+    elif loop:
+        qs = qs.filter(loop=loop)
+    qs = qs.order_by("-created_at", "-id")
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    decorate(page.object_list)
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "loop": loop, "tab": "runs", "form": form, "page": page, "error": error,
+        "query": query.urlencode(), "filtered": form.is_bound and form.active,
+    }  # fmt: skip
+    if request.htmx and request.htmx.target == "results":
+        return render(request, "runs/list.html#results", context)
+    return render(request, "runs/list.html", context)
+
+
+@login_required
+@require_http_methods(["GET"])
+def run_row(request: HttpRequest, run_id: str) -> HttpResponse:
+    run = get_run_for(current_org(request), run_id)
+    show_loop = request.GET.get("loop") != "0"
+    decorate([run])
+    return render(request, "runs/list.html#row", {"run": run, "show_loop": show_loop})
+
+
+@login_required
+@require_http_methods(["GET"])
+def run_card(request: HttpRequest, run_id: str) -> HttpResponse:
+    """The compact live result of a test run, shown beside the editor."""
+    run = get_run_for(current_org(request), run_id)
+    decorate([run])
+    return render(request, "loops/editor.html#run-card", {"run": run})
+
+
+# --- Values (input, output, error): formatted, raw, chunks --------------------------------------
+
+
+def _pretty(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _raw(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def value_block(value, *, url: str) -> dict:
+    """What the template needs to show one JSON value with a formatted/raw toggle, without
+    sending megabytes at once: text in chunks, long arrays 20 items at a time."""
+    raw = _raw(value)
+    block = {
+        "url": url, "is_null": value is None, "size": len(raw),
+        "raw": raw[:CHUNK_CHARS], "raw_next": CHUNK_CHARS if len(raw) > CHUNK_CHARS else None,
+        "truncated": len(raw) > CHUNK_CHARS,
+    }  # fmt: skip
+    if isinstance(value, list) and len(value) > ARRAY_PAGE:
+        block["items"] = _items(value, 0)
+        block["items_next"] = ARRAY_PAGE
+        block["items_total"] = len(value)
+        block["truncated"] = True
+    else:
+        pretty = _pretty(value)
+        block["pretty"] = pretty[:CHUNK_CHARS]
+        block["pretty_next"] = CHUNK_CHARS if len(pretty) > CHUNK_CHARS else None
+        block["truncated"] = block["truncated"] or len(pretty) > CHUNK_CHARS
+    return block
+
+
+def _items(value: list, start: int) -> list[tuple[int, str]]:
+    items = []
+    for index, item in enumerate(value[start : start + ARRAY_PAGE], start=start):
+        text = _pretty(item)
+        items.append((index, text if len(text) <= CHUNK_CHARS else text[:CHUNK_CHARS] + "\n…"))
+    return items
+
+
+def _value_url(run: Run, field: str, step: Step | None = None) -> str:
+    base = reverse("runs:value", args=[run.pk])
+    return f"{base}?field={field}" + (f"&step={step.pk}" if step else "")
+
+
+def _field_value(run: Run, step: Step | None, field: str):
+    if step is None:
+        values = {"input": run.input, "output": run.output}
+    else:
+        values = {
+            "input": step.input, "output": step.output, "error": step.error,
+            "iteration": {"index": step.iteration, "item": step.iteration_item},
+            "body": (step.error or {}).get("body") if isinstance(step.error, dict) else None,
+        }  # fmt: skip
+    if field not in values:
+        raise Http404("No such field.")
+    return values[field]
+
+
+@login_required
+@require_http_methods(["GET"])
+def run_value(request: HttpRequest, run_id: str) -> HttpResponse:
+    run = get_run_for(current_org(request), run_id)
+    step_id = request.GET.get("step")
+    step = get_step_for(run, step_id) if step_id else None
+    value = _field_value(run, step, request.GET.get("field", ""))
+    view = request.GET.get("view", "pretty")
+    start = int(request.GET.get("start", "0") or 0) if request.GET.get("start", "").isdigit() else 0
+    url = _value_url(run, request.GET.get("field", ""), step)
+    if request.GET.get("full") == "1":
+        text = _raw(value) if view == "raw" else _pretty(value)
+        return HttpResponse(text, content_type="application/json; charset=utf-8")
+    if view == "items":
+        if not isinstance(value, list):
+            raise Http404("Not an array.")
+        nxt = start + ARRAY_PAGE
+        return render(request, "runs/detail.html#more-items", {
+            "items": _items(value, start), "url": url,
+            "next": nxt if nxt < len(value) else None, "remaining": max(len(value) - nxt, 0),
+        })  # fmt: skip
+    text = _raw(value) if view == "raw" else _pretty(value)
+    nxt = start + CHUNK_CHARS
+    return render(request, "runs/detail.html#more-text", {
+        "text": text[start:nxt], "url": url, "view": view,
+        "next": nxt if nxt < len(text) else None, "remaining": max(len(text) - nxt, 0),
+    })  # fmt: skip
+
+
+# --- Run detail ---------------------------------------------------------------------------------
+
+
+def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
+    """Steps as a tree (Step.parent), each with its child runs (Run.parent_step) and their
+    steps nested under it. `only` keeps failed or rejected steps (and their ancestors)."""
+    children_of: dict[str | None, list[Step]] = {}
+    for step in steps:
+        children_of.setdefault(step.parent_id, []).append(step)
+    child_runs: dict[str, list[Run]] = {}
+    for child in Run.objects.filter(parent_step__run=run).select_related("loop").order_by(
+        "created_at"
+    ):
+        child_runs.setdefault(child.parent_step_id, []).append(child)
+
+    def node(step: Step) -> dict | None:
+        kids = [n for n in (node(s) for s in children_of.get(step.pk, [])) if n]
+        runs = []
+        for child in child_runs.get(step.pk, []):
+            decorate([child])
+            child_steps = decorate(list(child.steps.order_by("order")))
+            nested = _step_tree(child, child_steps, only)
+            if nested or not only:
+                runs.append({"run": child, "steps": nested})
+        keep = not only or step.status == only or kids or runs
+        if not keep:
+            return None
+        return {
+            "step": step, "children": kids, "child_runs": runs,
+            "input": value_block(step.input, url=_value_url(run, "input", step))
+            if step.input is not None else None,
+            "output": value_block(step.output, url=_value_url(run, "output", step))
+            if step.output is not None else None,
+            "error": step.error,
+            "error_block": value_block(step.error, url=_value_url(run, "error", step))
+            if step.error is not None else None,
+            "http_error": step.kind == "http" and isinstance(step.error, dict)
+            and "status" in step.error,
+            "body": value_block(step.error.get("body"), url=_value_url(run, "body", step))
+            if step.kind == "http" and isinstance(step.error, dict) and "body" in step.error
+            else None,
+            "iteration": value_block(
+                {"index": step.iteration, "item": step.iteration_item},
+                url=_value_url(run, "iteration", step),
+            ) if step.iteration is not None else None,
+        }  # fmt: skip
+
+    return [n for n in (node(s) for s in children_of.get(None, [])) if n]
+
+
+def _breadcrumb(run: Run) -> list[tuple[Run, Step]]:
+    chain = []
+    current = run
+    while current.parent_step_id and len(chain) < 10:
+        step = Step.objects.select_related("run__loop").get(pk=current.parent_step_id)
+        chain.append((step.run, step))
+        current = step.run
+    return list(reversed(chain))
+
+
+def _live_token(run: Run, steps: list[Step]) -> str:
+    state = [run.status, run.attempt, run.cpu_time_ms, run.duration_ms] + [
+        (s.pk, s.status, s.attempts) for s in steps
+    ]
+    return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
+
+
+def _polls(run: Run) -> bool:
+    """Poll while the run can change by itself; a run waiting for a person changes only when
+    someone answers, and polling would wipe the half-typed answer."""
+    if run.is_ended:
+        return False
+    return not (run.status == RunStatus.WAITING and (run.pending or {}).get("kind") in PERSON_KINDS)
 
 
 @login_required
 @require_http_methods(["GET"])
 def detail(request: HttpRequest, run_id: str) -> HttpResponse:
-    run = get_run_for(current_org(request), run_id)
-    return render(request, "runs/detail.html", {"run": run, "steps": run.steps.order_by("order")})
+    org = current_org(request)
+    run = get_run_for(org, run_id)
+    steps = decorate(list(run.steps.order_by("order")))
+    decorate([run])
+    token = _live_token(run, steps)
+    if request.htmx and request.GET.get("since") == token:
+        return HttpResponse(status=204)  # nothing changed: htmx keeps the page as it is
+    only = {"errors": StepStatus.FAILED, "rejected": StepStatus.REJECTED}.get(
+        request.GET.get("steps", ""), ""
+    )
+    membership = current_membership(request)
+    context = {
+        "run": run, "tree": _step_tree(run, steps, only), "steps_filter": request.GET.get("steps", ""),
+        "counts": {
+            "all": len(steps),
+            "errors": sum(s.status == StepStatus.FAILED for s in steps),
+            "rejected": sum(s.status == StepStatus.REJECTED for s in steps),
+        },
+        "input_block": value_block(run.input, url=_value_url(run, "input")),
+        "output_block": value_block(run.output, url=_value_url(run, "output"))
+        if run.output is not None else None,
+        "breadcrumb": _breadcrumb(run), "token": token, "polls": _polls(run),
+        "can_run": membership.allows(Role.EDITOR),
+        "restarts": run.restarts.order_by("-created_at")[:5],
+        "respond_form": RespondForm(), "save_form": SaveInputForm(),
+    }  # fmt: skip
+    if request.htmx and request.htmx.target == "run-live":
+        return render(request, "runs/detail.html#live", context)
+    return render(request, "runs/detail.html", context)
+
+
+def _act(request: HttpRequest, run_id: str, action, success: str) -> HttpResponse:
+    org = require_role(request, Role.EDITOR)
+    run = get_run_for(org, run_id)
+    try:
+        result = action(run)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect(run)
+    messages.success(request, success)
+    return redirect(result)
+
+
+@login_required
+@require_http_methods(["POST"])
+def restart(request: HttpRequest, run_id: str) -> HttpResponse:
+    return _act(
+        request, run_id,
+        lambda run: run_restart(run=run, user=request.user, trigger_type=TriggerType.USER),
+        "Restarted: this is the new run.",
+    )  # fmt: skip
+
+
+@login_required
+@require_http_methods(["POST"])
+def resume(request: HttpRequest, run_id: str) -> HttpResponse:
+    return _act(request, run_id, lambda run: run_resume(run=run),
+                "Resumed from the last checkpoint.")  # fmt: skip
+
+
+@login_required
+@require_http_methods(["POST"])
+def cancel(request: HttpRequest, run_id: str) -> HttpResponse:
+    return _act(request, run_id, lambda run: run_cancel(run=run), "Run cancelled.")
+
+
+@login_required
+@require_http_methods(["POST"])
+def respond(request: HttpRequest, run_id: str) -> HttpResponse:
+    org = require_role(request, Role.EDITOR)
+    run = get_run_for(org, run_id)
+    form = RespondForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose answer, approve or reject.")
+        return redirect(run)
+    action = form.cleaned_data["action"]
+    value = form.cleaned_data["value"]
+    try:
+        run_respond(
+            run=run, action=action, value=value, has_value=action == "input" and value != "",
+            reason=form.cleaned_data["reason"] or None, actor=request.user.get_username(),
+        )  # fmt: skip
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        done = {"input": "Answer sent.", "approve": "Approved.", "reject": "Rejected."}
+        messages.success(request, f"{done[action]} The run carries on.")
+    return redirect(run)
+
+
+@login_required
+@require_http_methods(["POST"])
+def save_test_input(request: HttpRequest, run_id: str) -> HttpResponse:
+    org = require_role(request, Role.EDITOR)
+    run = get_run_for(org, run_id)
+    form = SaveInputForm(request.POST)
+    if form.is_valid():
+        TestInput.objects.create(loop=run.loop, name=form.cleaned_data["name"], input=run.input)
+        messages.success(request, f"Saved as test input “{form.cleaned_data['name']}”.")
+    else:
+        messages.error(request, "Give the test input a name.")
+    return redirect(run)

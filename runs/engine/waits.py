@@ -13,7 +13,6 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_q.models import Schedule as QSchedule
-from django_q.tasks import schedule as q_schedule
 
 from runs.models import Run, RunEvent, RunStatus, ScanRequest, ScanStatus, Step, StepStatus
 from runs.queue import enqueue_execution, new_task_id
@@ -36,13 +35,15 @@ def _cap(seconds: float) -> float:
 
 def schedule_timer(step_id: str, when: datetime) -> None:
     """Fire runs.tasks.fire_timer(step_id) at `when` through django-q2's scheduler."""
-    q_schedule(
-        FIRE_TIMER_TASK,
-        step_id,
+    QSchedule.objects.update_or_create(
         name=f"timer:{step_id}",
-        schedule_type=QSchedule.ONCE,
-        repeats=-1,
-        next_run=when,
+        defaults={
+            "func": FIRE_TIMER_TASK,
+            "args": repr((step_id,)),
+            "schedule_type": QSchedule.ONCE,
+            "repeats": -1,
+            "next_run": when,
+        },
     )
 
 

@@ -547,7 +547,7 @@ class Step:
         if saved is not None:
             if saved["status"] == "succeeded":
                 return saved.get("output")
-            raise _rebuild_error(saved.get("error"))
+            raise self._replayed_failure(name, saved)
         if not callable(fn):
             raise TypeError(f"step.do('{name}', fn): fn must be callable")
         policy = (
@@ -631,17 +631,17 @@ class Step:
     def wait_for_event(self, name, event_type, timeout=None):
         """Suspend until an event of `event_type` is posted to the run; return its payload."""
         _, saved = self._wait(name, "event", event_type=str(event_type), timeout=timeout)
-        return self._resolved(saved)
+        return self._resolved(name, saved)
 
     def wait_for_scan(self, name, subject=None, timeout=None):
         """FACIAL_SCAN: request a scan of `subject`, suspend until its result arrives."""
         _, saved = self._wait(name, "scan", subject=subject, timeout=timeout)
-        return self._resolved(saved)
+        return self._resolved(name, saved)
 
     def ask(self, name, prompt, timeout=None):
         """Ask a person a question; the run waits for the answer, which is returned."""
         _, saved = self._wait(name, "input", prompt=str(prompt), timeout=timeout)
-        return self._resolved(saved)
+        return self._resolved(name, saved)
 
     def approve(self, name, prompt, tool=None, tool_input=None, on_reject="stop", timeout=None):
         """An approval gate. Returns {"approved": bool, "reason": str|None}."""
@@ -655,15 +655,12 @@ class Step:
             if on_reject == "stop":
                 raise _StopRun()
             return saved.get("output") or {"approved": False, "reason": None}
-        return self._resolved(saved)
+        return self._resolved(name, saved)
 
     def run_loop(self, name, loop, body=None):
         """Run another loop of the organization and return its output (or raise its error)."""
         _, saved = self._wait(name, "child", loop=str(loop), body=body)
-        if saved["status"] == "failed":
-            err = saved.get("error") or {}
-            raise ChildRunFailed(err.get("message", "the child run failed"))
-        return saved.get("output")
+        return self._resolved(name, saved)
 
     def http(self, name, method, url, *, headers=None, params=None, json=None, data=None,
              timeout=None, pages=1):  # fmt: skip
@@ -676,7 +673,7 @@ class Step:
             if saved["status"] == "succeeded":
                 out = saved.get("output")
                 return [Response(r) for r in out] if isinstance(out, list) else Response(out)
-            raise _rebuild_error(saved.get("error"))
+            raise self._replayed_failure(name, saved)
         request = {
             "method": str(method).upper(), "url": str(url), "headers": headers or {},
             "params": params or {}, "json": json, "data": data, "timeout": timeout,
@@ -709,10 +706,15 @@ class Step:
         if saved is None:
             self._finish(key, "succeeded", output=json.dumps({"count": len(items)}))
 
-    def _resolved(self, saved):
+    def _resolved(self, name, saved):
         if saved["status"] == "failed":
-            raise _rebuild_error(saved.get("error"))
+            raise self._replayed_failure(name, saved)
         return saved.get("output")
+
+    def _replayed_failure(self, name, saved):
+        exc = _rebuild_error(saved.get("error"))
+        self._failed = (name, exc)
+        return exc
 
 
 class _StepOutputTooLarge(Exception):
