@@ -1,0 +1,156 @@
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.http import HttpRequest
+
+from accounts.models import ApiToken, Membership, Organization
+from accounts.services import token_create
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "id", "member_count", "loop_count", "created_at"]
+    search_fields = ["=id", "slug", "name"]
+    readonly_fields = ["id", "created_at"]
+    fields = ["id", "slug", "name", "created_at"]
+    inlines = [MembershipInline]
+
+    def get_queryset(self, request: HttpRequest):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_members=Count("memberships", distinct=True),
+                n_loops=Count("loops", distinct=True),
+            )
+        )
+
+    @admin.display(description="Members", ordering="n_members")
+    def member_count(self, obj: Organization) -> int:
+        return obj.n_members
+
+    @admin.display(description="Loops", ordering="n_loops")
+    def loop_count(self, obj: Organization) -> int:
+        return obj.n_loops
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["role", "organization"]
+    list_select_related = ["user", "organization"]
+    search_fields = ["user__username", "user__email", "organization__slug", "organization__name"]
+    autocomplete_fields = ["user", "organization"]
+    readonly_fields = ["id", "created_at"]
+
+
+class ApiTokenAddForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["organization", "name", "scope", "expires_at"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "organization",
+        "masked_prefix",
+        "scope",
+        "token_status",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+    ]
+    list_filter = ["scope", "organization", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["organization", "created_by"]
+    search_fields = ["=id", "name", "prefix", "organization__slug", "organization__name"]
+    autocomplete_fields = ["organization"]
+    actions = ["revoke_tokens"]
+    # The hash is never shown; the prefix is enough to recognise a token.
+    readonly_fields = [
+        "id",
+        "organization",
+        "masked_prefix",
+        "scope",
+        "token_status",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    fields = [
+        "id",
+        "organization",
+        "name",
+        "masked_prefix",
+        "scope",
+        "token_status",
+        "expires_at",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+
+    def get_form(self, request: HttpRequest, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = ApiTokenAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj=None):
+        if obj is None:
+            return ApiTokenAddForm.Meta.fields
+        return self.fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        return [] if obj is None else self.readonly_fields
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # The secret exists only here: token_create stores its hash and returns it once.
+        token, raw = token_create(
+            organization=obj.organization,
+            name=obj.name,
+            scope=obj.scope,
+            expires_at=obj.expires_at,
+            created_by=request.user,
+        )
+        obj.pk = token.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
+        self.message_user(
+            request,
+            f"The token's secret is shown only this once; copy it now: {raw}",
+            messages.WARNING,
+        )
+
+    @admin.display(description="Token")
+    def masked_prefix(self, obj: ApiToken) -> str:
+        return f"{obj.prefix}…"
+
+    @admin.display(description="Status")
+    def token_status(self, obj: ApiToken) -> str:
+        return obj.status
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke_tokens(self, request: HttpRequest, queryset) -> None:
+        revoked = 0
+        for token in queryset.filter(revoked_at__isnull=True):
+            token.revoke()
+            revoked += 1
+        skipped = queryset.count() - revoked
+        message = f"Revoked {revoked} token(s)."
+        if skipped:
+            message += f" Skipped {skipped} already revoked."
+        self.message_user(request, message, messages.SUCCESS)
