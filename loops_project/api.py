@@ -34,9 +34,19 @@ def parse_json(raw: bytes | str):
     them, and NaN is not JSON to any other client)."""
     value = json.loads(raw, parse_constant=_reject_constant)
     escaped = b"\\u0000" if isinstance(raw, bytes) else "\\u0000"
-    if escaped in raw and "\x00" in json.dumps(value, ensure_ascii=False):
+    if escaped in raw and _has_nul(value):
         raise ValueError("NUL characters (\\u0000) are not allowed")
     return value
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class StrictParser(Parser):
@@ -155,7 +165,7 @@ HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "meth
 @api.exception_handler(HttpError)
 def on_http_error(request, exc: HttpError):
     cause = exc.__cause__
-    if exc.status_code == 400 and isinstance(cause, ValueError | UnicodeDecodeError):
+    if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
         # ninja could not parse the body: name the problem instead of a generic sentence.
         return error_response(
             400, "invalid_json", f"The request body is not valid JSON: {cause}", {"field": "body"}
@@ -200,7 +210,7 @@ def json_body(request, *, required: bool = True):
         return None
     try:
         return parse_json(raw)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError too
         raise DomainError(
             f"The request body is not valid JSON: {exc}",
             code="invalid_json",
