@@ -1,0 +1,151 @@
+"""Loops and versions over real HTTP (token scope full)."""
+
+import pytest
+
+from loops.demo import GREETING_CODE
+from loops.models import Loop, LoopVersion
+from runs.models import Run
+from tests.factories import LoopFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+V2_CODE = GREETING_CODE.replace("Hello", "Hi")
+BROKEN_CODE = "class HealthLoop(Loop):\n    def run(self, event, step):\n        return (\n"
+
+
+def test_create_list_and_retrieve_loops(api, org, loop, live_server):
+    response = api.post(
+        "/api/v1/loops", json={"slug": "billing", "name": "Billing", "description": "Invoices"}
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()["data"]
+    assert created["id"].startswith("loop_")
+    assert created["slug"] == "billing"
+    assert created["description"] == "Invoices"
+    assert created["activeVersion"] is None
+    assert created["paused"] is False
+    assert created["triggerUrl"] == f"{live_server.url}/api/loop/acme/billing"
+    listed = api.get("/api/v1/loops").json()
+    assert {item["slug"] for item in listed["data"]} == {"greeting", "billing"}
+    assert listed["hasMore"] is False
+    for ident in ("billing", created["id"]):
+        assert api.get(f"/api/v1/loops/{ident}").json()["data"]["id"] == created["id"]
+
+
+def test_create_with_code_deploys_version_1(api, org):
+    response = api.post(
+        "/api/v1/loops", json={"slug": "hello", "name": "Hello", "code": GREETING_CODE}
+    )
+    assert response.status_code == 201
+    assert response.json()["data"]["activeVersion"] == 1
+    versions = api.get("/api/v1/loops/hello/versions").json()["data"]
+    assert [(v["number"], v["active"]) for v in versions] == [(1, True)]
+
+
+def test_create_with_invalid_code_or_taken_or_bad_slug_saves_nothing(api, loop):
+    response = api.post("/api/v1/loops", json={"slug": "bad", "name": "Bad", "code": BROKEN_CODE})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"]["line"]
+    assert api.post("/api/v1/loops", json={"slug": "greeting"}).status_code == 409
+    response = api.post("/api/v1/loops", json={"slug": "Not A Slug"})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == {"field": "slug"}
+    assert list(Loop.objects.values_list("slug", flat=True)) == ["greeting"]
+
+
+def test_patch_name_description_and_paused(api, loop):
+    response = api.patch(
+        "/api/v1/loops/greeting", json={"name": "Greeter", "description": "Says hi"}
+    )
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert (data["name"], data["description"], data["paused"]) == ("Greeter", "Says hi", False)
+    assert api.patch("/api/v1/loops/greeting", json={"paused": True}).json()["data"]["paused"]
+    loop.refresh_from_db()
+    assert (loop.name, loop.paused) == ("Greeter", True)
+    response = api.patch("/api/v1/loops/greeting", json={"name": "  "})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == {"field": "name"}
+
+
+def test_a_paused_loop_answers_triggers_with_409(api, loop):
+    api.patch("/api/v1/loops/greeting", json={"paused": True})
+    for path, body in (
+        ("/api/loop/acme/greeting", {"name": "A"}),
+        ("/api/v1/loops/greeting/runs", {"input": {"name": "A"}}),
+        ("/api/v1/loops/greeting/runs", {"inputs": [{"name": "A"}, {"name": "B"}]}),
+    ):
+        response = api.post(path, json=body)
+        assert response.status_code == 409, path
+        assert response.json()["error"]["code"] == "loop_paused"
+    assert not Run.objects.exists()
+    api.patch("/api/v1/loops/greeting", json={"paused": False})
+    assert api.post("/api/loop/acme/greeting", json={}).status_code == 202
+
+
+def test_a_loop_without_a_version_answers_triggers_with_409(api, org):
+    LoopFactory(organization=org, slug="empty", code=False)
+    response = api.post("/api/loop/acme/empty", json={})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "no_active_version"
+
+
+def test_deploy_lists_newest_first_retrieves_code_and_rolls_back(api, loop):
+    response = api.post("/api/v1/loops/greeting/versions", json={"code": V2_CODE, "note": "hi"})
+    assert response.status_code == 201
+    deployed = response.json()["data"]
+    assert (deployed["number"], deployed["active"], deployed["note"]) == (2, True, "hi")
+    assert deployed["author"]
+    versions = api.get("/api/v1/loops/greeting/versions").json()["data"]
+    assert [(v["number"], v["active"]) for v in versions] == [(2, True), (1, False)]
+    assert all("code" not in v or v["code"] is None for v in versions)
+    assert {"number", "active", "createdAt", "author", "note"} <= set(versions[0])
+    one = api.get("/api/v1/loops/greeting/versions/1").json()["data"]
+    assert one["code"] == GREETING_CODE
+    assert one["active"] is False
+    assert api.get("/api/v1/loops/greeting/versions/9").status_code == 404
+
+    response = api.post("/api/v1/loops/greeting/rollback", json={"version": 1})
+    assert response.status_code == 200
+    assert response.json()["data"]["activeVersion"] == 1
+    assert api.get("/api/v1/loops/greeting").json()["data"]["activeVersion"] == 1
+    assert api.post("/api/v1/loops/greeting/rollback", json={"version": 7}).status_code == 404
+    assert LoopVersion.objects.filter(loop=loop).count() == 2
+
+
+def test_deploying_invalid_code_is_422_with_line_and_reason_and_saves_nothing(api, loop):
+    response = api.post("/api/v1/loops/greeting/versions", json={"code": BROKEN_CODE})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_code"
+    assert isinstance(error["details"]["line"], int)
+    assert error["details"]["line"] >= 1
+    assert error["details"]["reason"]
+    response = api.post("/api/v1/loops/greeting/versions", json={"code": ""})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"]["line"] == 1
+    assert LoopVersion.objects.filter(loop=loop).count() == 1
+    loop.refresh_from_db()
+    assert loop.active_version.number == 1
+
+
+def test_another_orgs_loops_are_404(api, other_org):
+    foreign = LoopFactory(organization=other_org, slug="secret")
+    assert [item["slug"] for item in api.get("/api/v1/loops").json()["data"]] == []
+    for method, path, body in (
+        ("GET", f"/api/v1/loops/{foreign.pk}", None),
+        ("GET", "/api/v1/loops/secret", None),
+        ("PATCH", f"/api/v1/loops/{foreign.pk}", {"paused": True}),
+        ("GET", f"/api/v1/loops/{foreign.pk}/versions", None),
+        ("GET", f"/api/v1/loops/{foreign.pk}/versions/1", None),
+        ("POST", f"/api/v1/loops/{foreign.pk}/versions", {"code": GREETING_CODE}),
+        ("POST", f"/api/v1/loops/{foreign.pk}/rollback", {"version": 1}),
+        ("POST", f"/api/v1/loops/{foreign.pk}/runs", {"input": {}}),
+        ("POST", f"/api/loop/globex/{foreign.slug}", {}),
+    ):
+        response = api.request(method, path, json=body)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"]["code"] == "not_found"
+    foreign.refresh_from_db()
+    assert foreign.paused is False
+    assert foreign.versions.count() == 1
