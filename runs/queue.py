@@ -1,14 +1,28 @@
-"""Enqueueing executions on django-q2, always after the transaction commits."""
+"""Enqueueing executions on django-q2, always after the transaction commits (or with it)."""
 
+import math
+import time
 import uuid
 from functools import cache
 
-from django.db import transaction
+from django.conf import settings
+from django.db import router, transaction
+from django.utils import timezone
 from django_q.brokers import get_broker
+from django_q.brokers.orm import ORM
+from django_q.conf import Conf
+from django_q.humanhash import uuid as humanhash_uuid
+from django_q.models import OrmQ
+from django_q.signals import pre_enqueue
+from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 EXECUTE_TASK = "runs.tasks.execute_run"
-EXECUTE_MANY_TASK = "runs.tasks.execute_runs"
+EXECUTE_CHUNK_TASK = "runs.queue.execute_chunk"
+# A batch is handed to the workers in chunks: one task per run caps throughput at the broker's
+# rate (PERFORMANCE.md), while one chunk per worker would leave the other workers idle.
+MAX_CHUNK = 500
+CHUNKS_PER_WORKER = 4
 
 
 @cache
@@ -30,15 +44,89 @@ def enqueue_execution(run_id: str, task_id: str | None = None) -> str:
     return task_id
 
 
-def enqueue_executions(run_ids: list[str], chunk: int = 100) -> None:
-    """Queue many runs, a chunk of them per task (one task per run caps throughput)."""
+def chunk_size(count: int) -> int:
+    per_worker = math.ceil(count / (CHUNKS_PER_WORKER * max(settings.LOOPS_WORKERS, 1)))
+    return max(1, min(MAX_CHUNK, per_worker))
 
-    def push():
+
+def chunks(run_ids: list[str], size: int | None = None) -> list[list[str]]:
+    size = size or chunk_size(len(run_ids))
+    return [run_ids[start : start + size] for start in range(0, len(run_ids), size)]
+
+
+def package(func: str, *args) -> str:
+    """A signed django-q2 task package, built as django_q.tasks.async_task builds it."""
+    short, full = humanhash_uuid()
+    task = {"id": full, "name": short, "func": func, "args": args}
+    if Conf.CACHED:
+        task["cached"] = Conf.CACHED
+    if Conf.ACK_FAILURES:
+        task["ack_failure"] = Conf.ACK_FAILURES
+    task["kwargs"] = {}
+    task["started"] = timezone.now()
+    pre_enqueue.send(sender="django_q", task=task)
+    return SignedPackage.dumps(task)
+
+
+def _orm_broker_in(using: str) -> bool:
+    """True when the ORM broker stores its queue in the database of `using`, so that queue
+    rows can be written in the caller's transaction."""
+    broker = _broker()
+    return isinstance(broker, ORM) and router.db_for_write(OrmQ) == using == (Conf.ORM or using)
+
+
+def enqueue_executions(run_ids: list[str], using: str = "default") -> int:
+    """Queue many runs, a chunk of them per task. Returns the number of tasks.
+
+    With the ORM broker on the same database the queue rows are inserted in the current
+    transaction with one bulk INSERT: the runs and their tasks commit together, so the runs are
+    queued when the caller answers. With another broker (Redis) the packages are pushed after
+    commit, through one reused broker.
+    """
+    parts = chunks(run_ids)
+    if Conf.SYNC:
+        transaction.on_commit(
+            lambda: [async_task(EXECUTE_CHUNK_TASK, part, broker=_broker()) for part in parts]
+        )
+        return len(parts)
+    packages = [package(EXECUTE_CHUNK_TASK, part) for part in parts]
+    if _orm_broker_in(using):
         broker = _broker()
-        for start in range(0, len(run_ids), chunk):
-            async_task(EXECUTE_MANY_TASK, run_ids[start : start + chunk], broker=broker)
+        now = timezone.now()
+        key = broker.list_key or Conf.CLUSTER_NAME
+        OrmQ.objects.using(using).bulk_create(
+            [OrmQ(key=key, payload=p, lock=now) for p in packages], batch_size=1000
+        )
+    else:
 
-    transaction.on_commit(push)
+        def push():
+            broker = _broker()
+            for p in packages:
+                broker.enqueue(p)
+
+        transaction.on_commit(push, using=using)
+    return len(packages)
+
+
+def execute_chunk(run_ids: list[str], budget: float | None = None) -> int:
+    """django-q2 task: execute a chunk of a batch one run after the other.
+
+    A chunk stops after `budget` seconds (half the wall-clock limit of one execution) and queues
+    the rest as a new task, so that a task always ends well inside django-q2's timeout and
+    retry period, however long the runs take. Runs already claimed elsewhere are skipped.
+    """
+    from runs.engine import executor
+
+    budget = settings.LOOPS_WALL_SECONDS / 2 if budget is None else budget
+    deadline = time.monotonic() + budget
+    done = 0
+    for index, run_id in enumerate(run_ids):
+        if index and time.monotonic() >= deadline:
+            _broker().enqueue(package(EXECUTE_CHUNK_TASK, run_ids[index:]))
+            break
+        if executor.execute_run(run_id) != "not claimed":
+            done += 1
+    return done
 
 
 def enqueue_task(func: str, *args, **kwargs) -> None:

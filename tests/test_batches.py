@@ -1,0 +1,129 @@
+"""Batches: runs created in bulk, pending and queued in chunks before the answer; executed."""
+
+import pytest
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+
+from accounts.models import ApiToken
+from loops.models import Loop
+from loops_project.errors import Invalid, TooLarge
+from runs import queue
+from runs.models import Batch, Run, RunStatus, TriggerType
+from runs.services import run_trigger_batch
+from tests.conftest import wait_until
+
+
+def queued_chunks() -> list[list[str]]:
+    """The run ids of every queued chunk task, decoded with django-q2's own signing."""
+    tasks = [SignedPackage.loads(p) for p in OrmQ.objects.values_list("payload", flat=True)]
+    assert all(t["func"] == queue.EXECUTE_CHUNK_TASK for t in tasks), tasks
+    return [list(t["args"][0]) for t in tasks]
+
+
+def fresh(loop) -> Loop:
+    return Loop.objects.select_related("active_version").get(pk=loop.pk)
+
+
+@pytest.mark.django_db
+def test_a_batch_of_1000_inputs_creates_1000_pending_runs_all_queued(loop, token, org):
+    api_token = ApiToken.objects.get(organization=org)
+    inputs = [{"name": f"person {i}", "i": i} for i in range(1000)]
+
+    batch = run_trigger_batch(
+        loop=fresh(loop), inputs=inputs, trigger_type=TriggerType.API_TOKEN, token=api_token
+    )
+
+    assert batch.count == 1000
+    runs = Run.objects.filter(batch=batch)
+    assert runs.count() == 1000
+    assert set(runs.values_list("status", flat=True)) == {RunStatus.PENDING}
+    assert sorted(r["i"] for r in runs.values_list("input", flat=True)) == list(range(1000))
+    run = runs.get(input__i=7)
+    assert run.input == {"name": "person 7", "i": 7}
+    assert run.version_id == fresh(loop).active_version_id
+    assert run.organization_id == org.pk
+    assert run.trigger_type == TriggerType.API_TOKEN
+    assert run.triggered_by_token_id == api_token.pk
+    assert run.mode == "live"
+    chunks = queued_chunks()
+    queued = [run_id for chunk in chunks for run_id in chunk]
+    assert sorted(queued) == sorted(runs.values_list("pk", flat=True)), "each run queued once"
+    assert 1 < len(chunks) <= 1000 // 2, "runs are handed out in chunks, not one per task"
+
+
+@pytest.mark.django_db
+def test_a_batch_with_an_input_over_the_limit_creates_nothing(loop, settings):
+    settings.LOOPS_MAX_INPUT_BYTES = 100
+    inputs = [{"name": "ok"}, {"name": "x" * 200}]
+
+    with pytest.raises(TooLarge) as error:
+        run_trigger_batch(loop=fresh(loop), inputs=inputs, trigger_type=TriggerType.USER)
+
+    assert error.value.details == {"field": "inputs[1]"}
+    assert not Run.objects.exists()
+    assert not Batch.objects.exists()
+    assert not OrmQ.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_batch_with_a_nan_input_is_refused_not_a_server_error(loop):
+    with pytest.raises(Invalid) as error:
+        run_trigger_batch(loop=fresh(loop), inputs=[1, float("nan")], trigger_type="user")
+
+    assert error.value.details == {"field": "inputs[1]"}
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_over_http_answers_202_with_its_runs_pending_and_queued(api, loop):
+    inputs = [{"name": f"n{i}"} for i in range(300)]
+
+    response = api.post(f"/api/v1/loops/{loop.slug}/runs", json={"inputs": inputs})
+
+    assert response.status_code == 202, response.text
+    data = response.json()["data"]
+    assert data["count"] == 300
+    counts = api.get(f"/api/v1/batches/{data['batchId']}").json()["data"]["counts"]
+    assert counts["pending"] == 300
+    queued = {run_id for chunk in queued_chunks() for run_id in chunk}
+    assert queued == set(Run.objects.filter(batch_id=data["batchId"]).values_list("pk", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_over_its_time_budget_queues_the_rest(loop):
+    inputs = [{"name": "A"}, {"name": "B"}, {"name": "C"}]
+    batch = run_trigger_batch(loop=fresh(loop), inputs=inputs, trigger_type="user")
+    run_ids = [r.pk for r in sorted(Run.objects.filter(batch=batch), key=lambda r: r.input["name"])]
+    OrmQ.objects.all().delete()
+
+    done = queue.execute_chunk(run_ids, budget=0)
+
+    assert done == 1
+    assert Run.objects.get(pk=run_ids[0]).output == {"greeting": "Hello, A!"}
+    assert list(Run.objects.filter(pk__in=run_ids[1:]).values_list("status", flat=True)) == [
+        RunStatus.PENDING,
+        RunStatus.PENDING,
+    ]
+    assert queued_chunks() == [run_ids[1:]]
+
+
+def test_chunk_sizes_spread_a_batch_over_the_workers(settings):
+    settings.LOOPS_WORKERS = 2
+    assert queue.chunk_size(20) == 3
+    assert queue.chunk_size(1000) == 125
+    assert queue.chunk_size(100_000) == queue.MAX_CHUNK
+    assert [len(c) for c in queue.chunks([str(i) for i in range(20)])] == [3] * 6 + [2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_20_inputs_all_succeed_on_the_real_worker(worker, loop):
+    names = [f"Person {i}" for i in range(20)]
+    batch = run_trigger_batch(loop=fresh(loop), inputs=[{"name": n} for n in names],
+                              trigger_type=TriggerType.USER)  # fmt: skip
+    runs = Run.objects.filter(batch=batch)
+
+    wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() == 20, timeout=120)
+
+    assert sorted(r["greeting"] for r in runs.values_list("output", flat=True)) == sorted(
+        f"Hello, {n}!" for n in names
+    )
