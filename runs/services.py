@@ -10,6 +10,8 @@ from accounts.models import ApiToken
 from loops.models import Loop
 from loops.validation import validate_code
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
+from loops_project.ids import run_id as new_run_id
+from runs.batches import insert_runs
 from runs.engine.waits import lock_run, resolve_step
 from runs.models import (
     Batch,
@@ -245,33 +247,41 @@ def run_restart(*, run: Run, user=None, token: ApiToken | None = None,
 def run_trigger_batch(
     *, loop: Loop, inputs: list, trigger_type: str, user=None, token: ApiToken | None = None
 ) -> Batch:
-    """Create the runs of a batch in bulk and queue them in chunks, all before answering."""
+    """Create the runs of a batch in bulk and queue them in chunks, all before answering.
 
+    Each input is serialized once, for the size check and for the insert (COPY on PostgreSQL);
+    with the ORM broker the chunk tasks are written in the same transaction as the runs.
+    """
     check_triggerable(loop)
     limit = settings.LOOPS_MAX_INPUT_BYTES
+    texts = []
     for index, item in enumerate(inputs):
-        if len(json.dumps(item)) > limit:
+        try:
+            text = json.dumps(item, allow_nan=False)
+        except ValueError:
+            raise Invalid(
+                f"inputs[{index}] is not valid JSON (NaN or Infinity)", code="invalid_input",
+                details={"field": f"inputs[{index}]"},
+            ) from None  # fmt: skip
+        texts.append(text)
+        if len(text) > limit:
             raise TooLarge(
                 f"inputs[{index}] is larger than {limit} bytes", code="input_too_large",
                 details={"field": f"inputs[{index}]"},
             )  # fmt: skip
     batch = Batch.objects.create(organization_id=loop.organization_id, loop=loop, count=len(inputs))
-    now = timezone.now()
-    runs = [
-        Run(
-            organization_id=loop.organization_id,
-            loop_id=loop.pk,
-            version_id=loop.active_version_id,
-            trigger_type=trigger_type,
-            mode=RunMode.LIVE,
-            triggered_by_user=user if getattr(user, "is_authenticated", False) else None,
-            triggered_by_token=token,
-            input=item,
-            batch_id=batch.pk,
-            created_at=now,
-        )
-        for item in inputs
-    ]
-    Run.objects.bulk_create(runs, batch_size=2000)
-    enqueue_executions([r.pk for r in runs])
+    template = Run(
+        organization_id=loop.organization_id,
+        loop_id=loop.pk,
+        version_id=loop.active_version_id,
+        trigger_type=TriggerType(trigger_type),
+        mode=RunMode.LIVE,
+        triggered_by_user=user if getattr(user, "is_authenticated", False) else None,
+        triggered_by_token=token,
+        batch_id=batch.pk,
+        created_at=timezone.now(),
+    )
+    run_ids = [new_run_id() for _ in inputs]
+    insert_runs(template, run_ids, inputs, texts)
+    enqueue_executions(run_ids)
     return batch
