@@ -1,0 +1,163 @@
+"""Triggers over real HTTP: one input, batches, idempotency keys and live mode."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from runs.models import Batch, Run, RunStatus
+from tests.factories import LoopFactory, RunFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WAIT_CODE = """\
+class HealthLoop(Loop):
+    def run(self, event, step):
+        return step.wait_for_event("Go", "go")
+"""
+
+
+def queued_run_ids() -> set[str]:
+    queued = set()
+    for entry in OrmQ.objects.all():
+        for arg in entry.task["args"]:
+            queued |= set(arg) if isinstance(arg, list) else {arg}
+    return queued
+
+
+def assert_queued(runs) -> None:
+    """Every run is in the queue, or a worker already took it."""
+    queued = queued_run_ids()
+    for run in runs:
+        assert run.pk in queued or run.status != RunStatus.PENDING, run.pk
+
+
+def test_one_input_answers_202_with_the_pending_run(api, loop):
+    response = api.post("/api/v1/loops/greeting/runs", json={"input": {"name": "Ana"}})
+    assert response.status_code == 202
+    data = response.json()["data"]
+    run = Run.objects.get()
+    assert data["id"] == run.pk
+    assert data["input"] == {"name": "Ana"}
+    assert data["status"] == "pending"
+    assert data["version"] == 1
+    assert data["triggerType"] == "api_token"
+    assert_queued([run])
+
+
+def test_trigger_url_takes_any_json_value_as_input(api, loop):
+    for body in ([1, 2, 3], "text", 42, None):
+        response = api.post("/api/loop/acme/greeting", json=body)
+        assert response.status_code == 202
+        run = Run.objects.get(pk=response.json()["runId"])
+        assert run.input == body
+        assert response.json()["workflowInstanceId"] == run.task_id
+    response = api.post("/api/loop/acme/greeting")  # no body at all
+    assert Run.objects.get(pk=response.json()["runId"]).input is None
+
+
+def test_a_batch_of_inputs_exists_and_is_queued_when_202_arrives(api, loop):
+    inputs = [{"name": f"n{i}"} for i in range(1500)]
+    response = api.post("/api/v1/loops/greeting/runs", json={"inputs": inputs})
+    assert response.status_code == 202
+    data = response.json()["data"]
+    assert data["count"] == 1500
+    batch = Batch.objects.get(pk=data["batchId"])
+    runs = list(Run.objects.filter(batch=batch))
+    assert len(runs) == 1500
+    assert {r.input["name"] for r in runs} == {f"n{i}" for i in range(1500)}
+    assert_queued(runs)
+    counts = api.get(f"/api/v1/batches/{batch.pk}").json()["data"]
+    assert counts["count"] == 1500
+    assert sum(counts["counts"].values()) == 1500
+
+
+def test_batch_size_limits_are_422(api, loop):
+    response = api.post("/api/v1/loops/greeting/runs", json={"inputs": []})
+    assert response.status_code == 422
+    assert response.json()["error"]["details"][0]["field"] == "inputs"
+    response = api.post("/api/v1/loops/greeting/runs", json={"inputs": [0] * 100_001})
+    assert response.status_code == 422
+    assert "inputs" in response.json()["error"]["message"]
+    response = api.post("/api/v1/loops/greeting/runs", json={"inputs": [1], "input": 1})
+    assert response.status_code == 422
+    assert not Run.objects.exists()
+
+
+def test_a_batch_of_100000_inputs_is_accepted(api, loop):
+    response = api.post("/api/v1/loops/greeting/runs", json={"inputs": list(range(100_000))})
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["data"]["batchId"]
+    assert Run.objects.filter(batch_id=batch_id).count() == 100_000
+
+
+def test_idempotency_key_header_answers_the_first_run_and_creates_nothing(api, org, loop):
+    headers = {"Idempotency-Key": "order-17"}
+    first = api.post("/api/loop/acme/greeting", json={"n": 1}, headers=headers)
+    again = api.post("/api/loop/acme/greeting", json={"n": 2}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert Run.objects.count() == 1
+    # the v1 endpoint shares the key space of the loop (header or body field)
+    by_field = api.post(
+        "/api/v1/loops/greeting/runs", json={"input": {"n": 3}, "idempotencyKey": "order-17"}
+    )
+    assert by_field.status_code == 202
+    assert by_field.json()["data"]["id"] == first.json()["runId"]
+    assert by_field.json()["data"]["input"] == {"n": 1}
+    by_header = api.post("/api/v1/loops/greeting/runs", json={"input": 4}, headers=headers)
+    assert by_header.json()["data"]["id"] == first.json()["runId"]
+    assert Run.objects.count() == 1
+    # another key, or another loop, is a new run
+    LoopFactory(organization=org, slug="other")
+    assert (
+        api.post("/api/loop/acme/other", json={}, headers=headers).json()["runId"]
+        != (first.json()["runId"])
+    )
+    api.post("/api/loop/acme/greeting", json={}, headers={"Idempotency-Key": "order-18"})
+    assert Run.objects.count() == 3
+
+
+def test_an_idempotency_key_older_than_24_hours_triggers_again(api, loop):
+    old = RunFactory(loop=loop, idempotency_key="k1")
+    Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(hours=25))
+    response = api.post("/api/loop/acme/greeting", json={}, headers={"Idempotency-Key": "k1"})
+    assert response.json()["runId"] != old.pk
+    assert Run.objects.count() == 2
+    response = api.post("/api/loop/acme/greeting", json={}, headers={"Idempotency-Key": "x" * 201})
+    assert response.status_code == 422
+
+
+def test_live_mode_answers_200_with_the_ended_run_on_both_endpoints(worker, api, loop):
+    response = api.post(
+        "/api/v1/loops/greeting/runs",
+        json={"input": {"name": "Lia"}, "mode": "live", "timeout": 60},
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["status"] == "succeeded"
+    assert data["output"] == {"greeting": "Hello, Lia!"}
+    response = api.post("/api/loop/acme/greeting?mode=live&timeout=60", json={"name": "Bo"})
+    assert response.status_code == 200
+    assert response.json()["data"]["output"] == {"greeting": "Hello, Bo!"}
+
+
+def test_live_mode_answers_202_when_the_run_does_not_end_in_time(worker, api, org):
+    LoopFactory(organization=org, slug="waiter", code=WAIT_CODE)
+    response = api.post(
+        "/api/v1/loops/waiter/runs", json={"input": {}, "mode": "live", "timeout": 1}
+    )
+    assert response.status_code == 202
+    assert response.json()["data"]["id"].startswith("run_")
+    response = api.post("/api/loop/acme/waiter?mode=live&timeout=1", json={})
+    assert response.status_code == 202
+    assert response.json()["runId"].startswith("run_")
+
+
+@pytest.mark.parametrize("timeout", ["-1", "121", "nan", "inf", "soon"])
+def test_a_live_timeout_out_of_range_is_422(api, loop, timeout):
+    response = api.post(f"/api/loop/acme/greeting?mode=live&timeout={timeout}", json={})
+    assert response.status_code == 422
+    assert "timeout" in response.json()["error"]["message"]
+    assert not Run.objects.exists()
