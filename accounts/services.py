@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken, Membership, Organization, Role, TokenScope
+from loops_project.errors import Conflict, Invalid
 
 TOKEN_PREFIX = "lp_"  # noqa: S105 - a public prefix, not a secret
 # Recording last use on every request would turn each API read into a write.
@@ -79,3 +80,55 @@ def user_get_or_create(*, username: str, email: str = "", password: str | None =
             user.set_unusable_password()
         user.save()
     return user
+
+
+# --- Members (web pages) --------------------------------------------------------------------
+
+
+def _owner_count(organization: Organization) -> int:
+    return Membership.objects.filter(organization=organization, role=Role.OWNER).count()
+
+
+@transaction.atomic
+def membership_invite(*, organization: Organization, identifier: str, role: str) -> Membership:
+    """Add an existing user (by username or e-mail address) to the organization."""
+    identifier = identifier.strip()
+    User = get_user_model()
+    user = (
+        User.objects.filter(username__iexact=identifier).first()
+        or User.objects.filter(email__iexact=identifier).first()
+        if identifier
+        else None
+    )
+    if user is None:
+        raise Invalid(
+            f"No user '{identifier}' exists. Ask them to get an account first.",
+            code="user_not_found", details={"field": "identifier"},
+        )  # fmt: skip
+    if Membership.objects.filter(organization=organization, user=user).exists():
+        raise Conflict(f"{user.username} is already a member.", code="already_member")
+    return Membership.objects.create(organization=organization, user=user, role=Role(role))
+
+
+@transaction.atomic
+def membership_change_role(*, membership: Membership, role: str) -> Membership:
+    role = Role(role)
+    locked = Membership.objects.select_for_update().get(pk=membership.pk)
+    if locked.role == Role.OWNER and role != Role.OWNER and _owner_count(locked.organization) <= 1:
+        raise Conflict("An organization needs at least one owner.", code="last_owner")
+    locked.role = role
+    locked.save(update_fields=["role"])
+    return locked
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    locked = Membership.objects.select_for_update().get(pk=membership.pk)
+    if locked.role == Role.OWNER and _owner_count(locked.organization) <= 1:
+        raise Conflict("An organization needs at least one owner.", code="last_owner")
+    locked.delete()
+
+
+def token_revoke(*, token: ApiToken) -> ApiToken:
+    token.revoke()
+    return token

@@ -1,10 +1,32 @@
+from datetime import datetime, time
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
-from accounts.access import get_membership_for
+from accounts.access import get_membership_for, get_token_for
+from accounts.forms import InviteForm, RoleForm, TokenForm, WebhookForm
 from accounts.middleware import SESSION_KEY
+from accounts.models import ApiToken, Membership, Role
+from accounts.permissions import current_membership, require_role
+from accounts.services import (
+    membership_change_role,
+    membership_invite,
+    membership_remove,
+    token_create,
+    token_revoke,
+)
+from loops.access import get_loop_for
+from loops.models import Loop
+from loops_project.errors import DomainError
+from runs.access import get_webhook_for
+from runs.models import Webhook
+from runs.webhooks import delivery_redeliver, webhook_create
+
+NEW_TOKEN_KEY = "new_token"  # noqa: S105 - a session key, not a secret
 
 
 @login_required
@@ -18,4 +40,180 @@ def home(request: HttpRequest) -> HttpResponse:
 def switch_org(request: HttpRequest, org: str) -> HttpResponse:
     membership = get_membership_for(request.user, org)
     request.session[SESSION_KEY] = membership.organization_id
+    messages.info(request, f"Switched to {membership.organization.name}.")
     return redirect("loops:list")
+
+
+# --- Members ------------------------------------------------------------------------------------
+
+
+def _get_member_for(org, membership_id: str) -> Membership:
+    membership = (
+        Membership.objects.select_related("user", "organization")
+        .filter(organization=org, pk=membership_id)
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such member.")
+    return membership
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def members(request: HttpRequest) -> HttpResponse:
+    me = current_membership(request)
+    org = me.organization
+    form = InviteForm()
+    if request.method == "POST":
+        require_role(request, Role.ADMIN)
+        form = InviteForm(request.POST)
+        if form.is_valid():
+            try:
+                added = membership_invite(
+                    organization=org,
+                    identifier=form.cleaned_data["identifier"],
+                    role=form.cleaned_data["role"],
+                )
+            except DomainError as exc:
+                form.add_error("identifier", exc.message)
+            else:
+                messages.success(request, f"{added.user.username} joined as {added.role}.")
+                return redirect("accounts:members")
+    rows = (
+        Membership.objects.filter(organization=org)
+        .select_related("user")
+        .order_by("user__username")
+    )
+    return render(request, "accounts/members.html", {
+        "rows": rows, "form": form, "can_manage": me.allows(Role.ADMIN),
+        "role_form": RoleForm(), "section": "members",
+    })  # fmt: skip
+
+
+@login_required
+@require_http_methods(["POST"])
+def member_role(request: HttpRequest, membership_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    membership = _get_member_for(org, membership_id)
+    form = RoleForm(request.POST)
+    if form.is_valid():
+        try:
+            membership_change_role(membership=membership, role=form.cleaned_data["role"])
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request, f"{membership.user.username} is now {form.cleaned_data['role']}."
+            )
+    return redirect("accounts:members")
+
+
+@login_required
+@require_http_methods(["POST"])
+def member_remove(request: HttpRequest, membership_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    membership = _get_member_for(org, membership_id)
+    try:
+        membership_remove(membership=membership)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{membership.user.username} was removed.")
+    return redirect("accounts:members")
+
+
+# --- API tokens ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tokens(request: HttpRequest) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    form = TokenForm()
+    if request.method == "POST":
+        form = TokenForm(request.POST)
+        if form.is_valid():
+            expires = form.cleaned_data["expires_at"]
+            token, raw = token_create(
+                organization=org,
+                name=form.cleaned_data["name"],
+                scope=form.cleaned_data["scope"],
+                expires_at=timezone.make_aware(datetime.combine(expires, time.max))
+                if expires
+                else None,
+                created_by=request.user,
+            )
+            # Shown once, on the next page view only; never stored anywhere else.
+            request.session[NEW_TOKEN_KEY] = {"id": token.pk, "raw": raw}
+            return redirect("accounts:tokens")
+    new_token = request.session.pop(NEW_TOKEN_KEY, None)
+    rows = ApiToken.objects.for_org(org).select_related("created_by")
+    return render(request, "accounts/tokens.html", {
+        "rows": rows, "form": form, "new_token": new_token, "section": "tokens",
+    })  # fmt: skip
+
+
+@login_required
+@require_http_methods(["POST"])
+def token_revoke_view(request: HttpRequest, token_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    token = get_token_for(org, token_id)
+    token_revoke(token=token)
+    messages.success(request, f"Token “{token.name}” was revoked. It no longer works.")
+    return redirect("accounts:tokens")
+
+
+# --- Webhooks -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def webhooks(request: HttpRequest) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    loops = Loop.objects.for_org(org)
+    form = WebhookForm(loops=loops)
+    if request.method == "POST":
+        form = WebhookForm(request.POST, loops=loops)
+        if form.is_valid():
+            slug = form.cleaned_data["loop"]
+            try:
+                hook = webhook_create(
+                    organization=org,
+                    url=form.cleaned_data["url"],
+                    events=form.cleaned_data["events"],
+                    loop=get_loop_for(org, slug) if slug else None,
+                )
+            except DomainError as exc:
+                form.add_error(None, exc.message)
+            else:
+                messages.success(request, "Webhook created. Verify deliveries with its secret.")
+                return redirect("accounts:webhook", hook_id=hook.pk)
+    rows = Webhook.objects.filter(organization=org).select_related("loop")
+    return render(request, "accounts/webhooks.html", {
+        "rows": rows, "form": form, "section": "webhooks",
+    })  # fmt: skip
+
+
+@login_required
+@require_http_methods(["GET"])
+def webhook_detail(request: HttpRequest, hook_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    hook = get_webhook_for(org, hook_id)
+    deliveries = hook.deliveries.select_related("run")[:50]
+    context = {"hook": hook, "deliveries": deliveries, "section": "webhooks"}
+    if request.htmx:
+        return render(request, "accounts/webhook.html#deliveries", context)
+    return render(request, "accounts/webhook.html", context)
+
+
+@login_required
+@require_http_methods(["POST"])
+def webhook_redeliver(request: HttpRequest, hook_id: str, delivery_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    hook = get_webhook_for(org, hook_id)
+    delivery = hook.deliveries.filter(pk=delivery_id).first()
+    if delivery is None:
+        raise Http404("No such delivery.")
+    delivery_redeliver(delivery=delivery)
+    messages.success(request, "Delivery queued again.")
+    return redirect("accounts:webhook", hook_id=hook.pk)

@@ -19,9 +19,11 @@ class RunFilterForm(forms.Form):
     start = forms.DateField(
         required=False, label="From", widget=forms.DateInput(attrs={"type": "date"})
     )
-    end = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
-    errors = forms.BooleanField(required=False, label="Has errors")
-    rejected = forms.BooleanField(required=False, label="Has rejected")
+    end = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    has_errors = forms.BooleanField(required=False, label="Has errors")
+    has_rejected = forms.BooleanField(required=False, label="Has rejected")
 
     def selector_kwargs(self) -> dict:
         data = self.cleaned_data
@@ -32,8 +34,8 @@ class RunFilterForm(forms.Form):
             "mode": data.get("mode") or None,
             "created_after": _iso(start) if start else None,
             "created_before": _iso(end + timedelta(days=1)) if end else None,
-            "has_errors": bool(data.get("errors")),
-            "step_status": "rejected" if data.get("rejected") else None,
+            "has_errors": bool(data.get("has_errors")),
+            "step_status": "rejected" if data.get("has_rejected") else None,
         }
 
     @property

@@ -26,7 +26,6 @@ ARRAY_PAGE = 20  # a long array is shown this many items at a time
 PERSON_KINDS = {"input", "approval"}
 
 
-
 def fmt_ms(ms: int | None) -> str:
     if ms is None:
         return "—"
@@ -45,8 +44,9 @@ def decorate(runs):
     """Add display text that the templates need (durations) to runs or steps."""
     for obj in runs:
         obj.duration_text = fmt_ms(obj.duration_ms)
-        if hasattr(obj, "cpu_time_ms"):
+        if isinstance(obj, Run):
             obj.cpu_text = fmt_ms(obj.cpu_time_ms)
+            obj.output_json = _pretty(obj.output)
     return runs
 
 
@@ -81,6 +81,7 @@ def run_list(request: HttpRequest, slug: str | None = None) -> HttpResponse:
     context = {
         "loop": loop, "tab": "runs", "form": form, "page": page, "error": error,
         "query": query.urlencode(), "filtered": form.is_bound and form.active,
+        "show_loop": loop is None,
     }  # fmt: skip
     if request.htmx and request.htmx.target == "results":
         return render(request, "runs/list.html#results", context)
@@ -204,8 +205,8 @@ def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
     for step in steps:
         children_of.setdefault(step.parent_id, []).append(step)
     child_runs: dict[str, list[Run]] = {}
-    for child in Run.objects.filter(parent_step__run=run).select_related("loop").order_by(
-        "created_at"
+    for child in (
+        Run.objects.filter(parent_step__run=run).select_related("loop").order_by("created_at")
     ):
         child_runs.setdefault(child.parent_step_id, []).append(child)
 
@@ -284,7 +285,8 @@ def detail(request: HttpRequest, run_id: str) -> HttpResponse:
     )
     membership = current_membership(request)
     context = {
-        "run": run, "tree": _step_tree(run, steps, only), "steps_filter": request.GET.get("steps", ""),
+        "run": run, "tree": _step_tree(run, steps, only),
+        "steps_filter": request.GET.get("steps", ""),
         "counts": {
             "all": len(steps),
             "errors": sum(s.status == StepStatus.FAILED for s in steps),

@@ -1,0 +1,111 @@
+/* Loops pages: copy buttons, formatted/raw toggles, editor line jumps. No dependencies. */
+(function () {
+  "use strict";
+
+  function copyText(text, button) {
+    var done = function () {
+      var label = button.textContent;
+      button.textContent = "Copied";
+      button.classList.add("copied");
+      setTimeout(function () { button.textContent = label; button.classList.remove("copied"); }, 1500);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, function () { fallback(text); done(); });
+    } else {
+      fallback(text);
+      done();
+    }
+  }
+
+  function fallback(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    try { document.execCommand("copy"); } catch (e) { /* nothing else to try */ }
+    document.body.removeChild(area);
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy]");
+    if (button) {
+      var source = document.querySelector(button.getAttribute("data-copy"));
+      if (source) copyText(source.textContent.trim(), button);
+      return;
+    }
+    button = event.target.closest("[data-copy-value]");
+    if (button) {
+      var box = button.closest("[data-value-box]");
+      var pane = box.querySelector("[data-view-pane]:not([hidden])");
+      var url = button.getAttribute("data-copy-url");
+      if (url) {
+        var view = pane.getAttribute("data-view-pane");
+        fetch(url + "&view=" + view, { credentials: "same-origin" })
+          .then(function (r) { return r.text(); })
+          .then(function (text) { copyText(text, button); });
+      } else {
+        var parts = Array.prototype.map.call(pane.querySelectorAll("pre"), function (pre) { return pre.textContent; });
+        copyText(parts.join(pane.querySelector(".items") ? ",\n" : ""), button);
+      }
+      return;
+    }
+    button = event.target.closest("[data-view]");
+    if (button && button.closest("[data-value-box]")) {
+      var container = button.closest("[data-value-box]");
+      var wanted = button.getAttribute("data-view");
+      container.querySelectorAll("[data-view]").forEach(function (b) {
+        var on = b.getAttribute("data-view") === wanted;
+        b.classList.toggle("on", on);
+        b.setAttribute("aria-pressed", on ? "true" : "false");
+      });
+      container.querySelectorAll("[data-view-pane]").forEach(function (p) {
+        p.hidden = p.getAttribute("data-view-pane") !== wanted;
+      });
+    }
+  });
+
+  function aceEditor() {
+    var widget = document.querySelector(".django-ace-widget");
+    return widget && widget.editor;
+  }
+
+  function markEditor(root) {
+    var editor = aceEditor();
+    if (!editor) return;
+    var failing = (root || document).querySelector("[data-error-line]");
+    if (failing) {
+      var line = parseInt(failing.getAttribute("data-error-line"), 10);
+      editor.getSession().setAnnotations([{
+        row: line - 1, column: 0, type: "error", text: failing.getAttribute("data-error-message") || "Error"
+      }]);
+      editor.gotoLine(line, 0, true);
+      editor.focus();
+      return;
+    }
+    var goto = document.querySelector("[data-goto-line]");
+    if (goto && !root) {
+      var target = parseInt(goto.getAttribute("data-goto-line"), 10);
+      editor.gotoLine(target, 0, true);
+      editor.scrollToLine(target, true, true, function () {});
+      editor.focus();
+    }
+  }
+
+  // django-ace builds its editors on window "load"; this listener is added later, so runs after.
+  window.addEventListener("load", function () {
+    markEditor(null);
+    var editor = aceEditor();
+    if (editor) {
+      editor.getSession().on("change", function () { editor.getSession().clearAnnotations(); });
+    }
+  });
+
+  document.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail && event.detail.target && event.detail.target.id === "test-result") {
+      markEditor(event.detail.target);
+    }
+  });
+})();

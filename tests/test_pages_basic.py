@@ -1,0 +1,154 @@
+"""The web pages through Django's test client: what a person sees, roles and tenancy."""
+
+import pytest
+from django.urls import reverse
+
+from accounts.models import ApiToken, Membership, Role
+from loops import models as loop_models
+from runs.models import Step
+from tests.factories import MembershipFactory, RunFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def owner_client(client, owner):
+    client.force_login(owner)
+    return client
+
+
+def test_pages_require_login(client, loop):
+    response = client.get(reverse("loops:list"))
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+
+
+def test_loops_list_overview_and_chart(owner_client, loop):
+    RunFactory(loop=loop, duration_ms=120)
+    RunFactory(loop=loop, status="failed", duration_ms=900)
+    page = owner_client.get(reverse("loops:list")).content.decode()
+    assert "Greeting" in page
+    overview = owner_client.get(loop.get_absolute_url()).content.decode()
+    assert "/api/loop/acme/greeting" in overview
+    assert "curl -X POST" in overview
+    assert "seg seg-succeeded" in overview and "seg seg-failed" in overview
+    assert "120 ms" in overview  # p50 over the succeeded runs
+
+
+def test_deploy_shows_validation_error_at_its_line(owner_client, loop):
+    code = "class A(Loop):\n    def run(self, event, step):\n        return (\n"
+    response = owner_client.post(
+        reverse("loops:editor", args=[loop.slug]), {"code": code, "note": "broken"}
+    )
+    assert response.status_code == 422
+    assert 'data-error-line="' in response.content.decode()
+    assert loop.versions.count() == 1
+
+
+def test_deploy_creates_next_version(owner_client, loop):
+    code = loop.active_version.code.replace("Hello", "Hi")
+    response = owner_client.post(
+        reverse("loops:editor", args=[loop.slug]), {"code": code, "note": "friendlier"}
+    )
+    assert response.status_code == 302
+    loop.refresh_from_db()
+    assert loop.active_version.number == 2
+    assert loop.active_version.note == "friendlier"
+    diff = owner_client.get(reverse("loops:versions", args=[loop.slug])).content.decode()
+    assert "diff-add" in diff and "Hi, " in diff
+
+
+def test_runs_list_filters_and_empty_state(owner_client, loop):
+    RunFactory(loop=loop, status="failed")
+    RunFactory(loop=loop, status="succeeded")
+    url = reverse("runs:list")
+    assert owner_client.get(url).content.decode().count('class="run-row"') == 2
+    failed = owner_client.get(url, {"status": "failed"}).content.decode()
+    assert failed.count('class="run-row"') == 1
+    none = owner_client.get(url, {"status": "cancelled"}).content.decode()
+    assert "No matching runs." in none
+    errors = owner_client.get(url, {"has_errors": "on"}).content.decode()
+    assert errors.count('class="run-row"') == 1
+
+
+def test_run_detail_pages_long_arrays_and_huge_values(owner_client, loop):
+    run = RunFactory(loop=loop, output=list(range(45)))
+    Step.objects.create(run=run, order=1, key="s#1", name="Big", kind="do", status="succeeded",
+                        output="x" * 50_000)  # fmt: skip
+    page = owner_client.get(run.get_absolute_url()).content.decode()
+    assert "Show 20 more (25 left)" in page
+    assert "Load more" in page
+    more = owner_client.get(
+        reverse("runs:value", args=[run.pk]), {"field": "output", "view": "items", "start": 20}
+    ).content.decode()
+    assert "Show 20 more (5 left)" in more
+
+
+def test_other_organizations_objects_are_404(client, outsider, loop):
+    client.force_login(outsider)
+    run = RunFactory(loop=loop)
+    for url in (loop.get_absolute_url(), reverse("loops:editor", args=[loop.slug]),
+                run.get_absolute_url(), reverse("runs:value", args=[run.pk]) + "?field=input"):  # fmt: skip
+        assert client.get(url).status_code == 404, url
+    assert client.post(reverse("runs:restart", args=[run.pk])).status_code == 404
+
+
+def test_viewer_reads_but_cannot_deploy_or_manage_tokens(client, org, loop):
+    viewer = MembershipFactory(organization=org, role=Role.VIEWER).user
+    client.force_login(viewer)
+    assert client.get(loop.get_absolute_url()).status_code == 200
+    code = loop.active_version.code
+    assert client.post(reverse("loops:editor", args=[loop.slug]), {"code": code}).status_code == 403
+    assert client.get(reverse("accounts:tokens")).status_code == 403
+
+
+def test_token_is_shown_once_and_can_be_revoked(owner_client, org):
+    response = owner_client.post(
+        reverse("accounts:tokens"), {"name": "CI", "scope": "trigger"}, follow=True
+    )
+    page = response.content.decode()
+    assert "it will not be shown again" in page
+    token = ApiToken.objects.get(name="CI")
+    assert token.prefix in page
+    again = owner_client.get(reverse("accounts:tokens")).content.decode()
+    assert "it will not be shown again" not in again
+    owner_client.post(reverse("accounts:token_revoke", args=[token.pk]))
+    token.refresh_from_db()
+    assert token.status == "revoked"
+
+
+def test_members_invite_change_role_and_keep_an_owner(owner_client, org, owner):
+    UserFactory(username="ana", email="ana@example.com")
+    owner_client.post(reverse("accounts:members"), {"identifier": "ana@example.com",
+                                                    "role": "viewer"})  # fmt: skip
+    ana = Membership.objects.get(organization=org, user__username="ana")
+    assert ana.role == "viewer"
+    owner_client.post(reverse("accounts:member_role", args=[ana.pk]), {"role": "editor"})
+    ana.refresh_from_db()
+    assert ana.role == "editor"
+    me = Membership.objects.get(organization=org, user=owner)
+    response = owner_client.post(reverse("accounts:member_remove", args=[me.pk]), follow=True)
+    assert "at least one owner" in response.content.decode()
+    unknown = owner_client.post(reverse("accounts:members"), {"identifier": "nobody",
+                                                              "role": "viewer"})  # fmt: skip
+    assert "No user" in unknown.content.decode()
+
+
+def test_save_as_test_input_and_schedule_preview(owner_client, loop):
+    run = RunFactory(loop=loop, input={"name": "Zed"})
+    owner_client.post(reverse("runs:save_input", args=[run.pk]), {"name": "Zed case"})
+    assert loop_models.TestInput.objects.get(loop=loop).input == {"name": "Zed"}
+    preview = owner_client.get(
+        reverse("loops:cron_preview", args=[loop.slug]), {"cron": "0 9 * * 1", "timezone": "UTC"}
+    ).content.decode()
+    assert preview.count("09:00 UTC") == 5
+    bad = owner_client.get(reverse("loops:cron_preview", args=[loop.slug]), {"cron": "nope"})
+    assert "not a valid cron" in bad.content.decode()
+
+
+def test_org_switcher_changes_current_org(owner_client, owner, other_org, loop):
+    MembershipFactory(organization=other_org, user=owner, role=Role.VIEWER)
+    page = owner_client.get(reverse("loops:list")).content.decode()
+    assert "Globex" in page
+    owner_client.post(reverse("accounts:switch_org", args=["globex"]))
+    assert owner_client.get(loop.get_absolute_url()).status_code == 404
