@@ -19,6 +19,7 @@ class Command(BaseCommand):
             raise CommandError("--name must not be empty")
         token, raw = token_create(organization=organization, name=name, scope=scope)
         self.stdout.write(
-            f"Created {token.scope} token {token.pk} for {organization.slug}; it is shown only once:"
+            f"Created {token.scope} token {token.pk} for {organization.slug}; "
+            "it is shown only once:"
         )
         self.stdout.write(raw)

@@ -4,12 +4,15 @@ from django.core.management.base import BaseCommand, CommandError
 
 from loops.models import Loop
 from loops.services import loop_create, loop_deploy
-from loops_project.commands import org_or_error
+from loops_project.commands import loop_or_error, org_or_error
 from loops_project.errors import DomainError
 
 
 class Command(BaseCommand):
-    help = "Deploy a loop's code from a file as its next version (creating the loop if needed). Prints the version number."
+    help = (
+        "Deploy a loop's code from a file as its next version (creating the loop if needed). "
+        "Prints the version number."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("org", help="organization slug or id")
@@ -22,13 +25,21 @@ class Command(BaseCommand):
         path = Path(file)
         if not path.is_file():
             raise CommandError(f"No such file: {file}")
-        code = path.read_text()
-        field = "pk" if loop.startswith("loop_") else "slug"
-        target = Loop.objects.filter(organization=organization, **{field: loop}).first()
+        try:
+            code = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"Cannot read {file}: {exc}") from None
+        if loop.startswith("loop_"):
+            # An id names an existing loop; only a slug may create one.
+            target = loop_or_error(organization, loop)
+        else:
+            target = Loop.objects.filter(organization=organization, slug=loop).first()
         try:
             if target is None:
-                target = loop_create(organization=organization, slug=loop, name=loop, code=code,
-                                     author_name="cli", note=note)  # fmt: skip
+                target = loop_create(
+                    organization=organization, slug=loop, name=loop, code=code,
+                    author_name="cli", note=note,
+                )  # fmt: skip
                 version = target.active_version
             else:
                 version = loop_deploy(loop=target, code=code, author_name="cli", note=note)

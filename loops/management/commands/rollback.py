@@ -9,9 +9,9 @@ class Command(BaseCommand):
     help = "Make an earlier version of a loop active again."
 
     def add_arguments(self, parser):
-        parser.add_argument("org")
-        parser.add_argument("loop")
-        parser.add_argument("version", type=int)
+        parser.add_argument("org", help="organization slug or id")
+        parser.add_argument("loop", help="loop slug or id")
+        parser.add_argument("version", type=int, help="the version number to make active")
 
     def handle(self, *args, org, loop, version, **options):
         target = loop_or_error(org_or_error(org), loop)

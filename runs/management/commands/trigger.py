@@ -14,8 +14,8 @@ class Command(BaseCommand):
     help = "Trigger a run of a loop. Prints the run id (and, with --wait, the ended run as JSON)."
 
     def add_arguments(self, parser):
-        parser.add_argument("org")
-        parser.add_argument("loop")
+        parser.add_argument("org", help="organization slug or id")
+        parser.add_argument("loop", help="loop slug or id")
         parser.add_argument("--input", default="{}", help="JSON input (event.body)")
         parser.add_argument("--wait", action="store_true", help="wait for the run to end")
         parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
@@ -40,7 +40,8 @@ class Command(BaseCommand):
                 break
             if time.monotonic() > deadline:
                 raise CommandError(
-                    f"Run {run.pk} is still {run.status} after {timeout} s (is a worker running? manage.py qcluster)"
+                    f"Run {run.pk} is still {run.status} after {timeout} s "
+                    "(is a worker running? manage.py qcluster)"
                 )
             time.sleep(0.1)
         self.stdout.write(json.dumps(run_payload(run), default=str, indent=2))

@@ -1,0 +1,273 @@
+"""The management commands of API.md, called as a person would call them."""
+
+import json
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from accounts.models import ApiToken, Membership, Organization, Role
+from accounts.services import token_authenticate
+from loops.models import Loop, LoopVersion
+from runs.models import Run, RunStatus
+from tests.conftest import BASE_DIR
+from tests.factories import LoopFactory, RunFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+CODE_V2 = """\
+class HealthLoop(Loop):
+    def run(self, event, step):
+        return {"greeting": step.do("Build greeting v2", lambda: "Hi")}
+"""
+
+SYNTAX_ERROR = """\
+class HealthLoop(Loop):
+    def run(self, event, step)
+        return {}
+"""
+
+
+def call(*args) -> str:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    assert err.getvalue() == ""
+    return out.getvalue()
+
+
+@pytest.fixture
+def code_file(tmp_path):
+    def write(code: str, name: str = "loop.py"):
+        path = tmp_path / name
+        path.write_text(code)
+        return str(path)
+
+    return write
+
+
+# --- create_org ---------------------------------------------------------------------------------
+
+
+def test_create_org_with_an_owner(db):
+    UserFactory(username="nomsa")
+    out = call("create_org", "umoya", "--name", "Umoya Health", "--owner", "nomsa")
+    org = Organization.objects.get(slug="umoya")
+    assert out == f"Created organization umoya ({org.pk})\n"
+    assert org.name == "Umoya Health"
+    assert Membership.objects.get(organization=org).user.username == "nomsa"
+    assert Membership.objects.get(organization=org).role == Role.OWNER
+
+
+def test_create_org_without_a_name_uses_the_slug(db):
+    call("create_org", "solo")
+    org = Organization.objects.get(slug="solo")
+    assert org.name == "solo"
+    assert not org.memberships.exists()
+
+
+@pytest.mark.parametrize("slug", ["Not A Slug", "under_score!", "UPPER"])
+def test_create_org_refuses_a_bad_slug(db, slug):
+    with pytest.raises(CommandError, match="is not a valid slug"):
+        call("create_org", slug)
+    assert not Organization.objects.exists()
+
+
+def test_create_org_refuses_a_duplicate_and_an_unknown_owner(org):
+    with pytest.raises(CommandError, match="slug 'acme' already exists"):
+        call("create_org", "acme")
+    with pytest.raises(CommandError, match="No user named 'ghost'"):
+        call("create_org", "newco", "--owner", "ghost")
+    assert list(Organization.objects.values_list("slug", flat=True)) == ["acme"]
+
+
+# --- create_token -------------------------------------------------------------------------------
+
+
+def test_create_token_prints_the_token_alone_on_the_last_line_and_it_authenticates(org):
+    out = call("create_token", "acme", "--name", "deploys", "--scope", "trigger")
+    raw = out.splitlines()[-1]
+    assert raw.startswith("lp_")
+    assert " " not in raw
+    token = token_authenticate(raw)
+    assert token is not None
+    assert token.organization == org
+    assert (token.name, token.scope) == ("deploys", "trigger")
+    assert token.token_hash == ApiToken.hash(raw)
+    assert "shown only once" in out.splitlines()[0]
+
+
+def test_create_token_by_org_id_defaults_to_full_scope(org):
+    raw = call("create_token", org.pk).splitlines()[-1]
+    assert token_authenticate(raw).scope == "full"
+
+
+def test_create_token_for_an_unknown_org_fails(db):
+    with pytest.raises(CommandError, match="No organization 'nowhere'"):
+        call("create_token", "nowhere")
+    assert not ApiToken.objects.exists()
+
+
+# --- deploy -------------------------------------------------------------------------------------
+
+
+def test_deploy_creates_the_loop_then_adds_versions(org, code_file):
+    assert call("deploy", "acme", "greeting", code_file(CODE_V2), "--note", "first") == "1\n"
+    loop = Loop.objects.get(organization=org, slug="greeting")
+    assert loop.active_version.number == 1
+    assert loop.active_version.note == "first"
+    assert loop.active_version.code == CODE_V2
+    assert call("deploy", "acme", "greeting", code_file(CODE_V2 + "\n")) == "2\n"
+    loop.refresh_from_db()
+    assert loop.active_version.number == 2
+    assert loop.versions.count() == 2
+
+
+def test_deploy_to_an_existing_loop_by_id(loop, code_file):
+    assert call("deploy", "acme", loop.pk, code_file(CODE_V2)) == "2\n"
+
+
+def test_deploy_with_a_syntax_error_names_the_line_and_saves_nothing(org, code_file):
+    with pytest.raises(CommandError, match="Line 2: syntax error"):
+        call("deploy", "acme", "broken", code_file(SYNTAX_ERROR))
+    assert not Loop.objects.exists()
+    assert not LoopVersion.objects.exists()
+
+
+def test_deploy_with_a_syntax_error_keeps_the_active_version(loop, code_file):
+    with pytest.raises(CommandError, match="Line 2"):
+        call("deploy", "acme", "greeting", code_file(SYNTAX_ERROR))
+    loop.refresh_from_db()
+    assert loop.active_version.number == 1
+    assert loop.versions.count() == 1
+
+
+def test_deploy_refuses_a_missing_file_an_unknown_id_and_a_bad_slug(org, code_file):
+    with pytest.raises(CommandError, match="No such file"):
+        call("deploy", "acme", "greeting", "/nonexistent/loop.py")
+    with pytest.raises(CommandError, match="No loop 'loop_nothing'"):
+        call("deploy", "acme", "loop_nothing", code_file(CODE_V2))
+    with pytest.raises(CommandError, match="slug must be lower-case"):
+        call("deploy", "acme", "Bad Slug", code_file(CODE_V2))
+    assert not Loop.objects.exists()
+
+
+# --- rollback -----------------------------------------------------------------------------------
+
+
+def test_rollback_makes_an_earlier_version_active(loop, code_file):
+    call("deploy", "acme", "greeting", code_file(CODE_V2))
+    assert call("rollback", "acme", "greeting", "1") == "Loop greeting now runs version 1\n"
+    loop.refresh_from_db()
+    assert loop.active_version.number == 1
+    assert loop.versions.count() == 2
+
+
+def test_rollback_to_an_unknown_version_or_loop_fails(loop):
+    with pytest.raises(CommandError, match="has no version 7"):
+        call("rollback", "acme", "greeting", "7")
+    with pytest.raises(CommandError, match="No loop 'nope'"):
+        call("rollback", "acme", "nope", "1")
+    loop.refresh_from_db()
+    assert loop.active_version.number == 1
+
+
+# --- trigger ------------------------------------------------------------------------------------
+
+
+def test_trigger_prints_the_run_id(loop):
+    out = call("trigger", "acme", "greeting", "--input", '{"name": "Thandi"}')
+    run = Run.objects.get()
+    assert out == f"{run.pk}\n"
+    assert run.input == {"name": "Thandi"}
+    assert run.trigger_type == "user"
+    assert run.status == RunStatus.PENDING
+    assert run.version == loop.active_version
+
+
+def test_trigger_refuses_bad_json_and_a_paused_loop(loop):
+    with pytest.raises(CommandError, match="--input is not valid JSON"):
+        call("trigger", "acme", "greeting", "--input", "{name: 1}")
+    Loop.objects.filter(pk=loop.pk).update(paused=True)
+    with pytest.raises(CommandError, match="Loop 'greeting' is paused"):
+        call("trigger", "acme", "greeting")
+    assert not Run.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_trigger_wait_prints_the_ended_run_as_json(worker, loop):
+    out = call("trigger", "acme", "greeting", "--input", '{"name": "Sipho"}', "--wait",
+               "--timeout", "60")  # fmt: skip
+    run_id, _, body = out.partition("\n")
+    payload = json.loads(body)
+    assert payload["id"] == run_id
+    assert payload["status"] == "succeeded"
+    assert payload["output"] == {"greeting": "Hello, Sipho!"}
+    assert Run.objects.get(pk=run_id).status == RunStatus.SUCCEEDED
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_runs_lists_newest_first_and_filters(org, loop):
+    other = LoopFactory(organization=org, slug="invoices")
+    ok = RunFactory(loop=loop, status=RunStatus.SUCCEEDED)
+    failed = RunFactory(loop=loop, status=RunStatus.FAILED)
+    invoice = RunFactory(loop=other, status=RunStatus.WAITING)
+    lines = call("runs", "acme").splitlines()
+    assert lines[0].split() == ["RUN", "LOOP", "VER", "STATUS", "TRIGGER", "CREATED", "MS"]
+    assert [line.split()[0] for line in lines[1:]] == [invoice.pk, failed.pk, ok.pk]
+    assert lines[2].split()[1:5] == ["greeting", "1", "failed", "api_token"]
+
+    def ids(*args):
+        return [line.split()[0] for line in call("runs", "acme", *args).splitlines()[1:]]
+
+    assert ids("--status", "failed") == [failed.pk]
+    assert ids("--status", "failed,waiting") == [invoice.pk, failed.pk]
+    assert ids("--loop", "invoices") == [invoice.pk]
+    assert ids("--loop", loop.pk, "--limit", "1") == [failed.pk]
+
+
+def test_runs_says_when_nothing_matches(org, loop, other_org):
+    RunFactory(loop=LoopFactory(organization=other_org))
+    LoopFactory(organization=org, slug="invoices")
+    assert call("runs", "acme") == "No matching runs.\n"
+    RunFactory(loop=loop, status=RunStatus.SUCCEEDED)
+    assert call("runs", "acme", "--status", "failed") == "No matching runs.\n"
+    assert call("runs", "acme", "--loop", "invoices") == "No matching runs.\n"
+
+
+def test_runs_refuses_a_bad_status_and_limit(org):
+    with pytest.raises(CommandError, match="Invalid status: 'done' is not one of"):
+        call("runs", "acme", "--status", "done")
+    with pytest.raises(CommandError, match="--limit must be at least 1"):
+        call("runs", "acme", "--limit", "0")
+    with pytest.raises(CommandError, match="No loop 'nope' in organization 'acme'"):
+        call("runs", "acme", "--loop", "nope")
+    with pytest.raises(CommandError, match="No organization 'nowhere'"):
+        call("runs", "nowhere")
+
+
+# --- --help -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "mentions"),
+    [
+        ("demo", "--no-serve"),
+        ("create_org", "--owner"),
+        ("create_token", "--scope"),
+        ("deploy", "--note"),
+        ("rollback", "version"),
+        ("trigger", "--wait"),
+        ("runs", "--limit"),
+    ],
+)
+def test_every_command_has_help(command, mentions):
+    result = subprocess.run(
+        [sys.executable, str(BASE_DIR / "manage.py"), command, "--help"],
+        capture_output=True, text=True, cwd=BASE_DIR, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert mentions in result.stdout
