@@ -9,6 +9,7 @@ from datetime import timedelta
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import URLValidator
 from django.db import transaction
 from django.db.models import Q
@@ -74,7 +75,11 @@ def queue_deliveries(run_id: str, status: str) -> None:
         return
     from runs.schemas import run_payload
 
-    payload = {"event": event, "data": run_payload(Run.objects.get(pk=run_id))}
+    run = Run.objects.select_related("loop", "version").get(pk=run_id)
+    # Stored as JSON the way the API writes it (timestamps as ISO 8601 strings).
+    payload = json.loads(
+        json.dumps({"event": event, "data": run_payload(run)}, cls=DjangoJSONEncoder)
+    )
     for hook in hooks:
         delivery = WebhookDelivery.objects.create(
             webhook=hook, run_id=run_id, event=event, payload=payload

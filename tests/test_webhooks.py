@@ -1,0 +1,210 @@
+"""Webhooks: the API to manage them, and signed deliveries retried after a failing receiver."""
+
+import hashlib
+import hmac
+import json
+import threading
+from ast import literal_eval
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.utils import timezone
+from django_q.models import Schedule as QSchedule
+
+from runs import tasks
+from runs.engine.executor import execute_run
+from runs.models import DeliveryStatus, Run, Webhook, WebhookDelivery
+from tests.factories import LoopFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Receiver:
+    """A tiny HTTP server on 127.0.0.1 that records requests and answers given statuses."""
+
+    def __init__(self, statuses):
+        self.statuses = list(statuses)
+        self.requests = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                reply = b"boom" if status >= 500 else b"thanks"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(*statuses):
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_create_shows_the_secret_once_list_and_delete(api, loop):
+    response = api.post(
+        "/api/v1/webhooks",
+        json={"url": "https://example.com/hook", "events": ["succeeded", "run.failed"]},
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()["data"]
+    assert created["id"].startswith("hook_")
+    assert created["secret"].startswith("whsec_")
+    assert created["events"] == ["run.succeeded", "run.failed"]
+    assert created["loopId"] is None
+    per_loop = api.post(
+        "/api/v1/webhooks", json={"url": "https://example.com/other", "loop": "greeting"}
+    ).json()["data"]
+    assert per_loop["loopId"] == loop.pk
+    listed = api.get("/api/v1/webhooks").json()["data"]
+    assert {h["id"] for h in listed} == {created["id"], per_loop["id"]}
+    assert all(h.get("secret") is None for h in listed)
+    assert api.delete(f"/api/v1/webhooks/{created['id']}").status_code == 204
+    assert [h["id"] for h in api.get("/api/v1/webhooks").json()["data"]] == [per_loop["id"]]
+    assert api.delete(f"/api/v1/webhooks/{created['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "not a url"}, "url"),
+        ({"url": "https://example.com/x", "events": ["run.exploded"]}, "events"),
+    ],
+)
+def test_invalid_webhooks_are_422_naming_the_field(api, body, field):
+    response = api.post("/api/v1/webhooks", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["details"] == {"field": field}
+    assert not Webhook.objects.exists()
+
+
+def test_another_orgs_webhooks_are_invisible(api, other_org):
+    foreign = Webhook.objects.create(organization=other_org, url="https://x.test/h", secret="s")
+    assert api.get("/api/v1/webhooks").json()["data"] == []
+    assert api.delete(f"/api/v1/webhooks/{foreign.pk}").status_code == 404
+    foreign_loop = LoopFactory(organization=other_org)
+    response = api.post(
+        "/api/v1/webhooks", json={"url": "https://x.test/h", "loop": foreign_loop.pk}
+    )
+    assert response.status_code == 404
+    assert Webhook.objects.count() == 1
+
+
+def succeeded_run(api) -> Run:
+    response = api.post("/api/v1/loops/greeting/runs", json={"input": {"name": "Wen"}})
+    run = Run.objects.get(pk=response.json()["data"]["id"])
+    execute_run(run.pk)  # the worker's code path, in-process
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    return run
+
+
+def test_a_status_change_posts_the_signed_run_and_retries_a_failing_receiver(
+    api, loop, receiver, settings
+):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True
+    settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS = 7
+    target = receiver(500)
+    secret = api.post(
+        "/api/v1/webhooks", json={"url": target.url, "events": ["succeeded"], "loop": "greeting"}
+    ).json()["data"]["secret"]
+    run = succeeded_run(api)
+
+    first = WebhookDelivery.objects.get()  # only the subscribed event was queued
+    assert first.event == "run.succeeded"
+    assert tasks.deliver_webhook(first.pk) == "attempt 1 failed"
+    first.refresh_from_db()
+    assert (first.status, first.status_code, first.attempt) == ("failed", 500, 1)
+    assert first.response_excerpt == "boom"
+    assert first.delivered_at is not None
+
+    # the retry is a new delivery, scheduled on django-q2 after the backoff
+    retry = WebhookDelivery.objects.exclude(pk=first.pk).get()
+    assert retry.status == DeliveryStatus.PENDING
+    schedule = QSchedule.objects.get(name=f"webhook:{retry.pk}")
+    assert schedule.func == "runs.tasks.deliver_webhook"
+    assert abs(schedule.next_run - (timezone.now() + timedelta(seconds=7))) < timedelta(seconds=5)
+    assert tasks.deliver_webhook(*literal_eval(schedule.args)) == "delivered"
+    retry.refresh_from_db()
+    assert (retry.status, retry.status_code, retry.attempt) == ("succeeded", 200, 2)
+    assert retry.response_excerpt == "thanks"
+    assert tasks.deliver_webhook(retry.pk) == "nothing to do"  # never posted twice
+
+    assert len(target.requests) == 2
+    for headers, body in target.requests:
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Loops-Signature"] == f"sha256={expected}"
+        assert headers["X-Loops-Event"] == "run.succeeded"
+        assert headers["Content-Type"] == "application/json"
+        payload = json.loads(body)
+        assert payload["event"] == "run.succeeded"
+        assert payload["data"]["id"] == run.pk
+        assert payload["data"]["status"] == "succeeded"
+        assert payload["data"]["output"] == {"greeting": "Hello, Wen!"}
+    tampered = hmac.new(b"wrong secret", target.requests[0][1], hashlib.sha256).hexdigest()
+    assert target.requests[0][0]["X-Loops-Signature"] != f"sha256={tampered}"
+
+
+def test_deliveries_give_up_after_the_last_attempt(api, loop, receiver, settings):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True
+    settings.LOOPS_WEBHOOK_MAX_ATTEMPTS = 3
+    target = receiver(500, 502, 503)
+    api.post("/api/v1/webhooks", json={"url": target.url, "events": ["succeeded"]})
+    succeeded_run(api)
+    for attempt in (1, 2, 3):
+        pending = WebhookDelivery.objects.get(status=DeliveryStatus.PENDING)
+        assert tasks.deliver_webhook(pending.pk) == f"attempt {attempt} failed"
+    rows = WebhookDelivery.objects.order_by("attempt")
+    assert [(d.attempt, d.status_code, d.status) for d in rows] == [
+        (1, 500, "failed"), (2, 502, "failed"), (3, 503, "failed"),
+    ]  # fmt: skip
+    assert not WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING).exists()
+
+
+def test_a_private_address_is_refused_unless_allowed(api, loop, receiver, settings):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = False
+    target = receiver()
+    api.post("/api/v1/webhooks", json={"url": target.url})
+    succeeded_run(api)
+    delivery = WebhookDelivery.objects.get(event="run.succeeded")
+    tasks.deliver_webhook(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == "failed"
+    assert delivery.status_code is None
+    assert "TargetRefused" in delivery.error
+    assert target.requests == []
+
+
+def test_hooks_of_another_loop_or_event_are_not_called(api, org, loop, receiver, settings):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True
+    target = receiver()
+    other = LoopFactory(organization=org, slug="other")
+    api.post("/api/v1/webhooks", json={"url": target.url, "loop": other.pk})
+    api.post("/api/v1/webhooks", json={"url": target.url, "events": ["failed"]})
+    succeeded_run(api)
+    assert not WebhookDelivery.objects.exists()
