@@ -1,10 +1,18 @@
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 
 from accounts.models import ApiToken, Membership, Organization
 from accounts.services import token_create
+from loops.models import Loop
+
+
+def count_of(model) -> Coalesce:
+    """How many rows of the model belong to the organization of the outer query."""
+    rows = model.objects.filter(organization=OuterRef("pk")).order_by().values("organization")
+    return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n")), 0)
 
 
 class MembershipInline(admin.TabularInline):
@@ -24,13 +32,11 @@ class OrganizationAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
 
     def get_queryset(self, request: HttpRequest):
+        # Subqueries, not joins: two joined counts would multiply members by loops.
         return (
             super()
             .get_queryset(request)
-            .annotate(
-                n_members=Count("memberships", distinct=True),
-                n_loops=Count("loops", distinct=True),
-            )
+            .annotate(n_members=count_of(Membership), n_loops=count_of(Loop))
         )
 
     @admin.display(description="Members", ordering="n_members")
@@ -116,7 +122,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
         if change:
-            super().save_model(request, obj, form, change)
+            # Only what the form changed: last_used_at and revoked_at are written elsewhere.
+            obj.save(update_fields=form.changed_data)
             return
         # The secret exists only here: token_create stores its hash and returns it once.
         token, raw = token_create(

@@ -197,6 +197,9 @@ class LoopVersionAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # the history of a loop is kept
+
     @admin.display(description="Organization", ordering="loop__organization__name")
     def organization(self, obj: LoopVersion):
         return obj.loop.organization

@@ -51,6 +51,20 @@ class ReadOnlyMixin:
     def get_readonly_fields(self, request: HttpRequest, obj=None):
         return flatten_fieldsets(self.get_fieldsets(request, obj))
 
+    def change_view(self, request: HttpRequest, object_id: str, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request: HttpRequest, obj, form, change: bool) -> None:
+        # Nothing here is editable, and a full save could overwrite what a worker has just
+        # written (a run's status, a delivery's attempt).
+        return
+
 
 def apply_to_each(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset, verb: str, service: Callable
@@ -308,7 +322,7 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
 class LogEntryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["time", "level", "short_message", "run", "loop", "organization"]
     list_filter = ["level", "loop__organization"]
-    list_select_related = ["loop__organization"]
+    list_select_related = ["run", "loop__organization"]
     search_fields = ["=run__id", "message"]
     raw_id_fields = ["run", "loop", "step"]
     show_full_result_count = False
@@ -359,7 +373,7 @@ class RunEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
 class ScanRequestAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = ["id", "run", "organization", "scan_status", "created_at", "completed_at"]
     list_filter = ["status", "organization"]
-    list_select_related = ["organization"]
+    list_select_related = ["run", "organization"]
     search_fields = ["=id", "=run__id"]
     raw_id_fields = ["run", "step"]
     fields = [
@@ -423,7 +437,7 @@ class WebhookAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Webhook, form, change: bool) -> None:
         if change:
-            super().save_model(request, obj, form, change)
+            obj.save(update_fields=form.changed_data)
             return
         # webhook_create validates the events and generates the signing secret.
         hook = webhook_create(

@@ -3,6 +3,8 @@
 import re
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -26,7 +28,7 @@ from runs.models import (
     WebhookDelivery,
 )
 from runs.webhooks import webhook_create
-from tests.factories import LoopFactory, RunFactory
+from tests.factories import LoopFactory, RunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -471,3 +473,74 @@ def test_webhook_added_in_admin_gets_a_secret_that_is_not_shown(admin_client, or
     assert hook.events == ["run.failed"]
     page = admin_client.get(admin_url(Webhook, "change", hook.pk)).content.decode()
     assert hook.secret not in page
+
+
+def add_rows(org) -> None:
+    """A second, unrelated row of every model, for the query-count test."""
+    other = Organization.objects.create(slug="initech", name="Initech")
+    user = UserFactory(username="pat")
+    Membership.objects.create(user=user, organization=org)
+    Membership.objects.create(user=user, organization=other)
+    token_create(organization=other, name="other")
+    loop = LoopFactory(organization=other, slug="payroll")
+    schedule_create(loop=loop, cron="0 * * * *")
+    SavedTestInput.objects.create(loop=loop, name="Bo", input={})
+    run = RunFactory(loop=loop, batch=Batch.objects.create(organization=other, loop=loop))
+    step = Step.objects.create(run=run, order=1, key="A#1", name="A", status="waiting")
+    LogEntry.objects.create(run=run, loop=loop, step=step, message="another")
+    RunEvent.objects.create(run=run, type="ping")
+    ScanRequest.objects.create(organization=other, run=run, step=step)
+    hook = webhook_create(organization=other, url="https://example.org/hook", loop=loop)
+    WebhookDelivery.objects.create(webhook=hook, run=run, event="run.succeeded", payload={})
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_changelist_queries_do_not_grow_with_rows(admin_client, data, model):
+    url = admin_url(model, "changelist")
+    with CaptureQueriesContext(connection) as before:
+        admin_client.get(url)
+    add_rows(data[Organization])
+    with CaptureQueriesContext(connection) as after:
+        response = admin_client.get(url)
+    assert len(response.context["cl"].result_list) >= 2
+    assert len(after) == len(before), [q["sql"] for q in after]
+
+
+def test_organization_list_counts_members_and_loops(admin_client, data, member):
+    LoopFactory(organization=data[Organization], slug="invoices", code=False)
+    response = admin_client.get(admin_url(Organization, "changelist"))
+    org = next(o for o in response.context["cl"].result_list if o.slug == "acme")
+    assert (org.n_members, org.n_loops) == (2, 2)
+
+
+def test_run_page_has_no_save_button_and_a_post_changes_nothing(admin_client, data):
+    run = data[Run]
+    url = admin_url(Run, "change", run.pk)
+    page = admin_client.get(url).content.decode()
+    assert 'name="_save"' not in page
+    assert 'name="_continue"' not in page
+    # A worker moves the run on while the page is open; posting the page must not undo it.
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, attempt=2)
+    admin_client.post(url, {"status": "failed", "attempt": 1})
+    run.refresh_from_db()
+    assert (run.status, run.attempt) == (RunStatus.RUNNING, 2)
+
+
+def test_renaming_a_token_keeps_its_revocation_and_hash(admin_client, data):
+    token = data[ApiToken]
+    token.revoke()
+    response = admin_client.post(
+        admin_url(ApiToken, "change", token.pk),
+        {"name": "renamed", "expires_at_0": "", "expires_at_1": ""},
+    )
+    assert response.status_code == 302
+    stored = ApiToken.objects.get(pk=token.pk)
+    assert stored.name == "renamed"
+    assert stored.revoked_at == token.revoked_at
+    assert stored.token_hash == token.token_hash
+
+
+def test_versions_cannot_be_deleted_in_the_admin(admin_client, data):
+    version = data[LoopVersion]
+    assert admin_client.get(admin_url(LoopVersion, "delete", version.pk)).status_code == 403
+    assert LoopVersion.objects.filter(pk=version.pk).exists()
