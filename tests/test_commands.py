@@ -74,6 +74,14 @@ def test_create_org_refuses_a_bad_slug(db, slug):
     assert not Organization.objects.exists()
 
 
+def test_create_org_refuses_a_slug_or_name_too_long_to_store(db):
+    with pytest.raises(CommandError, match="slug is longer than 64 characters"):
+        call("create_org", "a" * 65)
+    with pytest.raises(CommandError, match="name is longer than 200 characters"):
+        call("create_org", "fine", "--name", "N" * 201)
+    assert not Organization.objects.exists()
+
+
 def test_create_org_refuses_a_duplicate_and_an_unknown_owner(org):
     with pytest.raises(CommandError, match="slug 'acme' already exists"):
         call("create_org", "acme")
@@ -103,9 +111,13 @@ def test_create_token_by_org_id_defaults_to_full_scope(org):
     assert token_authenticate(raw).scope == "full"
 
 
-def test_create_token_for_an_unknown_org_fails(db):
+def test_create_token_for_an_unknown_org_or_with_a_bad_name_fails(org):
     with pytest.raises(CommandError, match="No organization 'nowhere'"):
         call("create_token", "nowhere")
+    with pytest.raises(CommandError, match="--name must not be empty"):
+        call("create_token", "acme", "--name", "  ")
+    with pytest.raises(CommandError, match="--name is longer than 100 characters"):
+        call("create_token", "acme", "--name", "n" * 101)
     assert not ApiToken.objects.exists()
 
 
@@ -143,13 +155,19 @@ def test_deploy_with_a_syntax_error_keeps_the_active_version(loop, code_file):
     assert loop.versions.count() == 1
 
 
-def test_deploy_refuses_a_missing_file_an_unknown_id_and_a_bad_slug(org, code_file):
+def test_deploy_refuses_a_missing_file_an_unknown_id_and_a_bad_slug(org, code_file, tmp_path):
+    latin1 = tmp_path / "latin1.py"
+    latin1.write_bytes("# café\n".encode("latin-1"))
     with pytest.raises(CommandError, match="No such file"):
         call("deploy", "acme", "greeting", "/nonexistent/loop.py")
     with pytest.raises(CommandError, match="No loop 'loop_nothing'"):
         call("deploy", "acme", "loop_nothing", code_file(CODE_V2))
     with pytest.raises(CommandError, match="slug must be lower-case"):
         call("deploy", "acme", "Bad Slug", code_file(CODE_V2))
+    with pytest.raises(CommandError, match="slug is longer than 64 characters"):
+        call("deploy", "acme", "x" * 65, code_file(CODE_V2))
+    with pytest.raises(CommandError, match="Cannot read"):
+        call("deploy", "acme", "latin", str(latin1))
     assert not Loop.objects.exists()
 
 
@@ -187,8 +205,9 @@ def test_trigger_prints_the_run_id(loop):
 
 
 def test_trigger_refuses_bad_json_and_a_paused_loop(loop):
-    with pytest.raises(CommandError, match="--input is not valid JSON"):
-        call("trigger", "acme", "greeting", "--input", "{name: 1}")
+    for bad in ("{name: 1}", '{"n": NaN}', '{"n": Infinity}', '{"s": "a\\u0000b"}'):
+        with pytest.raises(CommandError, match="--input is not valid JSON"):
+            call("trigger", "acme", "greeting", "--input", bad)
     Loop.objects.filter(pk=loop.pk).update(paused=True)
     with pytest.raises(CommandError, match="Loop 'greeting' is paused"):
         call("trigger", "acme", "greeting")

@@ -20,6 +20,10 @@ class Command(BaseCommand):
             raise CommandError(
                 f"'{slug}' is not a valid slug (lower-case letters, digits, hyphens)"
             )
+        for field, value in (("slug", slug), ("name", name)):
+            limit = Organization._meta.get_field(field).max_length
+            if len(value) > limit:
+                raise CommandError(f"The {field} is longer than {limit} characters")
         if Organization.objects.filter(slug=slug).exists():
             raise CommandError(f"An organization with slug '{slug}' already exists")
         user = None

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from accounts.models import TokenScope
+from accounts.models import ApiToken, TokenScope
 from accounts.services import token_create
 from loops_project.commands import org_or_error
 
@@ -17,6 +17,9 @@ class Command(BaseCommand):
         organization = org_or_error(org)
         if not name.strip():
             raise CommandError("--name must not be empty")
+        limit = ApiToken._meta.get_field("name").max_length
+        if len(name) > limit:
+            raise CommandError(f"--name is longer than {limit} characters")
         token, raw = token_create(organization=organization, name=name, scope=scope)
         self.stdout.write(
             f"Created {token.scope} token {token.pk} for {organization.slug}; "

@@ -29,6 +29,9 @@ class Command(BaseCommand):
             code = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CommandError(f"Cannot read {file}: {exc}") from None
+        limit = Loop._meta.get_field("slug").max_length
+        if len(loop) > limit:
+            raise CommandError(f"The loop slug is longer than {limit} characters")
         if loop.startswith("loop_"):
             # An id names an existing loop; only a slug may create one.
             target = loop_or_error(organization, loop)

@@ -3,6 +3,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from loops_project.api import parse_json
 from loops_project.commands import loop_or_error, org_or_error
 from loops_project.errors import DomainError
 from runs.models import Run, TriggerType
@@ -23,8 +24,8 @@ class Command(BaseCommand):
     def handle(self, *args, org, loop, input, wait, timeout, **options):
         target = loop_or_error(org_or_error(org), loop)
         try:
-            value = json.loads(input)
-        except json.JSONDecodeError as exc:
+            value = parse_json(input)  # the API's strict JSON: no NaN, Infinity or NUL
+        except ValueError as exc:
             raise CommandError(f"--input is not valid JSON: {exc}") from None
         try:
             run = run_trigger(loop=target, input=value, trigger_type=TriggerType.USER)
