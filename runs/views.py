@@ -7,6 +7,8 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.timesince import timesince
 from django.views.decorators.http import require_http_methods
 
 from accounts.models import Role
@@ -40,12 +42,23 @@ def fmt_ms(ms: int | None) -> str:
     return f"{hours} h {minutes} min"
 
 
+def ago(when) -> str:
+    if when is None:
+        return ""
+    seconds = int((timezone.now() - when).total_seconds())
+    if seconds < 60:
+        return "just now" if seconds < 5 else f"{seconds} seconds ago"
+    return f"{timesince(when, depth=1)} ago"
+
+
 def decorate(runs):
     """Add display text that the templates need (durations) to runs or steps."""
     for obj in runs:
         obj.duration_text = fmt_ms(obj.duration_ms)
         if isinstance(obj, Run):
             obj.cpu_text = fmt_ms(obj.cpu_time_ms)
+            obj.started_ago = ago(obj.started_at)
+            obj.created_ago = ago(obj.created_at)
             obj.output_json = _pretty(obj.output)
     return runs
 
@@ -127,7 +140,7 @@ def value_block(value, *, url: str) -> dict:
         "truncated": len(raw) > CHUNK_CHARS,
     }  # fmt: skip
     if isinstance(value, list) and len(value) > ARRAY_PAGE:
-        block["items"] = _items(value, 0)
+        block["array"] = _items(value, 0)
         block["items_next"] = ARRAY_PAGE
         block["items_total"] = len(value)
         block["truncated"] = True

@@ -31,7 +31,8 @@ def test_loops_list_overview_and_chart(owner_client, loop):
     overview = owner_client.get(loop.get_absolute_url()).content.decode()
     assert "/api/loop/acme/greeting" in overview
     assert "curl -X POST" in overview
-    assert "seg seg-succeeded" in overview and "seg seg-failed" in overview
+    assert "seg seg-succeeded" in overview
+    assert "seg seg-failed" in overview
     assert "120 ms" in overview  # p50 over the succeeded runs
 
 
@@ -55,7 +56,8 @@ def test_deploy_creates_next_version(owner_client, loop):
     assert loop.active_version.number == 2
     assert loop.active_version.note == "friendlier"
     diff = owner_client.get(reverse("loops:versions", args=[loop.slug])).content.decode()
-    assert "diff-add" in diff and "Hi, " in diff
+    assert "diff-add" in diff
+    assert "Hi, " in diff
 
 
 def test_runs_list_filters_and_empty_state(owner_client, loop):
@@ -87,8 +89,9 @@ def test_run_detail_pages_long_arrays_and_huge_values(owner_client, loop):
 def test_other_organizations_objects_are_404(client, outsider, loop):
     client.force_login(outsider)
     run = RunFactory(loop=loop)
+    value_url = reverse("runs:value", args=[run.pk]) + "?field=input"
     for url in (loop.get_absolute_url(), reverse("loops:editor", args=[loop.slug]),
-                run.get_absolute_url(), reverse("runs:value", args=[run.pk]) + "?field=input"):  # fmt: skip
+                run.get_absolute_url(), value_url):  # fmt: skip
         assert client.get(url).status_code == 404, url
     assert client.post(reverse("runs:restart", args=[run.pk])).status_code == 404
 
