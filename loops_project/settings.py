@@ -170,6 +170,8 @@ LOOPS_WORKERS = env_int("LOOPS_WORKERS", 2)
 LOOPS_WALL_SECONDS = env_int("LOOPS_WALL_SECONDS", 60)
 Q_CLUSTER = {
     "name": "loops",
+    # Clusters with the same cluster_name share one queue; another LOOPS_QUEUE isolates one.
+    "cluster_name": env_str("LOOPS_QUEUE", "loops"),
     "workers": LOOPS_WORKERS,
     # An execution is bounded by LOOPS_WALL_SECONDS in the engine; this is only the backstop.
     "timeout": LOOPS_WALL_SECONDS + 60,

@@ -6,13 +6,16 @@ import signal
 import pytest
 from django_q.brokers import get_broker
 from django_q.scheduler import scheduler
+from django_q.tasks import async_task
 
 from loops.schedules import schedule_create
 from runs.engine.recovery import recover_stale_runs
 from runs.models import Run, Step
+from runs.queue import EXECUTE_TASK
 from runs.system import ensure_system_schedules
 from tests.conftest import Cluster, wait_until
 from tests.engine_helpers import deploy, program
+from tests.factories import RunFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,11 +104,11 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
         slug="crashy",
     )
     env = {"LOOPS_WALL_SECONDS": "10", "LOOPS_LEASE_GRACE_SECONDS": "1"}
-    cluster = Cluster(env)
+    # A cluster on a queue of its own, so that the execution surely runs in the process we kill.
+    cluster = Cluster({**env, "LOOPS_QUEUE": "crash"})
     try:
-        from runs.services import run_trigger
-
-        run = run_trigger(loop=crashy, input={}, trigger_type="user")
+        run = RunFactory(loop=crashy, status="pending", input={})
+        async_task(EXECUTE_TASK, run.pk, broker=get_broker("crash"))
         slow = wait_until(lambda: Step.objects.filter(run=run, name="Slow", status="running").first(), timeout=60)
         first = Step.objects.get(run=run, name="First")
         assert first.status == "succeeded"
