@@ -29,7 +29,7 @@ from loops.services import loop_create, loop_deploy, loop_rollback, loop_update
 from loops_project.errors import DomainError, Invalid
 from runs.models import LogEntry, LogLevel, RunMode, TriggerType
 from runs.services import run_trigger
-from runs.views import decorate, fmt_ms
+from runs.views import ago, decorate, fmt_ms
 
 __all__ = ["current_org"]  # other page modules import it from here
 
@@ -42,7 +42,10 @@ def _tabs(loop: Loop, tab: str) -> dict:
 @require_http_methods(["GET"])
 def loop_list(request: HttpRequest) -> HttpResponse:
     org = current_org(request)
-    return render(request, "loops/list.html", {"loops": loops_with_stats(org)})
+    loops = list(loops_with_stats(org))
+    for loop in loops:
+        loop.last_run_ago = ago(loop.last_run_at)
+    return render(request, "loops/list.html", {"loops": loops})
 
 
 def _error_line(exc: DomainError) -> int | None:
@@ -296,7 +299,7 @@ def logs(request: HttpRequest, slug: str) -> HttpResponse:
 def schedules(request: HttpRequest, slug: str) -> HttpResponse:
     org = current_org(request)
     loop = get_loop_for(org, slug)
-    form = ScheduleForm(initial={"timezone": "UTC", "enabled": True, "input": "{}"})
+    form = ScheduleForm(initial={"timezone": "UTC", "enabled": True, "input": {}})
     if request.method == "POST":
         require_role(request, Role.EDITOR)
         form = ScheduleForm(request.POST)
