@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import model_ngettext
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
@@ -156,8 +157,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for token in queryset.filter(revoked_at__isnull=True):
             token.revoke()
             revoked += 1
+        noun = model_ngettext(self.opts, revoked)
+        self.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
         skipped = queryset.count() - revoked
-        message = f"Revoked {revoked} token(s)."
         if skipped:
-            message += f" Skipped {skipped} already revoked."
-        self.message_user(request, message, messages.SUCCESS)
+            self.message_user(request, f"Skipped {skipped}: already revoked", messages.WARNING)

@@ -2,6 +2,7 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import model_ngettext
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -30,8 +31,10 @@ def report(
     done: int,
     skipped: dict[str, int],
 ) -> None:
-    """One message for a bulk action: how many were done, how many skipped and why."""
-    modeladmin.message_user(request, f"{verb} {done}.", messages.SUCCESS)
+    """Messages for a bulk action: how many were done ("Cancelled 2 runs."), how many were
+    skipped and why."""
+    noun = model_ngettext(modeladmin.opts, done)
+    modeladmin.message_user(request, f"{verb} {done} {noun}.", messages.SUCCESS)
     for reason, count in skipped.items():
         modeladmin.message_user(request, f"Skipped {count}: {reason}", messages.WARNING)
 

@@ -147,7 +147,6 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_select_related = ["loop", "organization", "version"]
     search_fields = ["=id", "loop__slug", "loop__name", "error_message", "=idempotency_key"]
     raw_id_fields = ["loop", "version", "restarted_from", "batch", "parent_step"]
-    date_hierarchy = "created_at"
     show_full_result_count = False
     list_per_page = 50
     inlines = [StepInline, LogEntryInline]

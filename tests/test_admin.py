@@ -159,11 +159,20 @@ def test_engine_written_rows_cannot_be_added(admin_client, data, model):
     assert admin_client.get(admin_url(model, "add")).status_code == 403
 
 
-def test_organization_column_shows_on_run_list(admin_client, data, other_org):
+@pytest.mark.parametrize(
+    "model", [m for m in MODELS if m is not Organization], ids=lambda m: m.__name__
+)
+def test_every_list_has_an_organization_column_and_filter(admin_client, data, other_org, model):
+    response = admin_client.get(admin_url(model, "changelist"))
+    assert "column-organization" in response.content.decode()
+    assert "Acme" in response.content.decode()
+    filters = [spec.title for spec in response.context["cl"].filter_specs]
+    assert "organization" in filters
+
+
+def test_run_list_shows_status_as_a_coloured_word(admin_client, data):
     page = admin_client.get(admin_url(Run, "changelist")).content.decode()
-    assert '<th scope="col" class="column-organization">' in page or "Organization" in page
-    assert "Acme" in page
-    assert "failed" in page
+    assert "<strong style='color: #b91c1c'>failed</strong>" in page
 
 
 def test_run_search_by_id_and_loop_slug(admin_client, data):
@@ -262,7 +271,7 @@ def test_cancel_action_cancels_a_waiting_run_and_skips_an_ended_one(admin_client
     assert waiting.status == RunStatus.CANCELLED
     assert ended.status == RunStatus.SUCCEEDED
     assert messages_of(response) == [
-        "Cancelled 1.",
+        "Cancelled 1 run.",
         "Skipped 1: The run has already ended (succeeded).",
     ]
 
@@ -275,7 +284,7 @@ def test_resume_action_puts_a_failed_run_back_to_pending_on_attempt_two(admin_cl
     assert run.status == RunStatus.PENDING
     assert run.attempt == 2
     assert run.error_message == ""
-    assert messages_of(response)[0] == "Resumed 1."
+    assert messages_of(response)[0] == "Resumed 1 run."
     assert messages_of(response)[1].startswith("Skipped 1: Only a failed or cancelled run")
 
 
@@ -289,14 +298,14 @@ def test_restart_action_creates_a_new_run_on_the_active_version(admin_client, ad
     assert new.trigger_type == "user"
     assert new.triggered_by_user == admin_user
     assert new.status == RunStatus.PENDING
-    assert messages_of(response) == ["Restarted 1."]
+    assert messages_of(response) == ["Restarted 1 run."]
 
 
 def test_restart_action_skips_runs_of_a_paused_loop(admin_client, data):
     Loop.objects.filter(pk=data[Loop].pk).update(paused=True)
     response = run_action(admin_client, Run, "restart_runs", data[Run])
     assert not Run.objects.filter(restarted_from=data[Run]).exists()
-    assert messages_of(response) == ["Restarted 0.", "Skipped 1: Loop 'greeting' is paused"]
+    assert messages_of(response) == ["Restarted 0 runs.", "Skipped 1: Loop 'greeting' is paused"]
 
 
 def test_rollback_action_makes_the_previous_version_active(admin_client, data):
@@ -307,7 +316,7 @@ def test_rollback_action_makes_the_previous_version_active(admin_client, data):
     assert loop.active_version.number == 1
     assert LoopVersion.objects.filter(loop=loop).count() == 2  # history is kept
     assert messages_of(response) == [
-        "Rolled back 1.",
+        "Rolled back 1 loop.",
         "Skipped 1: no earlier version to roll back to",
     ]
 
@@ -317,7 +326,7 @@ def test_pause_and_unpause_actions(admin_client, data):
     response = run_action(admin_client, Loop, "pause_loops", loop)
     loop.refresh_from_db()
     assert loop.paused
-    assert messages_of(response) == ["Paused 1."]
+    assert messages_of(response) == ["Paused 1 loop."]
     run_action(admin_client, Loop, "unpause_loops", loop)
     loop.refresh_from_db()
     assert not loop.paused
@@ -331,7 +340,7 @@ def test_revoke_action_revokes_tokens(admin_client, data):
     token.refresh_from_db()
     assert token.revoked_at is not None
     assert token.status == "revoked"
-    assert messages_of(response) == ["Revoked 1 token(s). Skipped 1 already revoked."]
+    assert messages_of(response) == ["Revoked 1 API token.", "Skipped 1: already revoked"]
     assert token_authenticate(raw) is None
 
 
@@ -340,7 +349,7 @@ def test_redeliver_action_queues_the_delivery_again(admin_client, data):
     response = run_action(admin_client, WebhookDelivery, "redeliver", delivery)
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.PENDING
-    assert messages_of(response) == ["Queued for redelivery 1."]
+    assert messages_of(response) == ["Queued for redelivery 1 webhook delivery."]
 
 
 def test_creating_a_token_shows_its_secret_once_and_stores_only_the_hash(
