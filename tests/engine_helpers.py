@@ -25,8 +25,10 @@ def deploy(org, code: str, slug: str = "subject"):
     return loop_create(organization=org, slug=slug, name=slug, code=code)
 
 
-def trigger(loop, input=None) -> Run:  # noqa: A002
-    return run_trigger(loop=loop, input=input if input is not None else {}, trigger_type=TriggerType.USER)
+def trigger(loop, input=None) -> Run:
+    return run_trigger(
+        loop=loop, input=input if input is not None else {}, trigger_type=TriggerType.USER
+    )
 
 
 def execute(run: Run) -> Run:
@@ -35,6 +37,6 @@ def execute(run: Run) -> Run:
     return run
 
 
-def run_program(org, body: str, input=None, imports: str = "", slug: str = "subject") -> Run:  # noqa: A002
+def run_program(org, body: str, input=None, imports: str = "", slug: str = "subject") -> Run:
     loop = deploy(org, program(body, imports), slug=slug)
     return execute(trigger(loop, input))

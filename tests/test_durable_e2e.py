@@ -27,10 +27,14 @@ def _status(run_id: str) -> str:
 def test_a_sleeping_run_holds_no_worker(worker, api, org, loop):
     sleeper = deploy(org, program('step.sleep("Nap", 3600)\nreturn 1'), slug="sleeper")
     # More sleeping runs than the cluster has worker processes (2).
-    sleeping = [api.post(f"/api/loop/{org.slug}/{sleeper.slug}", json={}).json()["runId"] for _ in range(3)]
+    sleeping = [
+        api.post(f"/api/loop/{org.slug}/{sleeper.slug}", json={}).json()["runId"] for _ in range(3)
+    ]
     for run_id in sleeping:
         wait_until(lambda run_id=run_id: _status(run_id) == "waiting", timeout=60)
-    response = api.post(f"/api/loop/{org.slug}/{loop.slug}?mode=live&timeout=60", json={"name": "Khaya"})
+    response = api.post(
+        f"/api/loop/{org.slug}/{loop.slug}?mode=live&timeout=60", json={"name": "Khaya"}
+    )
     assert response.status_code == 200
     assert response.json()["data"]["output"] == {"greeting": "Hello, Khaya!"}
     assert all(_status(run_id) == "waiting" for run_id in sleeping)
@@ -54,11 +58,29 @@ def test_ask_and_approve_through_the_api(worker, api, org):
     assert run["pending"]["kind"] == "input"
     assert api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "approve"}).status_code == 400
     assert api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "input"}).status_code == 400
-    answered = api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "input", "input": "Khaya"})
+    answered = api.post(
+        f"/api/v1/runs/{run_id}/respond", json={"action": "input", "input": "Khaya"}
+    )
     assert answered.status_code == 202
-    wait_until(lambda: (api.get(f"/api/v1/runs/{run_id}").json()["data"]["pending"] or {}).get("kind") == "approval", timeout=60)
-    assert api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "input", "input": "x"}).status_code == 400
-    assert api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "approve", "reason": "ok"}).status_code == 202
+    wait_until(
+        lambda: (
+            (api.get(f"/api/v1/runs/{run_id}").json()["data"]["pending"] or {}).get("kind")
+            == "approval"
+        ),
+        timeout=60,
+    )
+    assert (
+        api.post(
+            f"/api/v1/runs/{run_id}/respond", json={"action": "input", "input": "x"}
+        ).status_code
+        == 400
+    )
+    assert (
+        api.post(
+            f"/api/v1/runs/{run_id}/respond", json={"action": "approve", "reason": "ok"}
+        ).status_code
+        == 202
+    )
     wait_until(lambda: _status(run_id) == "succeeded", timeout=60)
     assert api.get(f"/api/v1/runs/{run_id}").json()["data"]["output"] == "Hello, Khaya!"
     assert api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "approve"}).status_code == 409
@@ -82,7 +104,13 @@ def test_cancel_stops_a_running_execution_at_the_next_step_boundary(worker, api,
     response = api.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 202
     assert response.json()["data"]["status"] == "cancelled"
-    wait_until(lambda: not Run.objects.filter(pk=run_id, steps__status="running").exists() and Step.objects.filter(run_id=run_id, name="Slow").exclude(status="running").exists(), timeout=30)
+    wait_until(
+        lambda: (
+            not Run.objects.filter(pk=run_id, steps__status="running").exists()
+            and Step.objects.filter(run_id=run_id, name="Slow").exclude(status="running").exists()
+        ),
+        timeout=30,
+    )
     run = Run.objects.get(pk=run_id)
     assert run.status == "cancelled"
     assert run.output is None
@@ -109,7 +137,9 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
     try:
         run = RunFactory(loop=crashy, status="pending", input={})
         async_task(EXECUTE_TASK, run.pk, broker=get_broker("crash"))
-        slow = wait_until(lambda: Step.objects.filter(run=run, name="Slow", status="running").first(), timeout=60)
+        slow = wait_until(
+            lambda: Step.objects.filter(run=run, name="Slow", status="running").first(), timeout=60
+        )
         first = Step.objects.get(run=run, name="First")
         assert first.status == "succeeded"
         cluster.stop(signal.SIGKILL)  # the worker dies in the middle of "Slow"
@@ -132,7 +162,12 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
     assert run.output == first.output
     assert run.executions == 2
     again = Step.objects.get(run=run, name="First")
-    assert (again.pk, again.output, again.attempts, again.finished_at) == (first.pk, first.output, 1, first.finished_at)
+    assert (again.pk, again.output, again.attempts, again.finished_at) == (
+        first.pk,
+        first.output,
+        1,
+        first.finished_at,
+    )
     rerun = Step.objects.get(run=run, name="Slow")
     assert rerun.pk == slow.pk
     assert rerun.status == "succeeded"
@@ -142,12 +177,16 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
 def test_a_scheduled_loop_produces_system_runs(worker, org, loop):
     ensure_system_schedules()
     schedule = schedule_create(loop=loop, cron="* * * * *", input={"name": "cron"})
-    type(schedule).objects.filter(pk=schedule.pk).update(next_run_at=schedule.next_run_at.replace(year=2020))
+    type(schedule).objects.filter(pk=schedule.pk).update(
+        next_run_at=schedule.next_run_at.replace(year=2020)
+    )
     # django-q2's scheduler (run here instead of waiting for its 30 s cycle) queues the
     # platform's "fire due schedules" task; the cluster runs it and then the loop's run.
     from django_q.models import Schedule as QSchedule
 
-    QSchedule.objects.filter(name="loops:fire-schedules").update(next_run=schedule.next_run_at.replace(year=2020))
+    QSchedule.objects.filter(name="loops:fire-schedules").update(
+        next_run=schedule.next_run_at.replace(year=2020)
+    )
     scheduler(broker=get_broker())
     run = wait_until(lambda: Run.objects.filter(loop=loop, status="succeeded").first(), timeout=60)
     assert run.trigger_type == "system"

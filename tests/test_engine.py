@@ -115,7 +115,10 @@ def test_resumed_run_replays_finished_steps_without_calling_them(org):
     assert run.output == {"first": picked, "second": picked}
     pick = run.steps.get(name="Pick")
     assert pick.attempts == 1  # replayed from its checkpoint, not called again
-    assert list(LogEntry.objects.filter(run=run).values_list("message", flat=True)).count("picking") == 1
+    assert (
+        list(LogEntry.objects.filter(run=run).values_list("message", flat=True)).count("picking")
+        == 1
+    )
     assert run.steps.get(name="Use").status == "succeeded"
 
 
@@ -151,7 +154,11 @@ def test_prints_and_logging_become_log_lines_with_their_step(org):
         imports="import logging",
     )
     assert run.status == "succeeded"
-    lines = list(LogEntry.objects.filter(run=run).order_by("time", "id").values_list("level", "message", "step__name"))
+    lines = list(
+        LogEntry.objects.filter(run=run)
+        .order_by("time", "id")
+        .values_list("level", "message", "step__name")
+    )
     assert lines == [
         ("info", "starting 7", None),
         ("warning", "inside work", "Work"),
@@ -201,7 +208,11 @@ def test_deploy_of_a_syntax_error_names_the_line_and_saves_nothing(org, loop):
     ("code", "line", "reason"),
     [
         ("import json\nclass A(Loop):\n    def go(self):\n        pass\n", 2, "must define run"),
-        ("class A(Loop):\n    def run(self, event):\n        pass\n", 2, "exactly (self, event, step)"),
+        (
+            "class A(Loop):\n    def run(self, event):\n        pass\n",
+            2,
+            "exactly (self, event, step)",
+        ),
         ("x = 1\n", 1, "one subclass of Loop"),
         (
             "class A(Loop):\n    def run(self, event, step):\n        pass\n"

@@ -84,7 +84,11 @@ def test_replay_after_an_event_returns_the_first_steps_saved_value(org):
     loop = deploy(org, RANDOM_THEN_EVENT)
     run = execute(trigger(loop))
     assert run.status == "waiting"
-    assert run.pending == {"kind": "event", "eventType": "approved", "stepName": "Wait for approval"}
+    assert run.pending == {
+        "kind": "event",
+        "eventType": "approved",
+        "stepName": "Wait for approval",
+    }
     picked = run.steps.get(name="Pick").output
 
     run_send_event(run=run, type="other", payload=1)  # kept, does not wake the run
@@ -202,7 +206,8 @@ def test_respond_rejects_mismatched_actions_and_runs_not_waiting_for_a_person(or
 
 def test_facial_scan_waits_for_its_result_and_a_second_result_is_a_conflict(org, client):
     loop = deploy(
-        org, program('r = step.wait_for_scan("Scan", subject={"name": "Khaya"})\nreturn r["heartRate"]')
+        org,
+        program('r = step.wait_for_scan("Scan", subject={"name": "Khaya"})\nreturn r["heartRate"]'),
     )
     run = execute(trigger(loop))
     assert run.status == "waiting"
@@ -224,7 +229,9 @@ def test_scan_page_takes_the_result_from_the_person(org, client):
     loop = deploy(org, program('return step.wait_for_scan("Scan")'))
     run = execute(trigger(loop))
     scan = ScanRequest.objects.get(run=run)
-    response = client.post(scan.get_absolute_url(), {"heartRate": "64", "extra": '{"mood": "calm"}'})
+    response = client.post(
+        scan.get_absolute_url(), {"heartRate": "64", "extra": '{"mood": "calm"}'}
+    )
     assert response.status_code == 302
     run = execute(Run.objects.get(pk=run.pk))
     assert run.output == {"heartRate": 64.0, "mood": "calm"}
@@ -249,7 +256,9 @@ def test_child_run_is_nested_under_the_parent_step_and_returns_its_output(org, l
 
 def test_a_failed_child_run_fails_the_parent_with_its_error(org):
     deploy(org, program("raise ValueError('child broke')"), slug="breaks")
-    parent = execute(trigger(deploy(org, program('return step.run_loop("Call", "breaks")'), slug="p")))
+    parent = execute(
+        trigger(deploy(org, program('return step.run_loop("Call", "breaks")'), slug="p"))
+    )
     execute(Run.objects.get(parent_step__run=parent))
     parent = execute(Run.objects.get(pk=parent.pk))
     assert parent.status == "failed"
@@ -269,12 +278,16 @@ def test_each_marks_inner_steps_with_iteration_index_and_item(org):
     )
     assert run.output == ["A", "B"]
     each = run.steps.get(kind="each")
-    inner = list(run.steps.filter(parent=each).order_by("order").values_list("iteration", "iteration_item", "output"))
+    inner = list(
+        run.steps.filter(parent=each)
+        .order_by("order")
+        .values_list("iteration", "iteration_item", "output")
+    )
     assert inner == [(0, "a", "A"), (1, "b", "B")]
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.path.startswith("/missing"):
             body, status = json.dumps({"error": "nope"}).encode(), 404
         else:
@@ -307,7 +320,10 @@ def test_http_to_loopback_is_refused_by_default(org, local_server):
 
 def test_http_records_request_and_response(org, local_server, settings):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = True
-    run = run_program(org, f'r = step.http("Call", "GET", "{local_server}/hello", params={{"a": 1}})\nreturn r.body')
+    run = run_program(
+        org,
+        f'r = step.http("Call", "GET", "{local_server}/hello", params={{"a": 1}})\nreturn r.body',
+    )
     assert run.status == "succeeded"
     assert run.output == {"path": "/hello?a=1"}
     call = run.steps.get()
@@ -326,7 +342,10 @@ def test_http_error_fails_the_step_with_status_headers_and_parsed_body(org, loca
     assert error["headers"]["x-test"] == "yes"
 
 
-@pytest.mark.parametrize("url", ["http://localhost/", "http://10.0.0.1/", "http://169.254.169.254/latest", "http://[::1]/"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost/", "http://10.0.0.1/", "http://169.254.169.254/latest", "http://[::1]/"],
+)
 def test_internal_targets_are_refused(url):
     with pytest.raises(outbound.TargetRefused):
         outbound.pin_target(url)
@@ -381,7 +400,9 @@ def test_limit_on_log_lines_per_run(org, settings):
     settings.LOOPS_MAX_LOG_LINES_PER_RUN = 5
     run = run_program(org, "for i in range(20):\n    print(i)")
     assert run.status == "succeeded"
-    messages = list(LogEntry.objects.filter(run=run).order_by("id").values_list("message", flat=True))
+    messages = list(
+        LogEntry.objects.filter(run=run).order_by("id").values_list("message", flat=True)
+    )
     assert messages[:5] == ["0", "1", "2", "3", "4"]
     assert messages[5:] == ["Log limit of 5 lines reached; later lines dropped."]
 
@@ -417,7 +438,9 @@ def test_bad_cron_expression_is_invalid(loop):
 
 
 def test_due_schedules_start_system_runs_in_their_time_zone(loop):
-    schedule = schedule_create(loop=loop, cron="30 9 * * *", timezone_name="Africa/Johannesburg", input={"name": "cron"})
+    schedule = schedule_create(
+        loop=loop, cron="30 9 * * *", timezone_name="Africa/Johannesburg", input={"name": "cron"}
+    )
     assert schedule.next_run_at.hour == 7  # 09:30 SAST is 07:30 UTC
     assert schedule.next_run_at.minute == 30
     assert fire_due_schedules(now=schedule.next_run_at - timedelta(seconds=1)) == 0

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from loops_project import ids
 from runs.engine import lifecycle
 from runs.engine.zygote import ExitInfo, get_zygote
 from runs.models import LogEntry, LogLevel, Run, RunStatus, Step, StepKind, StepStatus
@@ -136,9 +137,13 @@ class Execution:
             return f"The run exceeded the limit of {limit} steps"
         return None
 
-    def open_step(self, message: dict, *, kind: str, status: str, **fields) -> Step | str:
-        """Insert the step, or take over its row from an earlier execution. Returns the
-        step's id, or a reply dict telling the program to stop."""
+    def open_step(
+        self, message: dict, *, kind: str, status: str, guarded: bool = False, **fields
+    ) -> str | None:
+        """Insert the step, or take over its row from an earlier execution; returns its id.
+
+        With `guarded`, a new row is only inserted while this execution still owns the run
+        (one statement instead of a check and an insert); None means it no longer does."""
         key = str(message["key"])[:300]
         parent = self.steps.get(message.get("parent"))
         existing = self.steps.get(key)
@@ -152,24 +157,52 @@ class Execution:
             **fields,
         }
         if existing is not None:
+            if guarded and not self.still_owned():
+                return None
             Step.objects.filter(pk=existing[0]).update(**values)
             existing[1] = status
             return existing[0]
-        step = Step.objects.create(
-            run_id=self.run.pk,
-            key=key,
-            name=str(message.get("name", key))[:200],
-            kind=kind,
-            order=self.next_order,
-            parent_id=parent[0] if parent else None,
-            line=_int_or_none(message.get("line")),
-            iteration=_int_or_none(message.get("iteration")),
-            iteration_item=message.get("item"),
+        row = {
+            "id": ids.step_id(),
+            "run_id": self.run.pk,
+            "key": key,
+            "name": str(message.get("name", key))[:200],
+            "kind": kind,
+            "order": self.next_order,
+            "attempts": 0,
+            "parent_id": parent[0] if parent else None,
+            "line": _int_or_none(message.get("line")),
+            "iteration": _int_or_none(message.get("iteration")),
+            "iteration_item": message.get("item"),
             **values,
-        )
-        self.steps[key] = [step.pk, status, self.next_order]
+        }
+        if guarded:
+            if not self._insert_if_owned(row):
+                return None
+        else:
+            Step.objects.create(**row)
+        self.steps[key] = [row["id"], status, self.next_order]
         self.next_order += 1
-        return step.pk
+        return row["id"]
+
+    def _insert_if_owned(self, row: dict) -> bool:
+        columns, params = [], []
+        for name, value in row.items():
+            if value is None:
+                continue  # NULL by default; an untyped NULL parameter would not cast
+            field = Step._meta.get_field(name)
+            columns.append(connection.ops.quote_name(field.column))
+            params.append(field.get_db_prep_save(value, connection))
+        quote = connection.ops.quote_name
+        # Table and column names come from the models; every value is a parameter.
+        sql = (
+            f"INSERT INTO {quote(Step._meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
+            f"SELECT {', '.join(['%s'] * len(params))} WHERE EXISTS (SELECT 1 FROM "
+            f"{quote(Run._meta.db_table)} WHERE id = %s AND status = %s AND execution_id = %s)"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*params, self.run.pk, RunStatus.RUNNING, self.run.execution_id])
+            return cursor.rowcount == 1
 
     def stop_reply(self) -> dict | None:
         if not self.still_owned():
@@ -178,18 +211,23 @@ class Execution:
         return {"limit": error} if error else None
 
     def on_step(self, message: dict) -> dict:
+        """A step starts. This is the step boundary where a cancelled run stops."""
         self.flush_logs()
-        stop = self.stop_reply()
-        if stop is not None and (stop.get("cancelled") or message.get("key") not in self.steps):
-            return stop
+        if message.get("key") not in self.steps:
+            error = self.step_limit_error()
+            if error:
+                return {"limit": error}
         kind = message.get("kind") if message.get("kind") in StepKind.values else StepKind.DO
-        self.open_step(
+        opened = self.open_step(
             message,
             kind=kind,
             status=StepStatus.RUNNING,
+            guarded=True,
             input=message.get("input"),
             metadata=message.get("metadata") if isinstance(message.get("metadata"), dict) else None,
         )
+        if opened is None:
+            return {"cancelled": True}
         self.current_step = message.get("key")
         return {"ok": True}
 

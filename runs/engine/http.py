@@ -25,8 +25,13 @@ def _parse(response: httpx.Response):
 
 def _record(response: httpx.Response, url: str) -> dict:
     body, text = _parse(response)
-    return {"status": response.status_code, "headers": dict(response.headers), "body": body,
-            "text": text if not isinstance(body, str) else "", "url": url}  # fmt: skip
+    return {
+        "status": response.status_code,
+        "headers": dict(response.headers),
+        "body": body,
+        "text": text if not isinstance(body, str) else "",
+        "url": url,
+    }
 
 
 def handle_http(execution, message: dict) -> dict:
@@ -74,9 +79,14 @@ def handle_http(execution, message: dict) -> dict:
     output = records if pages > 1 else (records[0] if records else None)
     status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
     Step.objects.filter(pk=entry[0]).update(
-        status=status, output=output, error=error, attempts=1, finished_at=now, duration_ms=duration,
+        status=status,
+        output=output,
+        error=error,
+        attempts=1,
+        finished_at=now,
+        duration_ms=duration,
         page=len(records) if pages > 1 else None,
-    )  # fmt: skip
+    )
     entry[1] = status
     execution.current_step = None
     if error:

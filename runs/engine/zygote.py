@@ -5,6 +5,7 @@ descriptors (never a fork of this DB-connected worker), inside bubblewrap where 
 Each worker process owns one zygote, so executions never share a sandbox at the same time.
 """
 
+import contextlib
 import ctypes
 import json
 import os
@@ -126,10 +127,8 @@ def _process_preexec() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getuid() == 0:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             os.unshare(os.CLONE_NEWNET)
-        except (OSError, AttributeError):
-            pass
         if _world_reachable(_interpreter()):
             os.setgroups([])
             os.setgid(NOBODY)

@@ -7,6 +7,7 @@ in a fresh forked child that is never reused; the child speaks the step protocol
 pipes while the zygote waits for it, then the zygote reports how it ended and its CPU time.
 """
 
+import contextlib
 import json
 import os
 import resource
@@ -71,10 +72,8 @@ def apply_seccomp():
 
 
 def limit(kind, value):
-    try:
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
 
 
 def run_child(code_obj, request, channel):
@@ -137,10 +136,8 @@ def main():
 
         def on_alarm(signum, frame, pid=pid, timed_out=timed_out):
             timed_out.append(True)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
         signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, wall)
