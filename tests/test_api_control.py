@@ -173,3 +173,30 @@ def test_control_of_another_orgs_run_or_an_unknown_run_is_404(api, other_org):
             assert error_code(response, 404) == "not_found", action
     foreign.refresh_from_db()
     assert foreign.status == RunStatus.WAITING
+
+
+SCAN_CODE = """\
+class HealthLoop(Loop):
+    def run(self, event, step):
+        return step.wait_for_scan("Face check", subject={"name": "Ana"})
+"""
+
+
+def test_scan_result_is_202_once_then_409(api, org):
+    scanning = LoopFactory(organization=org, slug="scanning", code=SCAN_CODE)
+    run = waiting_run(scanning, "scan")
+    scan_id = run.pending["scanId"]
+    scan = api.get(f"/api/v1/scans/{scan_id}").json()["data"]
+    assert (scan["id"], scan["runId"], scan["status"]) == (scan_id, run.pk, "pending")
+    assert scan["link"].startswith("http")
+    response = api.post(f"/api/v1/scans/{scan_id}/result", json=[1, 2])
+    assert error_code(response, 422) == "invalid_result"
+    response = api.post(f"/api/v1/scans/{scan_id}/result", content=b"{oops")
+    assert error_code(response, 400) == "invalid_json"
+    response = api.post(f"/api/v1/scans/{scan_id}/result", json={"heartRate": 72})
+    assert response.status_code == 202
+    assert response.json()["data"]["result"] == {"heartRate": 72}
+    assert response.json()["data"]["status"] == "completed"
+    again = api.post(f"/api/v1/scans/{scan_id}/result", json={"heartRate": 80})
+    assert error_code(again, 409) == "scan_closed"
+    assert api.get("/api/v1/scans/scan_unknown").status_code == 404

@@ -149,3 +149,28 @@ def test_another_orgs_loops_are_404(api, other_org):
     foreign.refresh_from_db()
     assert foreign.paused is False
     assert foreign.versions.count() == 1
+
+
+def test_schedules_create_patch_delete_and_a_bad_cron_is_422(api, loop, other_org):
+    response = api.post(
+        "/api/v1/loops/greeting/schedules",
+        json={"cron": "*/5 * * * *", "timezone": "Africa/Johannesburg", "input": {"name": "S"}},
+    )
+    assert response.status_code == 201, response.text
+    schedule = response.json()["data"]
+    assert schedule["loopId"] == loop.pk
+    assert schedule["enabled"] is True
+    assert schedule["nextRunAt"]
+    listed = api.get("/api/v1/loops/greeting/schedules").json()["data"]
+    assert [s["id"] for s in listed] == [schedule["id"]]
+    patched = api.patch(f"/api/v1/schedules/{schedule['id']}", json={"enabled": False})
+    assert patched.status_code == 200
+    assert patched.json()["data"]["enabled"] is False
+    for body in ({"cron": "every day"}, {"cron": "* * * * *", "timezone": "Mars/Olympus"}):
+        response = api.post("/api/v1/loops/greeting/schedules", json=body)
+        assert response.status_code == 422, body
+        assert response.json()["error"]["message"]
+    assert api.delete(f"/api/v1/schedules/{schedule['id']}").status_code == 204
+    assert api.delete(f"/api/v1/schedules/{schedule['id']}").status_code == 404
+    foreign = LoopFactory(organization=other_org)
+    assert api.get(f"/api/v1/loops/{foreign.pk}/schedules").status_code == 404
