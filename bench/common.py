@@ -21,7 +21,7 @@ SERVER_ENV = {
     "DJANGO_DEBUG": "0",
     "DJANGO_SECRET_KEY": "bench-secret-key-not-for-production-0123456789abcdefghijklmnop",
     "DJANGO_SECURE_SSL_REDIRECT": "0",
-    "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
     "DJANGO_LOG_LEVEL": "ERROR",
 }
 

@@ -6,7 +6,7 @@ import uuid
 from functools import cache
 
 from django.conf import settings
-from django.db import router, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
@@ -22,6 +22,7 @@ EXECUTE_CHUNK_TASK = "runs.queue.execute_chunk"
 # A batch is handed to the workers in chunks: one task per run caps throughput at the broker's
 # rate (PERFORMANCE.md), while one chunk per worker would leave the other workers idle.
 MAX_CHUNK = 500
+DEFAULT_DB = "default"
 CHUNKS_PER_WORKER = 4
 
 
@@ -36,11 +37,20 @@ def new_task_id() -> str:
 
 
 def enqueue_execution(run_id: str, task_id: str | None = None) -> str:
-    """Queue an execution of the run once the current transaction commits."""
+    """Queue an execution of the run, visible to the workers once the current transaction
+    commits.
+
+    With the ORM broker on the same database the queue row is written in the caller's
+    transaction: no second commit, no broker reconnection check, and the run and its task
+    commit together. With another broker the task is pushed after commit.
+    """
     task_id = task_id or new_task_id()
-    transaction.on_commit(
-        lambda: async_task(EXECUTE_TASK, run_id, task_name=task_id, broker=_broker())
-    )
+    if not Conf.SYNC and _orm_broker_in(DEFAULT_DB):
+        _insert_packages([package(EXECUTE_TASK, run_id, name=task_id)], DEFAULT_DB)
+    else:
+        transaction.on_commit(
+            lambda: async_task(EXECUTE_TASK, run_id, task_name=task_id, broker=_broker())
+        )
     return task_id
 
 
@@ -54,10 +64,10 @@ def chunks(run_ids: list[str], size: int | None = None) -> list[list[str]]:
     return [run_ids[start : start + size] for start in range(0, len(run_ids), size)]
 
 
-def package(func: str, *args) -> str:
+def package(func: str, *args, name: str | None = None) -> str:
     """A signed django-q2 task package, built as django_q.tasks.async_task builds it."""
     short, full = humanhash_uuid()
-    task = {"id": full, "name": short, "func": func, "args": args}
+    task = {"id": full, "name": name or short, "func": func, "args": args}
     if Conf.CACHED:
         task["cached"] = Conf.CACHED
     if Conf.ACK_FAILURES:
@@ -75,7 +85,25 @@ def _orm_broker_in(using: str) -> bool:
     return isinstance(broker, ORM) and router.db_for_write(OrmQ) == using == (Conf.ORM or using)
 
 
-def enqueue_executions(run_ids: list[str], using: str = "default") -> int:
+def _insert_packages(packages: list[str], using: str) -> None:
+    """Write packages to the ORM broker's queue table as its enqueue() does (key, payload,
+    lock = now), with one plain INSERT: this is on the path of every trigger."""
+    key = _broker().list_key or Conf.CLUSTER_NAME
+    now = timezone.now()
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    table = quote(OrmQ._meta.db_table)
+    columns = ", ".join(quote(OrmQ._meta.get_field(f).column) for f in ("key", "payload", "lock"))
+    lock = OrmQ._meta.get_field("lock").get_db_prep_save(now, connection)
+    with connection.cursor() as cursor:
+        for start in range(0, len(packages), 500):
+            part = packages[start : start + 500]
+            values = ", ".join(["(%s, %s, %s)"] * len(part))
+            params = [x for p in part for x in (key, p, lock)]
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {values}", params)  # noqa: S608
+
+
+def enqueue_executions(run_ids: list[str], using: str = DEFAULT_DB) -> int:
     """Queue many runs, a chunk of them per task. Returns the number of tasks.
 
     With the ORM broker on the same database the queue rows are inserted in the current
@@ -91,12 +119,7 @@ def enqueue_executions(run_ids: list[str], using: str = "default") -> int:
         return len(parts)
     packages = [package(EXECUTE_CHUNK_TASK, part) for part in parts]
     if _orm_broker_in(using):
-        broker = _broker()
-        now = timezone.now()
-        key = broker.list_key or Conf.CLUSTER_NAME
-        OrmQ.objects.using(using).bulk_create(
-            [OrmQ(key=key, payload=p, lock=now) for p in packages], batch_size=1000
-        )
+        _insert_packages(packages, using)
     else:
 
         def push():

@@ -10,8 +10,7 @@ from accounts.models import ApiToken
 from loops.models import Loop
 from loops.validation import validate_code
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
-from loops_project.ids import run_id as new_run_id
-from runs.batches import insert_runs
+from runs.batches import insert_runs, new_run_ids
 from runs.engine.waits import lock_run, resolve_step
 from runs.models import (
     Batch,
@@ -281,7 +280,7 @@ def run_trigger_batch(
         batch_id=batch.pk,
         created_at=timezone.now(),
     )
-    run_ids = [new_run_id() for _ in inputs]
-    insert_runs(template, run_ids, inputs, texts)
+    run_ids = new_run_ids(len(inputs))
+    insert_runs(template, run_ids, texts)
     enqueue_executions(run_ids)
     return batch

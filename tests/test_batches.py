@@ -3,11 +3,14 @@
 import pytest
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
+from ulid import ULID
 
 from accounts.models import ApiToken
 from loops.models import Loop
+from loops_project import ids
 from loops_project.errors import Invalid, TooLarge
 from runs import queue
+from runs.batches import new_run_ids
 from runs.models import Batch, Run, RunStatus, TriggerType
 from runs.services import run_trigger_batch
 from tests.conftest import wait_until
@@ -127,3 +130,16 @@ def test_a_batch_of_20_inputs_all_succeed_on_the_real_worker(worker, loop):
     assert sorted(r["greeting"] for r in runs.values_list("output", flat=True)) == sorted(
         f"Hello, {n}!" for n in names
     )
+
+
+def test_batch_run_ids_are_time_sortable_ulids_like_the_apps_ids():
+    before = ids.run_id()
+    made = new_run_ids(1000)
+    after = ids.run_id()
+
+    assert len(set(made)) == 1000
+    for run_id in made:
+        assert run_id.startswith("run_")
+        assert len(run_id) == len(before)
+        assert ULID.from_str(run_id[4:].upper())  # a valid ULID
+        assert before[:14] <= run_id[:14] <= after[:14], "the time part orders like ids.run_id"
