@@ -72,10 +72,12 @@ def run_suspend(execution) -> str:
     """The program waits: no worker is held until something wakes the run."""
     from runs.engine.waits import suspend
 
-    if suspend(execution):
-        run_status_changed(execution.run.pk, RunStatus.WAITING)
-        return "waiting"
-    return "abandoned"
+    status = suspend(execution)
+    if status is None:
+        return "abandoned"
+    if status == RunStatus.WAITING:
+        run_status_changed(execution.run.pk, status)
+    return status
 
 
 def run_abandon(execution) -> str:

@@ -240,17 +240,18 @@ WAIT_HANDLERS = {
 
 
 @transaction.atomic
-def suspend(execution) -> bool:
+def suspend(execution) -> str | None:
     """End the execution in `waiting`, unless what it waits for already arrived, in which
-    case the run goes straight back to the queue. False if the run is no longer ours."""
+    case the run goes straight back to the queue. Returns the new status, or None if the run
+    is no longer this execution's."""
     run = Run.objects.select_for_update().filter(execution.owned()).first()
     if run is None:
-        return False
+        return None
     if Step.objects.filter(run_id=run.pk, status=StepStatus.WAITING).exists():
         Run.objects.filter(pk=run.pk).update(status=RunStatus.WAITING, lease_expires_at=None)
-        return True
+        return RunStatus.WAITING
     _requeue(run.pk)
-    return True
+    return RunStatus.PENDING
 
 
 def _requeue(run_id: str) -> None:
