@@ -1,6 +1,9 @@
 """Versions, tokens, the other pages, and tenancy, as a person in a browser meets them."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import ApiToken
@@ -65,8 +68,15 @@ def test_member_of_another_organization_gets_404(live_server, login, outsider, l
 def test_pages_at_a_glance(live_server, login, org, owner, member, loop, screenshot):
     """The remaining main pages render with real data; each is saved for the docs."""
     other = LoopFactory(organization=org, slug="nightly-report", name="Nightly report")
+    now = timezone.now()
+    for day in range(1, 14):  # two weeks of history for the chart
+        for i in range((day * 7) % 5 + 1):
+            when = now - timedelta(days=day, minutes=i)
+            status = "failed" if (day + i) % 6 == 0 else "succeeded"
+            ms = 120 + (day * 37 + i * 53) % 900
+            RunFactory(loop=loop, status=status, created_at=when, started_at=when, duration_ms=ms)
     for status, ms in (("succeeded", 180), ("succeeded", 240), ("failed", 950), ("waiting", None)):
-        run = RunFactory(loop=loop, status=status, duration_ms=ms, cpu_time_ms=12)
+        run = RunFactory(loop=loop, status=status, duration_ms=ms, cpu_time_ms=12, started_at=now)
         Step.objects.create(run=run, order=1, key="Build greeting#1", name="Build greeting",
                             status="succeeded" if status != "failed" else "failed",
                             output="Hello!", duration_ms=3, line=4)  # fmt: skip
@@ -82,6 +92,15 @@ def test_pages_at_a_glance(live_server, login, org, owner, member, loop, screens
     page.goto(live_server.url + loop.get_absolute_url())
     expect(page.locator(".chart .seg-succeeded").first).to_be_visible()
     screenshot("overview")
+
+    page.goto(live_server.url + run.get_absolute_url())
+    page.locator("[data-step='Build greeting']").get_by_role("link", name="Edit").click()
+    page.wait_for_function("document.querySelector('.django-ace-widget')?.editor")
+    expect(page).to_have_url(f"{live_server.url}/loops/{loop.slug}/editor/?line=4&version=1")
+    assert (
+        page.evaluate("document.querySelector('.django-ace-widget').editor.getCursorPosition().row")
+        == 3
+    )  # Ace counts rows from 0: the cursor is on line 4
 
     page.goto(f"{live_server.url}/loops/{loop.slug}/logs/")
     expect(page.locator(".log-line")).to_have_count(5)
