@@ -139,7 +139,9 @@ def start_gunicorn(workers: int = 4, port: int | None = None, extra: list[str] |
         "warning",
         *(extra or []),
     ]
-    proc = subprocess.Popen(cmd, cwd=BASE_DIR, env=env)
+    (BASE_DIR / "var").mkdir(exist_ok=True)
+    log = open(BASE_DIR / "var" / "bench-gunicorn.log", "a")  # noqa: SIM115 - lives with proc
+    proc = subprocess.Popen(cmd, cwd=BASE_DIR, env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
