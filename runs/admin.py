@@ -4,7 +4,10 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db import connections
 from django.http import HttpRequest
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from loops.admin import json_block, report
@@ -34,6 +37,29 @@ STATUS_COLOURS = {
     "expired": "#4b5563",
     "skipped": "#6b7280",
 }
+
+
+class LargeTablePaginator(Paginator):
+    """On PostgreSQL an unfiltered list of a big table counts from the planner's estimate:
+    an exact COUNT(*) of millions of runs or log lines would take seconds on every page."""
+
+    estimate_above = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        qs = self.object_list
+        if not qs.query.where:
+            connection = connections[qs.db]
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                        [qs.model._meta.db_table],
+                    )
+                    row = cursor.fetchone()
+                if row and row[0] > self.estimate_above:
+                    return row[0]
+        return super().count
 
 
 def status_badge(status: str) -> str:
@@ -148,6 +174,7 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["=id", "loop__slug", "loop__name", "error_message", "=idempotency_key"]
     raw_id_fields = ["loop", "version", "restarted_from", "batch", "parent_step"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
     list_per_page = 50
     inlines = [StepInline, LogEntryInline]
     actions = ["restart_runs", "resume_runs", "cancel_runs"]
@@ -263,6 +290,7 @@ class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["=id", "=run__id", "name", "key"]
     raw_id_fields = ["run", "parent"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
     fields = [
         "id",
         "run",
@@ -325,6 +353,7 @@ class LogEntryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["=run__id", "message"]
     raw_id_fields = ["run", "loop", "step"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
     fields = ["id", "run", "loop", "step", "time", "level", "message"]
 
     @admin.display(description="Message")
@@ -466,6 +495,7 @@ class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ["=id", "=run__id", "webhook__url"]
     raw_id_fields = ["webhook", "run"]
     show_full_result_count = False
+    paginator = LargeTablePaginator
     actions = ["redeliver"]
     fields = [
         "id",

@@ -14,6 +14,7 @@ from loops.models import Loop, LoopVersion, Schedule
 from loops.models import TestInput as SavedTestInput
 from loops.schedules import schedule_create
 from loops.services import loop_deploy
+from runs.admin import LargeTablePaginator
 from runs.models import (
     Batch,
     DeliveryStatus,
@@ -553,3 +554,17 @@ def test_versions_cannot_be_deleted_in_the_admin(admin_client, data):
     version = data[LoopVersion]
     assert admin_client.get(admin_url(LoopVersion, "delete", version.pk)).status_code == 403
     assert LoopVersion.objects.filter(pk=version.pk).exists()
+
+
+def test_big_lists_count_from_the_planner_estimate_on_postgresql(admin_client, data, monkeypatch):
+    monkeypatch.setattr(LargeTablePaginator, "estimate_above", 0)
+    url = admin_url(Run, "changelist")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {Run._meta.db_table}")  # the estimate is now 1 run
+    RunFactory.create_batch(2, loop=data[Loop], status=RunStatus.SUCCEEDED)
+    unfiltered = admin_client.get(url).context["cl"]
+    assert unfiltered.result_count == (1 if connection.vendor == "postgresql" else 3)
+    assert len(unfiltered.result_list) == 3
+    filtered = admin_client.get(url, {"status__exact": "succeeded"}).context["cl"]
+    assert filtered.result_count == 2  # a filtered list is always counted exactly
