@@ -3,6 +3,7 @@ the worker's code path in the real sandbox."""
 
 import pytest
 
+from loops.services import loop_deploy
 from loops_project.errors import Invalid
 from runs.models import LogEntry, Step
 from runs.services import run_resume
@@ -107,11 +108,13 @@ def test_resumed_run_replays_finished_steps_without_calling_them(org):
     run = execute(trigger(loop))
     assert run.status == "failed"
     picked = run.steps.get(name="Pick").output
+    loop_deploy(loop=loop, code=program('return "version 2"'))  # resume keeps its pinned version
 
     run_resume(run=run)
     run = execute(run)
     assert run.status == "succeeded"
     assert run.attempt == 2
+    assert run.version.number == 1
     assert run.output == {"first": picked, "second": picked}
     pick = run.steps.get(name="Pick")
     assert pick.attempts == 1  # replayed from its checkpoint, not called again

@@ -342,6 +342,32 @@ def test_http_error_fails_the_step_with_status_headers_and_parsed_body(org, loca
     assert error["headers"]["x-test"] == "yes"
 
 
+def test_a_redirect_to_an_internal_address_is_refused(org, settings, monkeypatch):
+    """The first hop is allowed (treated as public here); its redirect to another address
+    that is not public must be refused before any connection to it."""
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.2:9/admin")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(outbound, "_is_public", lambda address: address == "127.0.0.1")
+        url = f"http://127.0.0.1:{server.server_address[1]}/start"
+        run = run_program(org, f'return step.http("Call", "GET", "{url}").status')
+    finally:
+        server.shutdown()
+    assert run.status == "failed"
+    assert "127.0.0.2" in run.error_message
+    assert "refused" in run.error_message
+
+
 @pytest.mark.parametrize(
     "url",
     ["http://localhost/", "http://10.0.0.1/", "http://169.254.169.254/latest", "http://[::1]/"],
