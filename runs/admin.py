@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import connections
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
@@ -107,7 +108,30 @@ def apply_to_each(
     report(modeladmin, request, verb, done, skipped)
 
 
-class StepInline(admin.TabularInline):
+class RunRowsInline(admin.TabularInline):
+    """Read-only rows of a run, the first `max_rows` of them: a long run can have thousands
+    of steps or log lines, which belong on their own list (linked from the run's page)."""
+
+    max_rows = 200
+    can_delete = False
+    extra = 0
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest):
+        qs = super().get_queryset(request)
+        run_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
+        if run_id:
+            first = qs.filter(run_id=run_id).order_by(*self.ordering)
+            qs = qs.filter(pk__in=list(first.values_list("pk", flat=True)[: self.max_rows]))
+        return qs
+
+
+class StepInline(RunRowsInline):
     model = Step
     fk_name = "run"
     fields = [
@@ -123,33 +147,17 @@ class StepInline(admin.TabularInline):
     readonly_fields = fields
     ordering = ["order"]
     show_change_link = True
-    can_delete = False
-    extra = 0
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     @admin.display(description="Status")
     def step_status(self, obj: Step) -> str:
         return status_badge(obj.status)
 
 
-class LogEntryInline(admin.TabularInline):
+class LogEntryInline(RunRowsInline):
     model = LogEntry
     fields = ["time", "level", "step", "message"]
     readonly_fields = fields
     ordering = ["time", "id"]
-    can_delete = False
-    extra = 0
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def get_queryset(self, request: HttpRequest):
         return super().get_queryset(request).select_related("step")
@@ -190,6 +198,7 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
                     "run_status",
                     "trigger_type",
                     "mode",
+                    "rows",
                     "triggered_by_user",
                     "triggered_by_token",
                     "attempt",
@@ -232,6 +241,18 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="Status", ordering="status")
     def run_status(self, obj: Run) -> str:
         return status_badge(obj.status)
+
+    @admin.display(description="Steps and logs")
+    def rows(self, obj: Run) -> str:
+        steps, logs = obj.steps.count(), obj.logs.count()
+        shown = ""
+        if max(steps, logs) > RunRowsInline.max_rows:
+            shown = f" (the first {RunRowsInline.max_rows} of each are shown below)"
+        return format_html(
+            '<a href="{}?q={}">{} steps</a> · <a href="{}?q={}">{} log lines</a>{}',
+            reverse("admin:runs_step_changelist"), obj.pk, steps,
+            reverse("admin:runs_logentry_changelist"), obj.pk, logs, shown,
+        )  # fmt: skip
 
     @admin.display(description="Version", ordering="version__number")
     def version_number(self, obj: Run) -> str:

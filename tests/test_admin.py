@@ -14,7 +14,7 @@ from loops.models import Loop, LoopVersion, Schedule
 from loops.models import TestInput as SavedTestInput
 from loops.schedules import schedule_create
 from loops.services import loop_deploy
-from runs.admin import LargeTablePaginator
+from runs.admin import LargeTablePaginator, RunRowsInline
 from runs.models import (
     Batch,
     DeliveryStatus,
@@ -568,3 +568,24 @@ def test_big_lists_count_from_the_planner_estimate_on_postgresql(admin_client, d
     assert len(unfiltered.result_list) == 3
     filtered = admin_client.get(url, {"status__exact": "succeeded"}).context["cl"]
     assert filtered.result_count == 2  # a filtered list is always counted exactly
+
+
+def test_a_long_run_shows_its_first_rows_and_links_to_all(admin_client, data, monkeypatch):
+    monkeypatch.setattr(RunRowsInline, "max_rows", 2)
+    run = data[Run]
+    step = Step.objects.create(run=run, order=3, key="Late#1", name="Late", status="succeeded")
+    LogEntry.objects.create(run=run, loop=run.loop, step=step, message="third line")
+    response = admin_client.get(admin_url(Run, "change", run.pk))
+    page = response.content.decode()
+    inlines = {
+        f.opts.model: [form.original for form in f]
+        for f in response.context["inline_admin_formsets"]
+    }
+    assert [s.name for s in inlines[Step]] == ["Fetch", "Check"]
+    assert [e.message for e in inlines[LogEntry]] == ["fetched three rows", "bad value"]
+    assert "third line" not in page
+    assert "(the first 2 of each are shown below)" in page
+    all_logs = f"{admin_url(LogEntry, 'changelist')}?q={run.pk}"
+    assert f'<a href="{all_logs}">3 log lines</a>' in page
+    listed = admin_client.get(all_logs).context["cl"].result_list
+    assert [e.message for e in listed] == ["fetched three rows", "bad value", "third line"]
