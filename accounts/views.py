@@ -97,6 +97,8 @@ def member_role(request: HttpRequest, membership_id: str) -> HttpResponse:
     membership = _get_member_for(org, membership_id)
     form = RoleForm(request.POST)
     if form.is_valid():
+        if Role.OWNER in (membership.role, form.cleaned_data["role"]):
+            require_role(request, Role.OWNER)  # only an owner makes or unmakes owners
         try:
             membership_change_role(membership=membership, role=form.cleaned_data["role"])
         except DomainError as exc:
@@ -113,6 +115,8 @@ def member_role(request: HttpRequest, membership_id: str) -> HttpResponse:
 def member_remove(request: HttpRequest, membership_id: str) -> HttpResponse:
     org = require_role(request, Role.ADMIN)
     membership = _get_member_for(org, membership_id)
+    if membership.role == Role.OWNER:
+        require_role(request, Role.OWNER)
     try:
         membership_remove(membership=membership)
     except DomainError as exc:

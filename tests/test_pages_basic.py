@@ -155,3 +155,15 @@ def test_org_switcher_changes_current_org(owner_client, owner, other_org, loop):
     assert "Globex" in page
     owner_client.post(reverse("accounts:switch_org", args=["globex"]))
     assert owner_client.get(loop.get_absolute_url()).status_code == 404
+
+
+def test_only_an_owner_grants_the_owner_role(client, org, owner):
+    admin = MembershipFactory(organization=org, role=Role.ADMIN).user
+    client.force_login(admin)
+    mine = Membership.objects.get(organization=org, user=admin)
+    url = reverse("accounts:member_role", args=[mine.pk])
+    assert client.post(url, {"role": "owner"}).status_code == 403
+    theirs = Membership.objects.get(organization=org, user=owner)
+    assert client.post(reverse("accounts:member_remove", args=[theirs.pk])).status_code == 403
+    mine.refresh_from_db()
+    assert mine.role == "admin"

@@ -29,6 +29,7 @@ def test_log_in_create_test_run_and_deploy(worker, live_server, page, owner, scr
     page.set_viewport_size({"width": 1366, "height": 860})
     page.goto(live_server.url + "/")
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    screenshot("login")
     page.get_by_label("Username").fill(owner.username)
     page.get_by_label("Password").fill("s3cret-pass")
     page.get_by_role("button", name="Log in").click()

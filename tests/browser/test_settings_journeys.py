@@ -52,7 +52,7 @@ def test_create_and_revoke_a_token(live_server, login, owner, screenshot):
     assert token.status == "revoked"
 
 
-def test_member_of_another_organization_gets_404(live_server, login, outsider, loop):
+def test_member_of_another_organization_gets_404(live_server, login, outsider, loop, screenshot):
     run = RunFactory(loop=loop)
     page = login(outsider)
     for path in (loop.get_absolute_url(), f"/loops/{loop.slug}/editor/",
@@ -61,6 +61,7 @@ def test_member_of_another_organization_gets_404(live_server, login, outsider, l
         response = page.goto(live_server.url + path)
         assert response.status == 404, path
         expect(page.get_by_role("heading", name="Page not found")).to_be_visible()
+    screenshot("not-found")
     page.goto(live_server.url + "/runs/")
     expect(page.get_by_text("No runs yet.")).to_be_visible()
 
