@@ -103,6 +103,29 @@ def test_pages_at_a_glance(live_server, login, org, owner, member, loop, screens
         == 3
     )  # Ace counts rows from 0: the cursor is on line 4
 
+    failed = RunFactory(
+        loop=loop, status="failed", started_at=now, duration_ms=1840, cpu_time_ms=31,
+        error_type="HttpError", error_step="Fetch invoices",
+        error_message="GET https://billing.example.com/invoices answered 503",
+    )  # fmt: skip
+    Step.objects.create(
+        run=failed, order=1, key="Load customer#1", name="Load customer", status="succeeded",
+        output={"id": 42, "plan": "pro"}, duration_ms=12,
+    )  # fmt: skip
+    Step.objects.create(
+        run=failed, order=2, key="Fetch invoices#1", name="Fetch invoices", kind="http",
+        status="failed", attempts=3, duration_ms=1790, line=9,
+        input={"method": "GET", "url": "https://billing.example.com/invoices"},
+        error={"message": "Service Unavailable", "status": 503,
+               "headers": {"content-type": "application/json", "retry-after": "30"},
+               "body": {"error": "maintenance", "until": "12:00Z"}},
+    )  # fmt: skip
+    page.goto(live_server.url + failed.get_absolute_url())
+    expect(page.locator("[data-step='Fetch invoices']")).to_contain_text("HTTP 503")
+    expect(page.locator("[data-step='Fetch invoices']")).to_contain_text("retry-after")
+    expect(page.locator("[data-step='Fetch invoices']")).to_contain_text("3 attempts")
+    screenshot("run-failed")
+
     page.goto(f"{live_server.url}/loops/{loop.slug}/logs/")
     expect(page.locator(".log-line")).to_have_count(5)
     page.get_by_label("Level").select_option("error")
