@@ -1,11 +1,14 @@
 """The web pages through Django's test client: what a person sees, roles and tenancy."""
 
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import ApiToken, Membership, Role
 from loops import models as loop_models
-from runs.models import Step
+from runs.models import Run, Step
 from tests.factories import MembershipFactory, RunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -167,3 +170,34 @@ def test_only_an_owner_grants_the_owner_role(client, org, owner):
     assert client.post(reverse("accounts:member_remove", args=[theirs.pk])).status_code == 403
     mine.refresh_from_db()
     assert mine.role == "admin"
+
+
+def test_test_run_uses_a_saved_input_and_the_draft(owner_client, loop):
+    saved = loop_models.TestInput.objects.create(loop=loop, name="Zed", input={"name": "Zed"})
+    draft = loop.active_version.code.replace("Hello", "Yo")
+    response = owner_client.post(
+        reverse("loops:test", args=[loop.slug]),
+        {"code": draft, "input": "", "test_input": saved.pk},
+    )
+    run = Run.objects.get()
+    assert response["Location"] == run.get_absolute_url()
+    assert (run.mode, run.input, run.version_id) == ("test", {"name": "Zed"}, None)
+    assert run.test_code == draft
+    editor = owner_client.get(reverse("loops:editor", args=[loop.slug])).content.decode()
+    assert ">Zed</option>" in editor
+
+
+def test_runs_list_date_range(owner_client, loop):
+    old = RunFactory(loop=loop, created_at=timezone.now() - timedelta(days=10))
+    new = RunFactory(loop=loop)
+    today = timezone.localdate()
+    page = owner_client.get(
+        reverse("runs:list"), {"start": (today - timedelta(days=1)).isoformat()}
+    ).content.decode()
+    assert new.pk in page
+    assert old.pk not in page
+    page = owner_client.get(
+        reverse("runs:list"), {"end": (today - timedelta(days=5)).isoformat()}
+    ).content.decode()
+    assert old.pk in page
+    assert new.pk not in page
