@@ -7,6 +7,7 @@ from django.utils import timezone
 from playwright.sync_api import expect
 
 from accounts.models import ApiToken
+from loops.schedules import schedule_create
 from loops.services import loop_deploy
 from runs.models import LogEntry, Step
 from tests.factories import LoopFactory, RunFactory
@@ -84,6 +85,7 @@ def test_pages_at_a_glance(live_server, login, org, owner, member, loop, screens
         LogEntry.objects.create(run=run, loop=loop, level="info", message=f"greeting for {status}")
     LogEntry.objects.create(run=run, loop=loop, level="error", message="upstream said no")
     RunFactory(loop=other, mode="test", trigger_type="user", duration_ms=75)
+    schedule_create(loop=loop, cron="0 6 * * 1-5", timezone_name="Europe/Paris")
     page = login(owner)
 
     page.goto(live_server.url + "/loops/")
