@@ -223,6 +223,8 @@ def test_trigger_wait_prints_the_ended_run_as_json(worker, loop):
     assert payload["id"] == run_id
     assert payload["status"] == "succeeded"
     assert payload["output"] == {"greeting": "Hello, Sipho!"}
+    assert payload["triggerType"] == "user"
+    assert [(s["name"], s["status"]) for s in payload["steps"]] == [("Build greeting", "succeeded")]
     assert Run.objects.get(pk=run_id).status == RunStatus.SUCCEEDED
 
 

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from loops_project.api import parse_json
 from loops_project.commands import loop_or_error, org_or_error
 from loops_project.errors import DomainError
-from runs.models import Run, TriggerType
+from runs.models import Run, Step, TriggerType
 from runs.schemas import run_payload
 from runs.services import run_trigger
 
@@ -45,4 +45,6 @@ class Command(BaseCommand):
                     "(is a worker running? manage.py qcluster)"
                 )
             time.sleep(0.1)
-        self.stdout.write(json.dumps(run_payload(run), default=str, indent=2))
+        # The same JSON as GET /api/v1/runs/{id}: the run with its steps.
+        steps = list(Step.objects.filter(run=run).order_by("order"))
+        self.stdout.write(json.dumps(run_payload(run, steps=steps), default=str, indent=2))
