@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
@@ -14,6 +15,7 @@ from ninja.errors import HttpError
 
 from accounts.access import get_org_by_ident
 from loops.access import get_loop_for
+from loops.models import Loop
 from loops_project.api import ERRORS, ERRORS_FULL, ErrorOut, json_body, require_full_scope
 from loops_project.errors import Invalid
 from runs import services
@@ -105,13 +107,18 @@ def _idempotent_run(loop, key: str | None) -> Run | None:
 
 
 def _trigger_one(request, loop, value, idempotency_key) -> tuple[Run, bool]:
-    existing = _idempotent_run(loop, idempotency_key)
-    if existing is not None:
-        return existing, False
-    run = services.run_trigger(
-        loop=loop, input=value, trigger_type=TriggerType.API_TOKEN, token=request.auth,
-        idempotency_key=idempotency_key or None,
-    )  # fmt: skip
+    """Trigger a run, or answer the run that the same Idempotency-Key already made."""
+    with transaction.atomic():
+        if idempotency_key:
+            # Keyed triggers of one loop take turns, so two at once never both create a run.
+            Loop.objects.select_for_update().filter(pk=loop.pk).first()
+            existing = _idempotent_run(loop, idempotency_key)
+            if existing is not None:
+                return existing, False
+        run = services.run_trigger(
+            loop=loop, input=value, trigger_type=TriggerType.API_TOKEN, token=request.auth,
+            idempotency_key=idempotency_key or None,
+        )  # fmt: skip
     return run, True
 
 

@@ -1,5 +1,6 @@
 """Triggers over real HTTP: one input, batches, idempotency keys and live mode."""
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -117,6 +118,17 @@ def test_idempotency_key_header_answers_the_first_run_and_creates_nothing(api, o
     )
     api.post("/api/loop/acme/greeting", json={}, headers={"Idempotency-Key": "order-18"})
     assert Run.objects.count() == 3
+
+
+def test_concurrent_triggers_with_one_key_make_one_run(api, loop):
+    def trigger(n):
+        return api.post("/api/loop/acme/greeting", json={"n": n}, headers={"Idempotency-Key": "k"})
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        responses = list(pool.map(trigger, range(6)))
+    assert {r.status_code for r in responses} == {202}
+    assert len({r.json()["runId"] for r in responses}) == 1
+    assert Run.objects.count() == 1
 
 
 def test_an_idempotency_key_older_than_24_hours_triggers_again(api, loop):
