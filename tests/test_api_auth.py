@@ -214,3 +214,11 @@ def test_another_orgs_token_cannot_trigger_this_orgs_loop(live_server, loop, oth
         assert_error(response, 404, "not_found")
         assert_error(client.post(f"/api/v1/loops/{loop.pk}/runs", json={"input": 1}), 404)
     assert not Run.objects.filter(loop=loop).exists()
+
+
+def test_unknown_paths_and_methods_answer_in_the_error_shape(api):
+    response = api.get("/api/v1/nothing-here")
+    assert_error(response, 404, "not_found")
+    response = api.put("/api/v1/runs", json={})
+    assert_error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["Allow"]
