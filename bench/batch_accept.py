@@ -79,7 +79,7 @@ def timed_insert(conn, loop, inputs: list, *, indexes: bool, copy: bool) -> floa
                     cp.write_row(row)
         else:
             marks = ", ".join(["%s"] * len(COLUMNS))
-            sql = f"INSERT INTO bench_scratch_run ({names}) VALUES ({marks})"  # noqa: S608
+            sql = f"INSERT INTO bench_scratch_run ({names}) VALUES ({marks})"
             cur.executemany(sql, rows)
     conn.commit()
     elapsed = time.perf_counter() - start
@@ -151,9 +151,19 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument(
+        "--database",
+        default="loops_bench_batch",
+        help="database name on BENCH_DATABASE_URL's server (default: one of its own, so that "
+        "the 1,000,000 runs of runs_list.py are not in the table; give loops_bench to "
+        "measure with them)",
+    )
     args = parser.parse_args()
 
-    common.setup()
+    common.setup(args.database)
+    from runs.models import Run
+
+    table_rows = Run.objects.count()
     from django_q.models import OrmQ
 
     OrmQ.objects.all().delete()
@@ -175,7 +185,8 @@ def main() -> int:
     accept = common.median(accepts)
     em, cp, emi = (common.median([a[k] for a in anchors]) for k in anchors[0])
     ok = common.print_table(
-        f"(a) batch accept, {args.count:,} inputs, median of {args.repeat} (PostgreSQL, gunicorn)",
+        f"(a) batch accept, {args.count:,} inputs, median of {args.repeat}, {table_rows:,} runs "
+        f"already in runs_run (PostgreSQL {args.database}, gunicorn)",
         [
             {
                 "figure": "POST batch -> 202 (runs pending + queued)",

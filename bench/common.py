@@ -38,8 +38,16 @@ def ensure_database() -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def setup() -> None:
-    """Create and migrate the bench database, then set up Django on it."""
+def setup(database: str | None = None) -> None:
+    """Create and migrate the bench database, then set up Django on it.
+
+    `database` replaces the database name of BENCH_DATABASE_URL (a script whose figures must
+    not depend on what another script left in the tables uses a database of its own).
+    """
+    global BENCH_URL
+    if database:
+        BENCH_URL = urlparse(BENCH_URL)._replace(path=f"/{database}").geturl()
+        SERVER_ENV["DATABASE_URL"] = BENCH_URL
     os.environ.update(SERVER_ENV)
     sys.path.insert(0, str(BASE_DIR))
     ensure_database()
