@@ -1,5 +1,6 @@
 import difflib
 import json
+from zoneinfo import ZoneInfo
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -337,7 +338,12 @@ def cron_preview(request: HttpRequest, slug: str) -> HttpResponse:
     times, error = [], None
     if cron:
         try:
-            times = next_times(" ".join(cron.split()), tz, 5)
+            zone = ZoneInfo(tz)
+            # Formatted here: the template's date filter would turn them back into UTC.
+            times = [
+                (t.astimezone(zone).strftime("%a %-d %b %Y, %H:%M"), t.strftime("%H:%M"))
+                for t in next_times(" ".join(cron.split()), tz, 5)
+            ]
         except Invalid as exc:
             error = exc.message
     return render(request, "loops/schedules.html#preview", {"times": times, "error": error,

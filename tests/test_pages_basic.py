@@ -148,6 +148,11 @@ def test_save_as_test_input_and_schedule_preview(owner_client, loop):
         reverse("loops:cron_preview", args=[loop.slug]), {"cron": "0 9 * * 1", "timezone": "UTC"}
     ).content.decode()
     assert preview.count("09:00 UTC") == 5
+    paris = owner_client.get(
+        reverse("loops:cron_preview", args=[loop.slug]),
+        {"cron": "0 9 * * 1", "timezone": "Europe/Paris"},
+    ).content.decode()
+    assert paris.count("09:00 Europe/Paris") == 5
     bad = owner_client.get(reverse("loops:cron_preview", args=[loop.slug]), {"cron": "nope"})
     assert "not a valid cron" in bad.content.decode()
 
