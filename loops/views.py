@@ -318,8 +318,14 @@ def schedules(request: HttpRequest, slug: str) -> HttpResponse:
     rows = []
     for schedule in loop.schedules.all():
         try:
-            upcoming = next_times(schedule.cron, schedule.timezone, 3) if schedule.enabled else []
-        except Invalid:
+            zone = ZoneInfo(schedule.timezone)
+            upcoming = [
+                t.astimezone(zone).strftime("%a %-d %b, %H:%M")
+                for t in (
+                    next_times(schedule.cron, schedule.timezone, 3) if schedule.enabled else []
+                )
+            ]
+        except (Invalid, ValueError):
             upcoming = []
         rows.append((schedule, upcoming))
     return render(request, "loops/schedules.html", {
