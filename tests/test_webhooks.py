@@ -12,10 +12,10 @@ import pytest
 from django.utils import timezone
 from django_q.models import Schedule as QSchedule
 
-from runs import tasks
+from runs import tasks, webhooks
 from runs.engine.executor import execute_run
 from runs.models import DeliveryStatus, Run, Webhook, WebhookDelivery
-from tests.factories import LoopFactory
+from tests.factories import LoopFactory, RunFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,17 +115,26 @@ def test_another_orgs_webhooks_are_invisible(api, other_org):
     assert Webhook.objects.count() == 1
 
 
-def succeeded_run(api) -> Run:
-    response = api.post("/api/v1/loops/greeting/runs", json={"input": {"name": "Wen"}})
-    run = Run.objects.get(pk=response.json()["data"]["id"])
+@pytest.fixture(autouse=True)
+def in_process_deliveries(monkeypatch):
+    """This test is the worker for deliveries: the queued tasks are collected here, not left to
+    a worker cluster of the session (that one runs without LOOPS_HTTP_ALLOW_PRIVATE)."""
+    queued = []
+    monkeypatch.setattr(webhooks, "enqueue_task", lambda func, *args: queued.append((func, args)))
+    return queued
+
+
+def succeeded_run(loop, queued) -> Run:
+    run = RunFactory(loop=loop, status="pending", input={"name": "Wen"})
     execute_run(run.pk)  # the worker's code path, in-process
     run.refresh_from_db()
     assert run.status == "succeeded"
+    assert {func for func, _ in queued} <= {"runs.tasks.deliver_webhook"}
     return run
 
 
 def test_a_status_change_posts_the_signed_run_and_retries_a_failing_receiver(
-    api, loop, receiver, settings
+    api, loop, receiver, settings, in_process_deliveries
 ):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = True
     settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS = 7
@@ -133,10 +142,11 @@ def test_a_status_change_posts_the_signed_run_and_retries_a_failing_receiver(
     secret = api.post(
         "/api/v1/webhooks", json={"url": target.url, "events": ["succeeded"], "loop": "greeting"}
     ).json()["data"]["secret"]
-    run = succeeded_run(api)
+    run = succeeded_run(loop, in_process_deliveries)
 
     first = WebhookDelivery.objects.get()  # only the subscribed event was queued
     assert first.event == "run.succeeded"
+    assert in_process_deliveries == [("runs.tasks.deliver_webhook", (first.pk,))]
     assert tasks.deliver_webhook(first.pk) == "attempt 1 failed"
     first.refresh_from_db()
     assert (first.status, first.status_code, first.attempt) == ("failed", 500, 1)
@@ -170,12 +180,14 @@ def test_a_status_change_posts_the_signed_run_and_retries_a_failing_receiver(
     assert target.requests[0][0]["X-Loops-Signature"] != f"sha256={tampered}"
 
 
-def test_deliveries_give_up_after_the_last_attempt(api, loop, receiver, settings):
+def test_deliveries_give_up_after_the_last_attempt(
+    api, loop, receiver, settings, in_process_deliveries
+):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = True
     settings.LOOPS_WEBHOOK_MAX_ATTEMPTS = 3
     target = receiver(500, 502, 503)
     api.post("/api/v1/webhooks", json={"url": target.url, "events": ["succeeded"]})
-    succeeded_run(api)
+    succeeded_run(loop, in_process_deliveries)
     for attempt in (1, 2, 3):
         pending = WebhookDelivery.objects.get(status=DeliveryStatus.PENDING)
         assert tasks.deliver_webhook(pending.pk) == f"attempt {attempt} failed"
@@ -186,11 +198,13 @@ def test_deliveries_give_up_after_the_last_attempt(api, loop, receiver, settings
     assert not WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING).exists()
 
 
-def test_a_private_address_is_refused_unless_allowed(api, loop, receiver, settings):
+def test_a_private_address_is_refused_unless_allowed(
+    api, loop, receiver, settings, in_process_deliveries
+):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = False
     target = receiver()
     api.post("/api/v1/webhooks", json={"url": target.url})
-    succeeded_run(api)
+    succeeded_run(loop, in_process_deliveries)
     delivery = WebhookDelivery.objects.get(event="run.succeeded")
     tasks.deliver_webhook(delivery.pk)
     delivery.refresh_from_db()
@@ -200,11 +214,13 @@ def test_a_private_address_is_refused_unless_allowed(api, loop, receiver, settin
     assert target.requests == []
 
 
-def test_hooks_of_another_loop_or_event_are_not_called(api, org, loop, receiver, settings):
+def test_hooks_of_another_loop_or_event_are_not_called(
+    api, org, loop, receiver, settings, in_process_deliveries
+):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = True
     target = receiver()
     other = LoopFactory(organization=org, slug="other")
     api.post("/api/v1/webhooks", json={"url": target.url, "loop": other.pk})
     api.post("/api/v1/webhooks", json={"url": target.url, "events": ["failed"]})
-    succeeded_run(api)
+    succeeded_run(loop, in_process_deliveries)
     assert not WebhookDelivery.objects.exists()
