@@ -10,6 +10,10 @@ from loops.models import Loop, LoopVersion
 from loops.validation import validate_code
 from loops_project.errors import Conflict, Invalid, NotFound
 
+SLUG_MAX_LENGTH = Loop._meta.get_field("slug").max_length
+# Page paths that sit beside /loops/<slug>/.
+RESERVED_SLUGS = frozenset({"new"})
+
 
 def _author_name(author) -> str:
     return getattr(author, "username", "") or ""
@@ -29,11 +33,14 @@ def loop_create(
 ) -> Loop:
     if code is not None:
         validate_code(code)  # before anything is saved
-    if not slug or slugify(slug) != slug:
+    if not slug or slugify(slug) != slug or len(slug) > SLUG_MAX_LENGTH:
         raise Invalid(
-            "slug must be lower-case letters, digits and hyphens", code="invalid_slug",
-            details={"field": "slug"},
+            f"slug must be 1 to {SLUG_MAX_LENGTH} lower-case letters, digits and hyphens",
+            code="invalid_slug", details={"field": "slug"},
         )  # fmt: skip
+    if slug in RESERVED_SLUGS:
+        raise Invalid(f"'{slug}' is reserved; choose another slug", code="invalid_slug",
+                      details={"field": "slug"})  # fmt: skip
     if Loop.objects.filter(organization=organization, slug=slug).exists():
         raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken")
     try:

@@ -237,3 +237,10 @@ def test_steps_are_ordered_and_the_run_counts_them(org):
     assert run.output == ["a", "b", "c"]
     assert list(Step.objects.filter(run=run).values_list("order", flat=True)) == [0, 1, 2]
     assert run.total_steps == 3
+
+
+@pytest.mark.parametrize("slug", ["new", "x" * 65, "Not A Slug", ""])
+def test_loop_slugs_are_checked_before_anything_is_saved(org, slug):
+    with pytest.raises(Invalid) as caught:
+        deploy(org, program("return 1"), slug=slug)
+    assert caught.value.details == {"field": "slug"}
