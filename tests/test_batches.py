@@ -1,6 +1,7 @@
 """Batches: runs created in bulk, pending and queued in chunks before the answer; executed."""
 
 import pytest
+from django.test import Client
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 from ulid import ULID
@@ -14,6 +15,7 @@ from runs.batches import new_run_ids
 from runs.models import Batch, Run, RunStatus, TriggerType
 from runs.services import run_trigger_batch
 from tests.conftest import wait_until
+from tests.factories import RunFactory
 
 
 def queued_chunks() -> list[list[str]]:
@@ -77,27 +79,33 @@ def test_a_batch_with_a_nan_input_is_refused_not_a_server_error(loop):
     assert not Run.objects.exists()
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_over_http_answers_202_with_its_runs_pending_and_queued(api, loop):
+# These tests commit nothing (the worker cluster of another test may be running: it must not
+# take these runs), except the last one, which is about that worker.
+
+
+@pytest.mark.django_db
+def test_a_batch_through_the_api_answers_202_with_its_runs_pending_and_queued(token, loop):
     inputs = [{"name": f"n{i}"} for i in range(300)]
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
 
-    response = api.post(f"/api/v1/loops/{loop.slug}/runs", json={"inputs": inputs})
+    response = client.post(
+        f"/api/v1/loops/{loop.slug}/runs", {"inputs": inputs}, content_type="application/json"
+    )
 
-    assert response.status_code == 202, response.text
+    assert response.status_code == 202, response.content
     data = response.json()["data"]
     assert data["count"] == 300
-    counts = api.get(f"/api/v1/batches/{data['batchId']}").json()["data"]["counts"]
+    counts = client.get(f"/api/v1/batches/{data['batchId']}").json()["data"]["counts"]
     assert counts["pending"] == 300
     queued = {run_id for chunk in queued_chunks() for run_id in chunk}
     assert queued == set(Run.objects.filter(batch_id=data["batchId"]).values_list("pk", flat=True))
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_a_chunk_over_its_time_budget_queues_the_rest(loop):
-    inputs = [{"name": "A"}, {"name": "B"}, {"name": "C"}]
-    batch = run_trigger_batch(loop=fresh(loop), inputs=inputs, trigger_type="user")
-    run_ids = [r.pk for r in sorted(Run.objects.filter(batch=batch), key=lambda r: r.input["name"])]
-    OrmQ.objects.all().delete()
+    loop = fresh(loop)
+    runs = [RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": n}) for n in "ABC"]
+    run_ids = [r.pk for r in runs]
 
     done = queue.execute_chunk(run_ids, budget=0)
 
