@@ -3,19 +3,15 @@
 import json
 import math
 import time
-from datetime import timedelta
 from typing import Any, Literal
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count
-from django.utils import timezone
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.access import get_org_by_ident
 from loops.access import get_loop_for
-from loops.models import Loop
 from loops_project.api import ERRORS, ERRORS_FULL, ErrorOut, json_body, require_full_scope
 from loops_project.errors import Invalid
 from runs import services
@@ -28,7 +24,6 @@ from runs.webhooks import webhook_create
 router = Router(tags=["runs"])
 trigger_router = Router(tags=["trigger"])
 
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 LIVE_POLL_SECONDS = 0.05
 
 
@@ -90,35 +85,12 @@ def wait_for_end(run_id: str, timeout: float) -> Run | None:
         delay = min(delay * 1.5, 0.5)
 
 
-def _idempotent_run(loop, key: str | None) -> Run | None:
-    if not key:
-        return None
-    if len(key) > 200:
-        raise Invalid(
-            "Idempotency-Key is at most 200 characters", details={"field": "idempotencyKey"}
-        )
-    return (
-        Run.objects.filter(
-            loop=loop, idempotency_key=key, created_at__gte=timezone.now() - IDEMPOTENCY_WINDOW
-        )
-        .order_by("created_at")
-        .first()
-    )
-
-
 def _trigger_one(request, loop, value, idempotency_key) -> tuple[Run, bool]:
     """Trigger a run, or answer the run that the same Idempotency-Key already made."""
-    with transaction.atomic():
-        if idempotency_key:
-            # Keyed triggers of one loop take turns, so two at once never both create a run.
-            Loop.objects.select_for_update().filter(pk=loop.pk).first()
-            existing = _idempotent_run(loop, idempotency_key)
-            if existing is not None:
-                return existing, False
-        run = services.run_trigger(
-            loop=loop, input=value, trigger_type=TriggerType.API_TOKEN, token=request.auth,
-            idempotency_key=idempotency_key or None,
-        )  # fmt: skip
+    run = services.run_trigger(
+        loop=loop, input=value, trigger_type=TriggerType.API_TOKEN, token=request.auth,
+        idempotency_key=idempotency_key or None,
+    )  # fmt: skip
     return run, True
 
 

@@ -294,7 +294,7 @@ class Webhook(models.Model):
         Loop, null=True, blank=True, on_delete=models.CASCADE, related_name="webhooks"
     )
     url = models.URLField(max_length=500)
-    # Run statuses that fire this hook ("succeeded", "failed", …); empty means all of them.
+    # Events that fire this hook ("run.succeeded", "run.failed", …); empty means all of them.
     events = models.JSONField(default=list, blank=True)
     secret = models.CharField(max_length=100, editable=False)
     active = models.BooleanField(default=True)

@@ -1,6 +1,7 @@
 """Writes of runs: trigger, respond, events, scans, cancel, resume, restart."""
 
 import json
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -45,6 +46,26 @@ def check_triggerable(loop: Loop) -> None:
         raise Conflict(f"Loop '{loop.slug}' has no deployed version", code="no_active_version")
 
 
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+def _idempotent_run(loop: Loop, key: str) -> Run | None:
+    """The run an Idempotency-Key already made for this loop in the last 24 hours."""
+    if len(key) > 200:
+        raise Invalid(
+            "Idempotency-Key is at most 200 characters", details={"field": "idempotencyKey"}
+        )
+    # Keyed triggers of one loop take turns, so two at once never both create a run.
+    Loop.objects.select_for_update().filter(pk=loop.pk).first()
+    return (
+        Run.objects.filter(
+            loop=loop, idempotency_key=key, created_at__gte=timezone.now() - IDEMPOTENCY_WINDOW
+        )
+        .order_by("created_at")
+        .first()
+    )
+
+
 @transaction.atomic
 def run_trigger(
     *,
@@ -60,7 +81,13 @@ def run_trigger(
     """Save a pending run and queue its execution after commit.
 
     A live run is pinned to the loop's active version; a test run executes draft code.
+    With an idempotency key already used for this loop within 24 hours, the first run is
+    returned and nothing is created.
     """
+    if idempotency_key:
+        existing = _idempotent_run(loop, idempotency_key)
+        if existing is not None:
+            return existing
     check_input_size(input)
     if mode == RunMode.TEST:
         validate_code(test_code or "")
