@@ -13,7 +13,7 @@ from loops_project.errors import Invalid, TooLarge
 from runs import queue
 from runs.batches import new_run_ids
 from runs.models import Batch, Run, RunStatus, TriggerType
-from runs.services import run_trigger_batch
+from runs.services import run_trigger, run_trigger_batch
 from tests.conftest import wait_until
 from tests.factories import RunFactory
 
@@ -151,3 +151,14 @@ def test_batch_run_ids_are_time_sortable_ulids_like_the_apps_ids():
         assert len(run_id) == len(before)
         assert ULID.from_str(run_id[4:].upper())  # a valid ULID
         assert before[:14] <= run_id[:14] <= after[:14], "the time part orders like ids.run_id"
+
+
+@pytest.mark.django_db
+def test_a_single_trigger_queues_its_task_in_the_same_transaction(loop):
+    run = run_trigger(loop=fresh(loop), input={"name": "Ana"}, trigger_type=TriggerType.USER)
+
+    (payload,) = OrmQ.objects.values_list("payload", flat=True)
+    task = SignedPackage.loads(payload)
+    assert task["func"] == queue.EXECUTE_TASK
+    assert task["args"] == (run.pk,)
+    assert task["name"] == run.task_id, "the answer's workflowInstanceId names the queued task"
