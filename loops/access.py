@@ -9,12 +9,14 @@ def get_loop_for(org: Organization, ident: str) -> Loop:
     field = "pk" if ident.startswith("loop_") else "slug"
     loop = (
         Loop.objects.for_org(org)
-        .select_related("active_version", "organization")
+        .select_related("active_version")
+        .defer("active_version__code")  # a trigger needs the version, not its program text
         .filter(**{field: ident})
         .first()
     )
     if loop is None:
         raise Http404("No such loop.")
+    loop.organization = org
     return loop
 
 

@@ -10,7 +10,6 @@ from django.db.models import Count
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
-from accounts.access import get_org_by_ident
 from loops.access import get_loop_for
 from loops_project.api import ERRORS, ERRORS_FULL, ErrorOut, json_body, require_full_scope
 from loops_project.errors import Invalid
@@ -113,9 +112,9 @@ def trigger(
     timeout: float | None = Query(None, description="Live mode: seconds to wait (max 120)"),
 ):
     """Queue a run with the posted JSON as input. `?mode=live&timeout=S` waits for the end."""
-    organization = get_org_by_ident(org)
-    if organization.pk != request.auth.organization_id:
-        raise HttpError(404, "No such loop.")
+    organization = request.auth.organization
+    if org not in (organization.pk, organization.slug):
+        raise HttpError(404, "No such loop.")  # another organization's, or none: the same 404
     target = get_loop_for(organization, loop)
     body = json_body(request, required=False)
     wait = _live_timeout(timeout) if mode == "live" else None

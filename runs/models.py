@@ -54,8 +54,12 @@ class RunQuerySet(models.QuerySet):
 
 class Run(models.Model):
     id = ids.PublicIdField(ids.run_id)
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="runs")
-    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="runs")
+    # The composite indexes in Meta lead with these columns; an index of their own would only
+    # slow down inserts (a batch writes 100,000 runs at once).
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="runs", db_index=False
+    )
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="runs", db_index=False)
     # The version the run is pinned to; null for a test run of draft code (kept in test_code).
     version = models.ForeignKey(
         LoopVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="runs"
@@ -90,7 +94,7 @@ class Run(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="restarts"
     )
     batch = models.ForeignKey(
-        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="runs"
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="runs", db_index=False
     )
     parent_step = models.ForeignKey(
         "runs.Step", null=True, blank=True, on_delete=models.CASCADE, related_name="child_runs"
@@ -168,7 +172,7 @@ class StepStatus(models.TextChoices):
 
 class Step(models.Model):
     id = ids.PublicIdField(ids.step_id)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
     )
@@ -215,8 +219,8 @@ class LogLevel(models.TextChoices):
 
 
 class LogEntry(models.Model):
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="logs")
-    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="logs", db_index=False)
+    loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="+", db_index=False)
     step = models.ForeignKey(
         Step, null=True, blank=True, on_delete=models.SET_NULL, related_name="logs"
     )

@@ -167,6 +167,10 @@ def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset
             after = Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"pk__{id_op}": pk})
             if field in NULLABLE:
                 after |= Q(**{f"{field}__isnull": True})
+            else:
+                # Redundant, but it lets the database start the index scan at the cursor
+                # instead of filtering every row before it (deep pages stay fast).
+                after &= Q(**{f"{field}__{'lte' if desc else 'gte'}": value})
         qs = qs.filter(after)
     rows = list(qs[offset : offset + limit + 1])
     has_more = len(rows) > limit

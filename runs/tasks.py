@@ -8,11 +8,6 @@ def execute_run(run_id: str) -> str:
     return executor.execute_run(run_id)
 
 
-def execute_runs(run_ids: list[str]) -> int:
-    """A chunk of a batch: executed one after the other by one worker."""
-    return sum(1 for run_id in run_ids if executor.execute_run(run_id) != "not claimed")
-
-
 def fire_timer(step_id: str) -> str:
     return waits.fire_timer(step_id)
 

@@ -162,7 +162,7 @@ def test_deploy_refuses_a_missing_file_an_unknown_id_and_a_bad_slug(org, code_fi
         call("deploy", "acme", "greeting", "/nonexistent/loop.py")
     with pytest.raises(CommandError, match="No loop 'loop_nothing'"):
         call("deploy", "acme", "loop_nothing", code_file(CODE_V2))
-    with pytest.raises(CommandError, match="slug must be lower-case"):
+    with pytest.raises(CommandError, match="lower-case letters, digits and hyphens"):
         call("deploy", "acme", "Bad Slug", code_file(CODE_V2))
     with pytest.raises(CommandError, match="slug is longer than 64 characters"):
         call("deploy", "acme", "x" * 65, code_file(CODE_V2))
