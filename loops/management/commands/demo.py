@@ -33,7 +33,8 @@ class Command(BaseCommand):
             f"  Loop:   {loop.name} ({org.slug}/{loop.slug}), version {loop.active_version.number}"
         )
         self.stdout.write(
-            f'  Try:    {sys.executable} manage.py trigger {org.slug} {loop.slug} --input \'{{"name": "Khaya"}}\' --wait'
+            f"  Try:    {sys.executable} manage.py trigger {org.slug} {loop.slug} "
+            """--input '{"name": "Khaya"}' --wait"""
         )
         if no_serve:
             return
