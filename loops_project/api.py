@@ -2,13 +2,12 @@
 
 import json
 import threading
-import time
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
 from django.http import Http404, HttpRequest, HttpResponse
+from django_ratelimit.core import get_usage
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 from ninja.parser import Parser
@@ -54,19 +53,11 @@ class StrictParser(Parser):
         return parse_json(request.body)
 
 
-PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
-
-
-def parse_rate(rate: str) -> tuple[int, int]:
-    """'100/m' -> (100, 60): the requests allowed per period of seconds."""
-    count, _, period = rate.partition("/")
-    return int(count), PERIODS[period]
-
-
 class TokenRateThrottle(BaseThrottle):
     """Per token (by id), at settings.LOOPS_API_RATE read on every request, so a change of the
-    setting applies at once. A token's sliding-window history lives in the cache; the wait of
-    the current request is thread-local because one instance serves every server thread."""
+    setting applies at once. django-ratelimit's fixed-window counter (one cache increment per
+    request, whatever the rate); the wait of the current request is thread-local because one
+    instance serves every server thread."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -75,14 +66,13 @@ class TokenRateThrottle(BaseThrottle):
         auth = getattr(request, "auth", None)
         if auth is None:
             return True
-        allowed, period = parse_rate(settings.LOOPS_API_RATE)
-        key = f"throttle_token_{auth.pk}"
-        now = time.time()
-        history = [t for t in cache.get(key, []) if t > now - period]
-        if len(history) >= allowed:
-            self._local.wait = period - (now - history[-1])
+        usage = get_usage(
+            request, group="api-token", key=lambda group, req: auth.pk,
+            rate=settings.LOOPS_API_RATE, increment=True,
+        )  # fmt: skip
+        if usage is not None and usage["should_limit"]:
+            self._local.wait = usage["time_left"]
             return False
-        cache.set(key, [now, *history], period)
         return True
 
     def wait(self) -> float | None:
