@@ -11,8 +11,10 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 import httpx
 import pytest
 from django.db import connection
+from django_q.brokers import get_broker
 
 from accounts.models import Role
+from runs import queue
 from tests.factories import (
     LoopFactory,
     MembershipFactory,
@@ -141,17 +143,26 @@ class Cluster:
 
 @pytest.fixture(scope="session")
 def _session_cluster(django_db_setup, django_db_blocker):
-    (BASE_DIR / "var").mkdir(exist_ok=True)
+    # On a queue of its own: only tests that ask for `worker` send it work, so it never runs
+    # another test's leftovers while that test's data is being flushed.
+    queue_name = f"test-worker-{os.getpid()}"
     with django_db_blocker.unblock():
-        cluster = Cluster()
+        cluster = Cluster({"LOOPS_QUEUE": queue_name})
+        try:
+            cluster.broker = get_broker(queue_name)
+        except BaseException:
+            cluster.stop()
+            raise
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
-def worker(_session_cluster, transactional_db):
-    """The real django-q2 worker cluster (shared by the session) on the test database."""
+def worker(_session_cluster, transactional_db, monkeypatch):
+    """The real django-q2 worker cluster (shared by the session) on the test database; what
+    this test queues goes to it."""
     assert _session_cluster.proc.poll() is None, "the qcluster process died"
+    monkeypatch.setattr(queue, "_broker", lambda: _session_cluster.broker)
     return _session_cluster
 
 

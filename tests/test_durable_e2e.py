@@ -187,7 +187,7 @@ def test_a_scheduled_loop_produces_system_runs(worker, org, loop):
     QSchedule.objects.filter(name="loops:fire-schedules").update(
         next_run=schedule.next_run_at.replace(year=2020)
     )
-    scheduler(broker=get_broker())
+    scheduler(broker=worker.broker)
     run = wait_until(lambda: Run.objects.filter(loop=loop, status="succeeded").first(), timeout=60)
     assert run.trigger_type == "system"
     assert run.output == {"greeting": "Hello, cron!"}

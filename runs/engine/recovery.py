@@ -5,8 +5,9 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
+from runs import queue
 from runs.models import Run, RunStatus
-from runs.queue import _broker, enqueue_execution
+from runs.queue import enqueue_execution
 
 LOST_PENDING_AFTER = timedelta(minutes=10)
 
@@ -19,7 +20,7 @@ def recover_stale_runs(limit: int = 1000) -> int:
     now = timezone.now()
     lost = Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
     # A pending run is only lost if nothing is queued: in a backlog it is merely waiting.
-    if _broker().queue_size() == 0:
+    if queue._broker().queue_size() == 0:
         lost |= Q(status=RunStatus.PENDING, created_at__lt=now - LOST_PENDING_AFTER)
     stale = Run.objects.filter(lost).values_list("pk", "task_id")[:limit]
     count = 0
