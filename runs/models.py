@@ -172,9 +172,25 @@ class StepStatus(models.TextChoices):
 
 class Step(models.Model):
     id = ids.PublicIdField(ids.step_id)
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps", db_index=False)
+    # No database-level foreign key: its check would lock the run's row on every checkpoint
+    # INSERT. Steps are only written by the engine for a run it has claimed (the guarded INSERT
+    # checks that run in the same statement), and Django still cascades deletes.
+    run = models.ForeignKey(
+        Run,
+        on_delete=models.CASCADE,
+        related_name="steps",
+        db_index=False,
+        db_constraint=False,
+    )
+    # Steps are read by run (the unique (run, key) index); every extra index would be paid
+    # by each checkpoint's INSERT and UPDATE.
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="children",
+        db_index=False,
     )
     order = models.PositiveIntegerField()
     # Name plus occurrence ("Fetch#2"): the identity of a step across replays.
@@ -203,8 +219,13 @@ class Step(models.Model):
             models.UniqueConstraint(fields=["run", "key"], name="unique_step_key"),
         ]
         indexes = [
-            models.Index(fields=["run", "order"], name="step_run_order"),
-            models.Index(fields=["status", "run"], name="step_status_run"),
+            # For the runs list's stepStatus filter; partial, so checkpoints of steps that
+            # succeed never touch it.
+            models.Index(
+                fields=["run"],
+                name="step_failed_or_rejected",
+                condition=Q(status__in=["failed", "rejected"]),
+            ),
         ]
 
     def __str__(self) -> str:
