@@ -90,7 +90,7 @@ def bench_sandbox() -> tuple[float, float]:
     zygote.start()
 
     def reply(message):
-        return {"ok": True} if message["op"] in ("step", "step_done") else None
+        return {"ok": True} if message["op"] == "step" else None
 
     sandboxed, in_process = [], []
     code_obj = runtime.compile_loop(GREETING_CODE)

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from loops_project import ids
-from runs.engine import lifecycle
+from runs.engine import checkpoints, lifecycle
 from runs.engine.zygote import ExitInfo, get_zygote
 from runs.models import LogEntry, LogLevel, Run, RunStatus, Step, StepKind, StepStatus
 
@@ -83,7 +83,8 @@ class Execution:
         if op == "step":
             return self.on_step(message)
         if op == "step_done":
-            return self.on_step_done(message)
+            self.on_step_done(message)
+            return None
         if op == "wait":
             from runs.engine import waits
 
@@ -177,32 +178,15 @@ class Execution:
             **values,
         }
         if guarded:
-            if not self._insert_if_owned(row):
+            if not checkpoints.insert_step_if_owned(
+                row, run_id=self.run.pk, execution_id=self.run.execution_id
+            ):
                 return None
         else:
             Step.objects.create(**row)
         self.steps[key] = [row["id"], status, self.next_order]
         self.next_order += 1
         return row["id"]
-
-    def _insert_if_owned(self, row: dict) -> bool:
-        columns, params = [], []
-        for name, value in row.items():
-            if value is None:
-                continue  # NULL by default; an untyped NULL parameter would not cast
-            field = Step._meta.get_field(name)
-            columns.append(connection.ops.quote_name(field.column))
-            params.append(field.get_db_prep_save(value, connection))
-        quote = connection.ops.quote_name
-        # Table and column names come from the models; every value is a parameter.
-        sql = (
-            f"INSERT INTO {quote(Step._meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
-            f"SELECT {', '.join(['%s'] * len(params))} WHERE EXISTS (SELECT 1 FROM "
-            f"{quote(Run._meta.db_table)} WHERE id = %s AND status = %s AND execution_id = %s)"
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [*params, self.run.pk, RunStatus.RUNNING, self.run.execution_id])
-            return cursor.rowcount == 1
 
     def stop_reply(self) -> dict | None:
         if not self.still_owned():
@@ -231,25 +215,27 @@ class Execution:
         self.current_step = message.get("key")
         return {"ok": True}
 
-    def on_step_done(self, message: dict) -> dict:
+    def on_step_done(self, message: dict) -> None:
+        """A step ends (a message without a reply: the program goes on meanwhile)."""
         self.flush_logs()
         entry = self.steps.get(message.get("key"))
         if entry is None:
-            return {"ok": False}
+            return
         status = StepStatus.SUCCEEDED if message.get("status") == "succeeded" else StepStatus.FAILED
         output_json = message.get("output_json")
-        now = timezone.now()
-        Step.objects.filter(pk=entry[0]).update(
-            status=status,
-            output=json.loads(output_json) if output_json is not None else None,
-            error=_error_dict(message.get("error")),
-            attempts=_int_or_none(message.get("attempts")) or 1,
-            finished_at=now,
-            duration_ms=_int_or_none(message.get("duration_ms")),
+        checkpoints.update_step(
+            entry[0],
+            {
+                "status": status,
+                "output": json.loads(output_json) if output_json is not None else None,
+                "error": _error_dict(message.get("error")),
+                "attempts": _int_or_none(message.get("attempts")) or 1,
+                "finished_at": timezone.now(),
+                "duration_ms": _int_or_none(message.get("duration_ms")),
+            },
         )
         entry[1] = status
         self.current_step = None
-        return {"ok": True}
 
     # --- the end of the execution
 

@@ -534,7 +534,9 @@ class Step:
             msg["error"] = error
         if started is not None:
             msg["duration_ms"] = int((time.monotonic() - started) * 1000)
-        self._channel.request(msg)
+        # No reply to wait for: the worker handles messages in order, so this result is
+        # saved before it answers the next step's request, and before the run's outcome.
+        self._channel.send(msg)
         self._current = None
 
     # --- the API
