@@ -149,6 +149,7 @@ def test_batch_run_ids_are_time_sortable_ulids_like_the_apps_ids():
     after = ids.run_id()
 
     assert len(set(made)) == 1000
+    assert made == sorted(made), "a batch's ids increase in input order"
     for run_id in made:
         assert run_id.startswith("run_")
         assert len(run_id) == len(before)
