@@ -2,12 +2,14 @@
 
 import secrets
 from datetime import datetime, timedelta
+from functools import cache
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken, Membership, Organization, Role, TokenScope
+from loops_project import sql
 from loops_project.errors import Conflict, Invalid
 
 TOKEN_PREFIX = "lp_"  # noqa: S105 - a public prefix, not a secret
@@ -52,16 +54,31 @@ def token_create(
     return token, raw
 
 
+@cache
+def _token_lookup() -> str:
+    # Every API request starts here: a prepared statement of its own (loops_project.sql).
+    return (
+        f"SELECT {sql.column_list(sql.fields_of(ApiToken), 't')}, "  # noqa: S608 - model names; values are parameters
+        f"{sql.column_list(sql.fields_of(Organization), 'o')} "
+        f"FROM {sql.table(ApiToken)} t JOIN {sql.table(Organization)} o "
+        f"ON o.{sql.column(Organization, 'id')} = t.{sql.column(ApiToken, 'organization')} "
+        f"WHERE t.{sql.column(ApiToken, 'token_hash')} = %s"
+    )
+
+
 def token_authenticate(raw: str) -> ApiToken | None:
     """The active token behind a bearer secret, or None (unknown, revoked or expired)."""
     if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return None
-    token = (
-        ApiToken.objects.select_related("organization")
-        .filter(token_hash=ApiToken.hash(raw))
-        .first()
+    row = sql.fetch_one(_token_lookup(), [ApiToken.hash(raw)])
+    if row is None:
+        return None
+    token_fields = sql.fields_of(ApiToken)
+    token = sql.instance(ApiToken, token_fields, row[: len(token_fields)])
+    token.organization = sql.instance(
+        Organization, sql.fields_of(Organization), row[len(token_fields) :]
     )
-    if token is None or not token.is_active:
+    if not token.is_active:
         return None
     now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:

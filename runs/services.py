@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts.models import ApiToken
 from loops.models import Loop
 from loops.validation import validate_code
+from loops_project import sql
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
 from runs.batches import insert_runs, new_run_ids
 from runs.engine.waits import lock_run, resolve_step
@@ -95,7 +96,7 @@ def run_trigger(
     else:
         check_triggerable(loop)
         version = loop.active_version
-    run = Run.objects.create(
+    run = Run(
         organization_id=loop.organization_id,
         loop=loop,
         version=version,
@@ -108,6 +109,7 @@ def run_trigger(
         idempotency_key=idempotency_key,
         task_id=new_task_id(),
     )
+    sql.insert(run)  # every trigger: a prepared INSERT (loops_project.sql)
     enqueue_execution(run.id, run.task_id)
     return run
 
