@@ -17,6 +17,8 @@ from django_q.signals import pre_enqueue
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
+from loops_project import sql
+
 EXECUTE_TASK = "runs.tasks.execute_run"
 EXECUTE_CHUNK_TASK = "runs.queue.execute_chunk"
 # A batch is handed to the workers in chunks: one task per run caps throughput at the broker's
@@ -45,13 +47,26 @@ def enqueue_execution(run_id: str, task_id: str | None = None) -> str:
     commit together. With another broker the task is pushed after commit.
     """
     task_id = task_id or new_task_id()
-    if not Conf.SYNC and _orm_broker_in(DEFAULT_DB):
-        _insert_packages([package(EXECUTE_TASK, run_id, name=task_id)], DEFAULT_DB)
+    row = queue_row(run_id, task_id)
+    if row is not None:
+        sql.insert(row)
     else:
         transaction.on_commit(
             lambda: async_task(EXECUTE_TASK, run_id, task_name=task_id, broker=_broker())
         )
     return task_id
+
+
+def queue_row(run_id: str, task_id: str) -> OrmQ | None:
+    """The ORM broker's queue row (unsaved) for an execution of the run, to be saved with the
+    run itself; None when the tasks go to another broker (then use enqueue_execution)."""
+    if Conf.SYNC or not _orm_broker_in(DEFAULT_DB):
+        return None
+    return OrmQ(
+        key=_broker().list_key or Conf.CLUSTER_NAME,
+        payload=package(EXECUTE_TASK, run_id, name=task_id),
+        lock=timezone.now(),
+    )
 
 
 def chunk_size(count: int) -> int:

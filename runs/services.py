@@ -1,6 +1,7 @@
 """Writes of runs: trigger, respond, events, scans, cancel, resume, restart."""
 
 import json
+from contextlib import nullcontext
 from datetime import timedelta
 
 from django.conf import settings
@@ -27,7 +28,7 @@ from runs.models import (
     TriggerType,
 )
 from runs.notify import run_status_changed
-from runs.queue import enqueue_execution, enqueue_executions, new_task_id
+from runs.queue import enqueue_execution, enqueue_executions, new_task_id, queue_row
 
 
 def check_input_size(value) -> None:
@@ -67,7 +68,6 @@ def _idempotent_run(loop: Loop, key: str) -> Run | None:
     )
 
 
-@transaction.atomic
 def run_trigger(
     *,
     loop: Loop,
@@ -79,38 +79,44 @@ def run_trigger(
     test_code: str | None = None,
     idempotency_key: str | None = None,
 ) -> Run:
-    """Save a pending run and queue its execution after commit.
+    """Save a pending run and queue its execution (visible to workers once committed).
 
     A live run is pinned to the loop's active version; a test run executes draft code.
     With an idempotency key already used for this loop within 24 hours, the first run is
     returned and nothing is created.
     """
-    if idempotency_key:
-        existing = _idempotent_run(loop, idempotency_key)
-        if existing is not None:
-            return existing
-    check_input_size(input)
-    if mode == RunMode.TEST:
-        validate_code(test_code or "")
-        version = None
-    else:
-        check_triggerable(loop)
-        version = loop.active_version
-    run = Run(
-        organization_id=loop.organization_id,
-        loop=loop,
-        version=version,
-        test_code=test_code or "",
-        trigger_type=TriggerType(trigger_type),
-        mode=RunMode(mode),
-        triggered_by_user=user if getattr(user, "is_authenticated", False) else None,
-        triggered_by_token=token,
-        input=input,
-        idempotency_key=idempotency_key,
-        task_id=new_task_id(),
-    )
-    sql.insert(run)  # every trigger: a prepared INSERT (loops_project.sql)
-    enqueue_execution(run.id, run.task_id)
+    # A keyed trigger looks for the key's run and creates its own in one transaction (holding
+    # the loop's row); an unkeyed one needs no transaction of its own: on PostgreSQL with the
+    # ORM broker, the run and its queue row are one prepared statement (loops_project.sql).
+    with transaction.atomic() if idempotency_key else nullcontext():
+        if idempotency_key:
+            existing = _idempotent_run(loop, idempotency_key)
+            if existing is not None:
+                return existing
+        check_input_size(input)
+        if mode == RunMode.TEST:
+            validate_code(test_code or "")
+            version = None
+        else:
+            check_triggerable(loop)
+            version = loop.active_version
+        run = Run(
+            organization_id=loop.organization_id,
+            loop=loop,
+            version=version,
+            test_code=test_code or "",
+            trigger_type=TriggerType(trigger_type),
+            mode=RunMode(mode),
+            triggered_by_user=user if getattr(user, "is_authenticated", False) else None,
+            triggered_by_token=token,
+            input=input,
+            idempotency_key=idempotency_key,
+            task_id=new_task_id(),
+        )
+        row = queue_row(run.id, run.task_id)
+        sql.insert(run, *([row] if row is not None else []))
+        if row is None:
+            enqueue_execution(run.id, run.task_id)  # pushed to the other broker after commit
     return run
 
 
