@@ -13,7 +13,7 @@ Everything else goes through the ORM.
 
 from functools import cache
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Field, Model
 
 
@@ -50,42 +50,57 @@ def prep(field: Field, value):
     return field.get_db_prep_save(value, connection)
 
 
-def _cursor():
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    if connection.vendor == "postgresql":
+def _cursor(db):
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    if db.vendor == "postgresql":
         import psycopg
 
-        return psycopg.Cursor(connection.connection), {"prepare": True}
-    return connection.cursor(), {}
+        return psycopg.Cursor(db.connection), {"prepare": True}
+    return db.cursor(), {}
 
 
 def execute(sql: str, params: list) -> int:
     """Run one statement; returns its row count."""
-    cursor, options = _cursor()
-    with connection.wrap_database_errors, cursor:
+    db = connections[DEFAULT_DB_ALIAS]
+    cursor, options = _cursor(db)
+    with db.wrap_database_errors, cursor:
         cursor.execute(sql, params, **options)
         return cursor.rowcount
 
 
 def fetch_one(sql: str, params: list) -> tuple | None:
-    cursor, options = _cursor()
-    with connection.wrap_database_errors, cursor:
+    db = connections[DEFAULT_DB_ALIAS]
+    cursor, options = _cursor(db)
+    with db.wrap_database_errors, cursor:
         cursor.execute(sql, params, **options)
         return cursor.fetchone()
+
+
+@cache
+def _converters(model: type[Model], fields: tuple[Field, ...], vendor: str) -> tuple:
+    # The backend's converters, then the field's, as the ORM's compiler applies them.
+    db = connections[DEFAULT_DB_ALIAS]
+    found = []
+    for i, field in enumerate(fields):
+        col = field.get_col(model._meta.db_table)
+        converters = db.ops.get_db_converters(col) + col.get_db_converters(db)
+        if converters:
+            found.append((i, col, converters))
+    return tuple(found)
 
 
 def instance(model: type[Model], fields: tuple[Field, ...], values) -> Model:
     """An instance from its columns' values, as the ORM builds one (backend and field
     converters, then from_db; fields left out are deferred)."""
+    db = connections[DEFAULT_DB_ALIAS]
     values = list(values)
-    for i, field in enumerate(fields):
-        col = field.get_col(model._meta.db_table)
-        for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-            values[i] = convert(values[i], col, connection)
+    for i, col, converters in _converters(model, fields, db.vendor):
+        for convert in converters:
+            values[i] = convert(values[i], col, db)
     if len(fields) == len(model._meta.concrete_fields):
-        return model.from_db(connection.alias, None, values)
-    return model.from_db(connection.alias, [f.attname for f in fields], values)
+        return model.from_db(DEFAULT_DB_ALIAS, None, values)
+    return model.from_db(DEFAULT_DB_ALIAS, [f.attname for f in fields], values)
 
 
 def _insert_fields(obj: Model) -> tuple[Field, ...]:
@@ -111,12 +126,13 @@ def insert(*objs: Model) -> None:
     """INSERT new instances, in one statement (so one round trip and, outside a transaction,
     one commit for all of them) on PostgreSQL; one after the other in a transaction elsewhere.
     No signals are sent: the models written this way have no receivers."""
+    db = connections[DEFAULT_DB_ALIAS]
     shapes = tuple((type(obj), _insert_fields(obj)) for obj in objs)
     params = [
-        [prep(f, f.pre_save(obj, True)) for f in fields]
+        [f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields]
         for obj, (_, fields) in zip(objs, shapes, strict=True)
     ]
-    if connection.vendor == "postgresql":
+    if db.vendor == "postgresql":
         execute(_insert_sql(shapes), [value for values in params for value in values])
     else:
         with transaction.atomic():
@@ -124,4 +140,4 @@ def insert(*objs: Model) -> None:
                 execute(_insert_sql((shape,)), values)
     for obj in objs:
         obj._state.adding = False
-        obj._state.db = connection.alias
+        obj._state.db = DEFAULT_DB_ALIAS
