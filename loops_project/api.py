@@ -96,7 +96,20 @@ def error_response(status: int, code: str, message: str, details=None) -> HttpRe
     return HttpResponse(json.dumps(body), status=status, content_type="application/json")
 
 
-api = NinjaAPI(
+class LoopsAPI(NinjaAPI):
+    """The OpenAPI schema is built once per process: building it costs 0.3 to 0.5 s of CPU on
+    these machines, and /api/openapi.json is served without a token."""
+
+    def get_openapi_schema(self, *, path_prefix=None, path_params=None):
+        if path_prefix is None:
+            path_prefix = self.get_root_path(path_params or {})
+        schemas = self.__dict__.setdefault("_openapi_schemas", {})
+        if path_prefix not in schemas:
+            schemas[path_prefix] = super().get_openapi_schema(path_prefix=path_prefix)
+        return schemas[path_prefix]
+
+
+api = LoopsAPI(
     title="Loops API",
     version="1",
     description="Durable workflows for operations teams. Authenticate with "

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.models import TokenScope
 from accounts.services import token_create
+from loops_project.api import api as ninja_api
 from runs.models import Run
 from tests.factories import LoopFactory, RunFactory, make_token
 
@@ -203,6 +204,24 @@ def test_openapi_documents_every_endpoint_with_its_errors(anon_api):
     docs = anon_api.get("/api/docs")
     assert docs.status_code == 200
     assert "openapi.json" in docs.text
+
+
+def test_the_openapi_schema_is_built_once_per_process(anon_api, monkeypatch):
+    """Building it costs a large fraction of a second and /api/openapi.json needs no token."""
+    import ninja.main
+
+    builds = []
+    real = ninja.main.get_schema
+    monkeypatch.setattr(ninja.main, "get_schema", lambda **kw: builds.append(1) or real(**kw))
+    monkeypatch.setattr(ninja_api, "_openapi_schemas", {}, raising=False)
+
+    first = anon_api.get("/api/openapi.json")
+    second = anon_api.get("/api/openapi.json")
+
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert first.json()["paths"]
+    assert len(builds) == 1
 
 
 def test_another_orgs_token_cannot_trigger_this_orgs_loop(live_server, loop, other_org):
