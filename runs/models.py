@@ -135,7 +135,12 @@ class Run(models.Model):
                 fields=["organization", "status", "-created_at", "-id"], name="run_org_status"
             ),
             models.Index(fields=["loop", "-created_at", "-id"], name="run_loop_created"),
-            models.Index(fields=["batch", "status"], name="run_batch_status"),
+            # Only a batch's runs: a single trigger does not pay for this index.
+            models.Index(
+                fields=["batch", "status"],
+                name="run_batch_status",
+                condition=Q(batch__isnull=False),
+            ),
             models.Index(
                 fields=["organization", "trigger_type", "-created_at"], name="run_org_trigger"
             ),
