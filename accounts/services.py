@@ -54,12 +54,16 @@ def token_create(
     return token, raw
 
 
+TOKEN_FIELDS = sql.fields_of(ApiToken)
+ORGANIZATION_FIELDS = sql.fields_of(Organization)
+
+
 @cache
 def _token_lookup() -> str:
     # Every API request starts here: a prepared statement of its own (loops_project.sql).
     return (
-        f"SELECT {sql.column_list(sql.fields_of(ApiToken), 't')}, "  # noqa: S608 - model names; values are parameters
-        f"{sql.column_list(sql.fields_of(Organization), 'o')} "
+        f"SELECT {sql.column_list(TOKEN_FIELDS, 't')}, "  # noqa: S608 - model names; values are parameters
+        f"{sql.column_list(ORGANIZATION_FIELDS, 'o')} "
         f"FROM {sql.table(ApiToken)} t JOIN {sql.table(Organization)} o "
         f"ON o.{sql.column(Organization, 'id')} = t.{sql.column(ApiToken, 'organization')} "
         f"WHERE t.{sql.column(ApiToken, 'token_hash')} = %s"
@@ -73,11 +77,8 @@ def token_authenticate(raw: str) -> ApiToken | None:
     row = sql.fetch_one(_token_lookup(), [ApiToken.hash(raw)])
     if row is None:
         return None
-    token_fields = sql.fields_of(ApiToken)
-    token = sql.instance(ApiToken, token_fields, row[: len(token_fields)])
-    token.organization = sql.instance(
-        Organization, sql.fields_of(Organization), row[len(token_fields) :]
-    )
+    token = sql.instance(ApiToken, TOKEN_FIELDS, row[: len(TOKEN_FIELDS)])
+    token.organization = sql.instance(Organization, ORGANIZATION_FIELDS, row[len(TOKEN_FIELDS) :])
     if not token.is_active:
         return None
     now = timezone.now()

@@ -6,6 +6,7 @@ from accounts.models import Organization
 from loops.models import Loop, LoopVersion, Schedule
 from loops_project import sql
 
+LOOP_FIELDS = sql.fields_of(Loop)
 # A trigger needs the active version, not its program text.
 VERSION_FIELDS = sql.fields_of(LoopVersion, exclude=("code",))
 
@@ -14,7 +15,7 @@ VERSION_FIELDS = sql.fields_of(LoopVersion, exclude=("code",))
 def _loop_lookup(by: str) -> str:
     # Every trigger starts here: a prepared statement of its own (loops_project.sql).
     return (
-        f"SELECT {sql.column_list(sql.fields_of(Loop), 'l')}, "  # noqa: S608 - model names; values are parameters
+        f"SELECT {sql.column_list(LOOP_FIELDS, 'l')}, "  # noqa: S608 - model names; values are parameters
         f"{sql.column_list(VERSION_FIELDS, 'v')} "
         f"FROM {sql.table(Loop)} l LEFT JOIN {sql.table(LoopVersion)} v "
         f"ON v.{sql.column(LoopVersion, 'id')} = l.{sql.column(Loop, 'active_version')} "
@@ -29,10 +30,9 @@ def get_loop_for(org: Organization, ident: str) -> Loop:
     row = sql.fetch_one(_loop_lookup(by), [org.pk, ident])
     if row is None:
         raise Http404("No such loop.")
-    loop_fields = sql.fields_of(Loop)
-    loop = sql.instance(Loop, loop_fields, row[: len(loop_fields)])
+    loop = sql.instance(Loop, LOOP_FIELDS, row[: len(LOOP_FIELDS)])
     if loop.active_version_id is not None:
-        loop.active_version = sql.instance(LoopVersion, VERSION_FIELDS, row[len(loop_fields) :])
+        loop.active_version = sql.instance(LoopVersion, VERSION_FIELDS, row[len(LOOP_FIELDS) :])
     loop.organization = org
     return loop
 

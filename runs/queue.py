@@ -63,7 +63,7 @@ def queue_row(run_id: str, task_id: str) -> OrmQ | None:
     if Conf.SYNC or not _orm_broker_in(DEFAULT_DB):
         return None
     return OrmQ(
-        key=_broker().list_key or Conf.CLUSTER_NAME,
+        key=_queue_key(),
         payload=package(EXECUTE_TASK, run_id, name=task_id),
         lock=timezone.now(),
     )
@@ -100,10 +100,15 @@ def _orm_broker_in(using: str) -> bool:
     return isinstance(broker, ORM) and router.db_for_write(OrmQ) == using == (Conf.ORM or using)
 
 
+def _queue_key() -> str:
+    """The queue name the ORM broker's workers read (as its enqueue() names it)."""
+    return _broker().list_key or Conf.CLUSTER_NAME
+
+
 def _insert_packages(packages: list[str], using: str) -> None:
     """Write packages to the ORM broker's queue table as its enqueue() does (key, payload,
     lock = now), with one plain INSERT: this is on the path of every trigger."""
-    key = _broker().list_key or Conf.CLUSTER_NAME
+    key = _queue_key()
     now = timezone.now()
     connection = connections[using]
     quote = connection.ops.quote_name
