@@ -70,11 +70,19 @@ def _token_lookup() -> str:
     )
 
 
-def token_authenticate(raw: str) -> ApiToken | None:
-    """The active token behind a bearer secret, or None (unknown, revoked or expired)."""
+def token_hash_of(raw: str) -> str | None:
+    """The hash a token is looked up by, or None for a secret that no token can have."""
     if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
         return None
-    row = sql.fetch_one(_token_lookup(), [ApiToken.hash(raw)])
+    return ApiToken.hash(raw)
+
+
+def token_authenticate(raw: str) -> ApiToken | None:
+    """The active token behind a bearer secret, or None (unknown, revoked or expired)."""
+    token_hash = token_hash_of(raw)
+    if token_hash is None:
+        return None
+    row = sql.fetch_one(_token_lookup(), [token_hash])
     if row is None:
         return None
     token = sql.instance(ApiToken, TOKEN_FIELDS, row[: len(TOKEN_FIELDS)])

@@ -23,11 +23,15 @@ def _loop_lookup(by: str) -> str:
     )
 
 
+def loop_lookup_field(ident: str) -> str:
+    """A loop is named by its public id or by its slug."""
+    return "id" if ident.startswith("loop_") else "slug"
+
+
 def get_loop_for(org: Organization, ident: str) -> Loop:
     """A loop of the organization by public id or slug, with its active version (without the
     code); 404 for missing and foreign alike."""
-    by = "id" if ident.startswith("loop_") else "slug"
-    row = sql.fetch_one(_loop_lookup(by), [org.pk, ident])
+    row = sql.fetch_one(_loop_lookup(loop_lookup_field(ident)), [org.pk, ident])
     if row is None:
         raise Http404("No such loop.")
     loop = sql.instance(Loop, LOOP_FIELDS, row[: len(LOOP_FIELDS)])

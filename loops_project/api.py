@@ -53,11 +53,23 @@ class StrictParser(Parser):
         return parse_json(request.body)
 
 
+def count_request(request: HttpRequest, token_hash: str) -> dict | None:
+    """Count the request against its token's rate (settings.LOOPS_API_RATE, read on every
+    request so that a change applies at once) and return django-ratelimit's usage: a fixed
+    window, one cache increment per request whatever the rate. A request is counted once, by
+    whichever of the trigger statement (runs/trigger_statement.py) and the throttle sees it
+    first; the token is known by its hash to both."""
+    if not hasattr(request, "_token_usage"):
+        request._token_usage = get_usage(
+            request, group="api-token", key=lambda group, req: token_hash,
+            rate=settings.LOOPS_API_RATE, increment=True,
+        )  # fmt: skip
+    return request._token_usage
+
+
 class TokenRateThrottle(BaseThrottle):
-    """Per token (by id), at settings.LOOPS_API_RATE read on every request, so a change of the
-    setting applies at once. django-ratelimit's fixed-window counter (one cache increment per
-    request, whatever the rate); the wait of the current request is thread-local because one
-    instance serves every server thread."""
+    """Per token. The wait of the current request is thread-local because one instance serves
+    every server thread."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -66,10 +78,7 @@ class TokenRateThrottle(BaseThrottle):
         auth = getattr(request, "auth", None)
         if auth is None:
             return True
-        usage = get_usage(
-            request, group="api-token", key=lambda group, req: auth.pk,
-            rate=settings.LOOPS_API_RATE, increment=True,
-        )  # fmt: skip
+        usage = count_request(request, auth.token_hash)
         if usage is not None and usage["should_limit"]:
             self._local.wait = usage["time_left"]
             return False

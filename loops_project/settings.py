@@ -119,6 +119,13 @@ else:
     # django-q2 opens a new connection per broker call without persistent connections.
     _db["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 600)
     _db["CONN_HEALTH_CHECKS"] = True
+    # The statements on every trigger and every step (loops_project.sql) are prepared on each
+    # connection: parsed and planned once instead of per request (planning cost more than
+    # running them). Django turns psycopg's preparing off unless a threshold is set; the ORM's
+    # own queries bind parameters client-side and are never prepared. Off
+    # (DATABASE_PREPARED_STATEMENTS=0) behind a pooler that cannot keep prepared statements.
+    if env_bool("DATABASE_PREPARED_STATEMENTS", True):
+        _db.setdefault("OPTIONS", {})["prepare_threshold"] = 5
 
 CACHES = {
     "default": {

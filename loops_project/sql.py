@@ -50,8 +50,9 @@ def prep(field: Field, value):
     return field.get_db_prep_save(value, connection)
 
 
-def _cursor(db):
-    db.close_if_health_check_failed()
+def _cursor(db, health_check: bool = True):
+    if health_check:
+        db.close_if_health_check_failed()
     db.ensure_connection()
     if db.vendor == "postgresql":
         import psycopg
@@ -60,10 +61,11 @@ def _cursor(db):
     return db.cursor(), {}
 
 
-def execute(sql: str, params: list) -> int:
-    """Run one statement; returns its row count."""
+def execute(sql: str, params: list, *, health_check: bool = True) -> int:
+    """Run one statement; returns its row count. Without the health check (a round trip), a
+    connection lost since the last request fails the statement instead of being replaced."""
     db = connections[DEFAULT_DB_ALIAS]
-    cursor, options = _cursor(db)
+    cursor, options = _cursor(db, health_check)
     with db.wrap_database_errors, cursor:
         cursor.execute(sql, params, **options)
         return cursor.rowcount
