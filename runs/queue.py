@@ -11,7 +11,7 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
-from django_q.humanhash import uuid as humanhash_uuid
+from django_q.humanhash import humanize
 from django_q.models import OrmQ
 from django_q.signals import pre_enqueue
 from django_q.signing import SignedPackage
@@ -81,8 +81,8 @@ def chunks(run_ids: list[str], size: int | None = None) -> list[list[str]]:
 
 def package(func: str, *args, name: str | None = None) -> str:
     """A signed django-q2 task package, built as django_q.tasks.async_task builds it."""
-    short, full = humanhash_uuid()
-    task = {"id": full, "name": name or short, "func": func, "args": args}
+    full = uuid.uuid4().hex  # django_q.humanhash.uuid(), without the words unless needed
+    task = {"id": full, "name": name or humanize(full), "func": func, "args": args}
     if Conf.CACHED:
         task["cached"] = Conf.CACHED
     if Conf.ACK_FAILURES:

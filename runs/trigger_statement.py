@@ -46,6 +46,7 @@ FROM_ROWS = {
 # The run's columns set per trigger; every other column takes its field's default, as in
 # runs.services.run_trigger.
 PER_TRIGGER = ("id", "created_at", "trigger_type", "input", "task_id")
+PARAMETER = object()
 QUEUE_FIELDS = tuple(OrmQ._meta.get_field(name) for name in ("key", "payload", "lock"))
 
 
@@ -67,9 +68,9 @@ def answer(request: HttpRequest, org: str, loop: str) -> HttpResponse | None:
     """The operation's 202 for a trigger saved by the one statement, or None (nothing saved)."""
     if connection.vendor != "postgresql" or request.method != "POST":
         return None
-    if request.META.get("QUERY_STRING") or "Idempotency-Key" in request.headers:
+    if request.META.get("QUERY_STRING") or "HTTP_IDEMPOTENCY_KEY" in request.META:
         return None  # live mode, timeouts and keys: the operation
-    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, raw = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     token_hash = token_hash_of(raw) if scheme.lower() == "bearer" else None
     if token_hash is None:
         return None
@@ -95,7 +96,7 @@ def answer(request: HttpRequest, org: str, loop: str) -> HttpResponse | None:
     params = [
         token_hash, now, org, org, loop, now, now - LAST_USED_GRANULARITY,
         *(sql.prep(f, per_trigger[f.name]) if f.name in per_trigger else default
-          for f, default in _run_defaults()),
+          for f, written, default in _run_columns() if written is PARAMETER),
         *(sql.prep(f, getattr(row, f.attname)) for f in QUEUE_FIELDS),
     ]  # fmt: skip
     if not _save(_statement(loop_lookup_field(loop)), params, run_id):
@@ -122,27 +123,32 @@ def _save(statement: str, params: list, run_id: str) -> bool:
 
 
 @cache
-def _run_defaults() -> tuple:
-    """(field, its default as saved) for the run's columns given as parameters; per-trigger
-    columns have None here. A default computed per row (a callable) must be per-trigger."""
-    defaults = []
+def _run_columns() -> tuple:
+    """How the statement writes each of the run's columns: (field, written, default), where
+    written is an expression of the token's and the loop's rows, NULL for a NULL default, or
+    PARAMETER: the field's default as saved, or the per-trigger value. A default computed per
+    row (a callable) must be per-trigger."""
+    columns = []
     for field in RUN_FIELDS:
         if field.name in FROM_ROWS:
-            continue
-        if field.name in PER_TRIGGER:
-            defaults.append((field, None))
+            columns.append((field, FROM_ROWS[field.name], None))
+        elif field.name in PER_TRIGGER:
+            columns.append((field, PARAMETER, None))
         elif field.has_default() and callable(field.default):
             raise ImproperlyConfigured(f"Run.{field.name} has a per-row default: in PER_TRIGGER")
         else:
-            defaults.append((field, sql.prep(field, field.get_default())))
-    return tuple(defaults)
+            default = sql.prep(field, field.get_default())
+            columns.append((field, "NULL" if default is None else PARAMETER, default))
+    return tuple(columns)
 
 
 @cache
 def _statement(loop_field: str) -> str:
     c = sql.column
     token, org, loop = "t", "o", "l"
-    values = ", ".join(FROM_ROWS.get(f.name) or sql.cast(f) for f in RUN_FIELDS)
+    values = ", ".join(
+        sql.cast(f) if written is PARAMETER else written for f, written, _ in _run_columns()
+    )
     return (
         # The active token, if the URL names its organization (by id or slug).
         f"WITH {token} AS (SELECT {token}.{c(ApiToken, 'id')} AS id, "
