@@ -8,6 +8,7 @@ run taken over after its lease expired is never written by a stale execution.
 
 import json
 import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,6 +65,9 @@ class Execution:
     log_limit_noted: bool = False
     outcome: dict | None = None
     current_step: str | None = None
+    # time.monotonic() by which the execution must have ended (its wall-clock limit). Work the
+    # worker does on the execution's behalf (step.http) counts against it too.
+    deadline: float = field(default_factory=lambda: time.monotonic() + settings.LOOPS_WALL_SECONDS)
 
     # --- ownership
 
