@@ -1,12 +1,20 @@
 """Browser-only fixtures: a page logged in as a given user, and screenshots for the docs."""
 
+import os
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.test import Client
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+BASE_DIR = Path(__file__).resolve().parents[2]
+# Tests never change tracked files: screenshots go to var/ unless LOOPS_REFRESH_SCREENSHOTS=1
+# asks for the committed ones in docs/ to be refreshed.
+SCREENSHOTS = (
+    BASE_DIR / "docs" / "screenshots"
+    if os.environ.get("LOOPS_REFRESH_SCREENSHOTS") == "1"
+    else BASE_DIR / "var" / "screenshots"
+)
 
 
 @pytest.fixture
