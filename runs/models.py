@@ -104,6 +104,9 @@ class Run(models.Model):
     cpu_time_ms = models.PositiveBigIntegerField(default=0)
     attempt = models.PositiveIntegerField(default=1)
     total_steps = models.PositiveIntegerField(default=0)
+    # Bytes the run's executions have stored (step inputs and outputs, logs, its output),
+    # held against LOOPS_MAX_RUN_BYTES.
+    stored_bytes = models.PositiveBigIntegerField(default=0)
     restarted_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="restarts",
         db_index=False, db_constraint=False,
