@@ -27,6 +27,7 @@ from runs.queue import enqueue_task
 SIGNATURE_HEADER = "X-Loops-Signature"
 DELIVER_TASK = "runs.tasks.deliver_webhook"
 EVENT_NAMES = {f"run.{s}" for s in RunStatus.values}
+DELIVERY_TIMEOUT_SECONDS = 10
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -109,13 +110,17 @@ def deliver(delivery_id: str) -> str:
     attempt = delivery.attempt + 1
     status_code, excerpt, error = None, "", ""
     try:
-        response, _ = outbound.request("POST", delivery.webhook.url, headers=headers, content=body,
-                                       timeout=10)  # fmt: skip
-        status_code, excerpt = response.status_code, response.text[:1000]
-        ok = 200 <= response.status_code < 300
+        # The same byte limit and one total deadline as step.http: a receiver that answers
+        # slowly or at length cannot hold the worker.
+        reply = outbound.request(
+            "POST", delivery.webhook.url, headers=headers, content=body,
+            deadline=outbound.Deadline.after(DELIVERY_TIMEOUT_SECONDS),
+        )  # fmt: skip
+        status_code, excerpt = reply.status_code, reply.text[:1000]
+        ok = 200 <= reply.status_code < 300
         if not ok:
-            error = f"HTTP {response.status_code}"
-    except (outbound.TargetRefused, httpx.HTTPError) as exc:
+            error = f"HTTP {reply.status_code}"
+    except (outbound.OutboundError, httpx.HTTPError) as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"[:1000]
     final = ok or attempt >= settings.LOOPS_WEBHOOK_MAX_ATTEMPTS
     WebhookDelivery.objects.filter(pk=delivery.pk).update(

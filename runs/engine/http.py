@@ -1,37 +1,106 @@
-"""step.http: the worker makes the request on the run's behalf and records it as a step."""
+"""step.http: the worker makes the request on the run's behalf and records it as a step.
+
+The request counts against the run's wall clock: its deadline is the earlier of its own timeout
+and the execution's deadline, and every page of a paginated call shares that one deadline.
+"""
 
 import json
+import math
+from urllib.parse import urljoin
 
 import httpx
+from django.conf import settings
 from django.utils import timezone
 
 from runs.engine import outbound
 from runs.models import Step, StepStatus
 
 MAX_PAGES = 100
+MAX_TIMEOUT_SECONDS = 120.0
 TEXT_LIMIT = 64 * 1024
 
 
-def _parse(response: httpx.Response):
-    text = response.text[:TEXT_LIMIT] if len(response.content) <= outbound.MAX_BODY_BYTES else ""
+def _parse(reply: outbound.Reply):
+    text = reply.text[:TEXT_LIMIT]
     body = text
-    if "json" in response.headers.get("content-type", ""):
+    if "json" in reply.headers.get("content-type", ""):
         try:
-            body = response.json()
+            body = json.loads(reply.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = text
     return body, text
 
 
-def _record(response: httpx.Response, url: str) -> dict:
-    body, text = _parse(response)
+def _record(reply: outbound.Reply) -> dict:
+    body, text = _parse(reply)
     return {
-        "status": response.status_code,
-        "headers": dict(response.headers),
+        "status": reply.status_code,
+        "headers": dict(reply.headers),
         "body": body,
         "text": text if not isinstance(body, str) else "",
-        "url": url,
+        "url": reply.url,
     }
+
+
+def _timeout(value) -> float | None:
+    """The request's own timeout in seconds, or None when the program's value is unusable."""
+    if value is None:
+        return min(float(settings.LOOPS_HTTP_TIMEOUT_SECONDS), MAX_TIMEOUT_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return min(float(value), MAX_TIMEOUT_SECONDS)
+
+
+def _deadline(execution, timeout: float) -> outbound.Deadline:
+    own = outbound.Deadline.after(timeout)
+    if execution.deadline < own.at:
+        reason = (
+            f"the run's wall-clock limit (LOOPS_WALL_SECONDS = {settings.LOOPS_WALL_SECONDS} s)"
+        )
+        return outbound.Deadline(execution.deadline, reason)
+    return own
+
+
+def _pages(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return max(1, min(value, MAX_PAGES))
+
+
+def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list) -> dict | None:
+    """Request each page into `records`; returns the step's error for a 4xx/5xx, else None."""
+    url = str(req.get("url", ""))
+    headers = {str(k): str(v) for k, v in (req.get("headers") or {}).items()}
+    for page in range(1, pages + 1):
+        reply = outbound.request(
+            str(req.get("method") or "GET"),
+            url,
+            deadline=deadline,
+            headers=headers,
+            params=req.get("params") or None if page == 1 else None,
+            json=req.get("json"),
+            content=req.get("data") if isinstance(req.get("data"), str) else None,
+        )
+        record = _record(reply)
+        if pages > 1:
+            record["page"] = page
+        records.append(record)
+        if reply.status_code >= 400:
+            return {
+                "message": f"HTTP {reply.status_code} from {reply.url}",
+                "type": "HttpError",
+                "status": reply.status_code,
+                "headers": record["headers"],
+                "body": record["body"],
+            }
+        nxt = reply.links.get("next", {}).get("url")
+        if not nxt:
+            return None
+        # Relative to the URL the program asked for, never to the pinned address.
+        url = urljoin(reply.url, nxt)
+    return None
 
 
 def handle_http(execution, message: dict) -> dict:
@@ -39,41 +108,20 @@ def handle_http(execution, message: dict) -> dict:
     req = message.get("request") if isinstance(message.get("request"), dict) else {}
     if entry is None:
         return {"error": {"message": "step.http was not opened", "type": "RuntimeError"}}
-    pages = max(1, min(int(req.get("pages") or 1), MAX_PAGES))
     started = timezone.now()
-    records, url, error = [], str(req.get("url", "")), None
-    try:
-        for page in range(1, pages + 1):
-            response, final_url = outbound.request(
-                str(req.get("method") or "GET"),
-                url,
-                headers={str(k): str(v) for k, v in (req.get("headers") or {}).items()},
-                params=req.get("params") or None if page == 1 else None,
-                json=req.get("json"),
-                content=req.get("data") if isinstance(req.get("data"), str) else None,
-                timeout=req.get("timeout"),
-            )
-            record = _record(response, final_url)
-            if pages > 1:
-                record["page"] = page
-            records.append(record)
-            if response.status_code >= 400:
-                error = {
-                    "message": f"HTTP {response.status_code} from {final_url}",
-                    "type": "HttpError",
-                    "status": response.status_code,
-                    "headers": record["headers"],
-                    "body": record["body"],
-                }
-                break
-            nxt = response.links.get("next", {}).get("url")
-            if not nxt:
-                break
-            url = str(response.url.join(nxt)) if nxt.startswith("/") else nxt
-    except outbound.TargetRefused as exc:
-        error = {"message": str(exc), "type": "HttpError"}
-    except httpx.HTTPError as exc:
-        error = {"message": f"{type(exc).__name__}: {exc}", "type": "HttpError"}
+    pages = _pages(req.get("pages"))
+    timeout = _timeout(req.get("timeout"))
+    records: list[dict] = []
+    error = None
+    if timeout is None:
+        error = {"message": "timeout must be a positive number of seconds", "type": "HttpError"}
+    else:
+        try:
+            error = _fetch(req, pages, _deadline(execution, timeout), records)
+        except outbound.OutboundError as exc:
+            error = {"message": str(exc), "type": "HttpError"}
+        except httpx.HTTPError as exc:
+            error = {"message": f"{type(exc).__name__}: {exc}", "type": "HttpError"}
     now = timezone.now()
     duration = int((now - started).total_seconds() * 1000)
     output = records if pages > 1 else (records[0] if records else None)
