@@ -6,7 +6,7 @@ another organization's data is never visible and its existence never revealed.
 
 from django.http import Http404
 
-from accounts.models import ApiToken, Membership, Organization
+from accounts.models import ApiToken, Invitation, Membership, Organization
 
 
 def get_org_by_ident(ident: str) -> Organization:
@@ -37,3 +37,38 @@ def get_token_for(org: Organization, token_id: str) -> ApiToken:
     if token is None:
         raise Http404("No such token.")
     return token
+
+
+def get_invitation_for(org: Organization, invitation_id: str) -> Invitation:
+    """An invitation of the organization (for its admins)."""
+    invitation = Invitation.objects.for_org(org).filter(pk=invitation_id).first()
+    if invitation is None:
+        raise Http404("No such invitation.")
+    return invitation
+
+
+def get_invitation_for_user(user, invitation_id: str) -> Invitation:
+    """An invitation addressed to the user; anyone else's is 404 like a missing one."""
+    invitation = (
+        Invitation.objects.addressed_to(user)
+        .select_related("organization", "invited_by")
+        .filter(pk=invitation_id)
+        .first()
+    )
+    if invitation is None:
+        raise Http404("No such invitation.")
+    return invitation
+
+
+def get_invitation_by_secret(raw: str) -> Invitation:
+    """The invitation behind a link's secret (which only its hash can find)."""
+    invitation = (
+        Invitation.objects.select_related("organization", "invited_by")
+        .filter(token_hash=Invitation.hash(raw))
+        .first()
+        if 0 < len(raw) <= 100
+        else None
+    )
+    if invitation is None:
+        raise Http404("No such invitation.")
+    return invitation

@@ -3,10 +3,12 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import model_ngettext
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils.cache import add_never_cache_headers
 
-from accounts.models import ApiToken, Membership, Organization
-from accounts.services import token_create
+from accounts.models import ApiToken, Invitation, Membership, Organization
+from accounts.services import invitation_revoke, token_create
 from loops.models import Loop
 
 
@@ -137,11 +139,26 @@ class ApiTokenAdmin(admin.ModelAdmin):
         obj.pk = token.pk
         obj.refresh_from_db()
         obj._state.adding = False
-        self.message_user(
-            request,
-            f"The token's secret is shown only this once; copy it now: {raw}",
-            messages.WARNING,
+        request.new_token_secret = raw  # for response_add, on this request object only
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue=None):
+        # The secret goes out in this answer, not in a message: a message would wait for the
+        # next page in a cookie or, when large, in the session table.
+        raw = getattr(request, "new_token_secret", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Copy the new token",
+            "token": obj,
+            "secret": raw,
+        }
+        response: HttpResponse = TemplateResponse(
+            request, "accounts/admin_token_created.html", context
         )
+        add_never_cache_headers(response)
+        return response
 
     @admin.display(description="Token")
     def masked_prefix(self, obj: ApiToken) -> str:
@@ -162,3 +179,65 @@ class ApiTokenAdmin(admin.ModelAdmin):
         skipped = queryset.count() - revoked
         if skipped:
             self.message_user(request, f"Skipped {skipped}: already revoked", messages.WARNING)
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations are made on an organization's members page, where the link is shown once;
+    here they are looked at and withdrawn."""
+
+    list_display = [
+        "identifier",
+        "organization",
+        "role",
+        "invitation_status",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_by",
+    ]
+    list_filter = [
+        "role",
+        "organization",
+        ("accepted_at", admin.EmptyFieldListFilter),
+        ("revoked_at", admin.EmptyFieldListFilter),
+    ]
+    list_select_related = ["organization", "invited_by", "accepted_by"]
+    search_fields = ["=id", "identifier", "organization__slug", "organization__name"]
+    actions = ["revoke_invitations"]
+    fields = [
+        "id",
+        "organization",
+        "identifier",
+        "role",
+        "invitation_status",
+        "invited_by",
+        "created_at",
+        "expires_at",
+        "accepted_at",
+        "accepted_by",
+        "declined_at",
+        "revoked_at",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="Status")
+    def invitation_status(self, obj: Invitation) -> str:
+        return obj.status.label
+
+    @admin.action(description="Revoke selected invitations", permissions=["change"])
+    def revoke_invitations(self, request: HttpRequest, queryset) -> None:
+        revoked = 0
+        for invitation in queryset.open():
+            invitation_revoke(invitation=invitation)
+            revoked += 1
+        noun = model_ngettext(self.opts, revoked)
+        self.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
+        skipped = queryset.count() - revoked
+        if skipped:
+            self.message_user(
+                request, f"Skipped {skipped}: accepted, declined or revoked", messages.WARNING
+            )

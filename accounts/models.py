@@ -2,6 +2,7 @@ import hashlib
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from loops_project import ids
@@ -128,3 +129,121 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+def invitation_id() -> str:
+    return ids.new_id("inv")
+
+
+class InvitationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    ACCEPTED = "accepted", "Accepted"
+    DECLINED = "declined", "Declined"
+    REVOKED = "revoked", "Revoked"
+    EXPIRED = "expired", "Expired"
+
+
+class InvitationQuerySet(models.QuerySet):
+    def for_org(self, org: Organization) -> "InvitationQuerySet":
+        return self.filter(organization=org)
+
+    def open(self) -> "InvitationQuerySet":
+        """Neither accepted, declined nor revoked (possibly expired)."""
+        return self.filter(accepted_at=None, declined_at=None, revoked_at=None)
+
+    def pending(self) -> "InvitationQuerySet":
+        return self.open().filter(expires_at__gt=timezone.now())
+
+    def addressed_to(self, user) -> "InvitationQuerySet":
+        """Invitations naming the user's username or (when it has one) e-mail address."""
+        names = [user.get_username().lower()]
+        if user.email:
+            names.append(user.email.lower())
+        return self.alias(identifier_lower=Lower("identifier")).filter(identifier_lower__in=names)
+
+
+class Invitation(models.Model):
+    """An offer of a role in an organization, made by one of its admins to a username or an
+    e-mail address. Nobody joins until the person it names accepts it while logged in.
+
+    Who the identifier names is never looked up when inviting, so the answer to the admin is the
+    same whether or not such an account exists. The link's secret is stored only as a SHA-256
+    hash: like an API token's, it is 32 random bytes, with nothing to brute-force.
+    """
+
+    id = ids.PublicIdField(invitation_id)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="invitations"
+    )
+    identifier = models.CharField(max_length=254, help_text="The username or e-mail invited.")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    declined_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One open invitation per person and organization: a new one replaces the old. Its
+            # index also finds a person's open invitations (lower-cased identifier first).
+            models.UniqueConstraint(
+                Lower("identifier"),
+                "organization",
+                condition=models.Q(accepted_at=None, declined_at=None, revoked_at=None),
+                name="one_open_invitation",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(accepted_at=None) | models.Q(declined_at=None, revoked_at=None),
+                name="invitation_accepted_is_final",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.identifier} to {self.organization} ({self.role})"
+
+    @staticmethod
+    def hash(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @property
+    def status(self) -> InvitationStatus:
+        if self.accepted_at is not None:
+            return InvitationStatus.ACCEPTED
+        if self.revoked_at is not None:
+            return InvitationStatus.REVOKED
+        if self.declined_at is not None:
+            return InvitationStatus.DECLINED
+        if self.expires_at <= timezone.now():
+            return InvitationStatus.EXPIRED
+        return InvitationStatus.PENDING
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == InvitationStatus.PENDING
+
+    def closed_message(self) -> str:
+        """Why the invitation can no longer be accepted (empty while it is pending)."""
+        return {
+            InvitationStatus.ACCEPTED: "This invitation has already been used.",
+            InvitationStatus.DECLINED: "This invitation was declined.",
+            InvitationStatus.REVOKED: "This invitation was withdrawn by an admin.",
+            InvitationStatus.EXPIRED: "This invitation has expired.",
+        }.get(self.status, "")
+
+    def is_for(self, user) -> bool:
+        """Whether the invitation names this user (username or e-mail, case aside)."""
+        wanted = self.identifier.lower()
+        return wanted == user.get_username().lower() or (
+            bool(user.email) and wanted == user.email.lower()
+        )

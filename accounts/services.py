@@ -1,16 +1,31 @@
 """Writes that concern organizations, memberships and tokens."""
 
+import logging
 import secrets
+import smtplib
 from datetime import datetime, timedelta
 from functools import cache
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import validate_email
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiToken, Membership, Organization, Role, TokenScope
+from accounts.models import (
+    ApiToken,
+    Invitation,
+    Membership,
+    Organization,
+    Role,
+    TokenScope,
+)
 from loops_project import sql
-from loops_project.errors import Conflict, Invalid
+from loops_project.errors import Conflict, Forbidden, Invalid
+
+logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "lp_"  # noqa: S105 - a public prefix, not a secret
 # Recording last use on every request would turn each API read into a write.
@@ -116,24 +131,112 @@ def _owner_count(organization: Organization) -> int:
 
 
 @transaction.atomic
-def membership_invite(*, organization: Organization, identifier: str, role: str) -> Membership:
-    """Add an existing user (by username or e-mail address) to the organization."""
+def invitation_create(
+    *, organization: Organization, identifier: str, role: str, invited_by=None
+) -> tuple[Invitation, str]:
+    """Invite a username or e-mail address to the organization; return the invitation and its
+    link secret, which is never stored or shown again.
+
+    Whether an account by that name exists is never looked up here: the inviter learns nothing
+    about accounts outside the organization, and nobody joins until they accept. A new invitation
+    replaces one still open for the same person.
+    """
     identifier = identifier.strip()
-    User = get_user_model()
-    user = (
-        User.objects.filter(username__iexact=identifier).first()
-        or User.objects.filter(email__iexact=identifier).first()
-        if identifier
-        else None
+    if not identifier:
+        raise Invalid("Enter a username or an e-mail address.", code="invalid_identifier",
+                      details={"field": "identifier"})  # fmt: skip
+    members = Membership.objects.filter(organization=organization)
+    if (
+        members.filter(user__username__iexact=identifier).exists()
+        or members.filter(user__email__iexact=identifier).exists()
+    ):
+        # Only members are compared: the admin sees them all on the members page anyway.
+        raise Conflict(f"{identifier} is already a member.", code="already_member")
+    now = timezone.now()
+    Invitation.objects.for_org(organization).open().filter(identifier__iexact=identifier).update(
+        revoked_at=now
     )
-    if user is None:
-        raise Invalid(
-            f"No user '{identifier}' exists. Ask them to get an account first.",
-            code="user_not_found", details={"field": "identifier"},
-        )  # fmt: skip
-    if Membership.objects.filter(organization=organization, user=user).exists():
-        raise Conflict(f"{user.username} is already a member.", code="already_member")
-    return Membership.objects.create(organization=organization, user=user, role=Role(role))
+    raw = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        organization=organization,
+        identifier=identifier,
+        role=Role(role),
+        token_hash=Invitation.hash(raw),
+        invited_by=invited_by,
+        created_at=now,
+        expires_at=now + timedelta(days=settings.LOOPS_INVITATION_DAYS),
+    )
+    return invitation, raw
+
+
+def invitation_send(*, invitation: Invitation, link: str) -> bool:
+    """E-mail the link when the invitation names an address; whether an e-mail was sent.
+
+    Only what the inviter typed decides it, never whether an account has that address.
+    """
+    try:
+        validate_email(invitation.identifier)
+    except ValidationError:
+        return False
+    inviter = invitation.invited_by.get_username() if invitation.invited_by else "An admin"
+    body = (
+        f"{inviter} invited you to join {invitation.organization.name} on Loops as "
+        f"{invitation.get_role_display().lower()}.\n\n"
+        f"Log in with the account that has this e-mail address and open:\n{link}\n\n"
+        f"The invitation expires on {invitation.expires_at:%d %B %Y}."
+    )
+    subject = f"Join {invitation.organization.name} on Loops"
+    try:
+        send_mail(subject, body, None, [invitation.identifier])
+    except (OSError, smtplib.SMTPException):
+        # The inviter has the link on screen; a mail server that is down must not lose it.
+        logger.warning("Could not e-mail invitation %s", invitation.pk, exc_info=True)
+        return False
+    return True
+
+
+@transaction.atomic
+def invitation_accept(*, invitation: Invitation, user) -> Membership:
+    """The invited person joins the organization with the invited role."""
+    locked = (
+        Invitation.objects.select_for_update().select_related("organization").get(pk=invitation.pk)
+    )
+    if not locked.is_for(user):
+        raise Forbidden("This invitation is for another account.", code="not_yours")
+    if not locked.is_pending:
+        raise Conflict(locked.closed_message(), code="not_pending")
+    if Membership.objects.filter(organization=locked.organization, user=user).exists():
+        raise Conflict(
+            f"You are already a member of {locked.organization.name}.", code="already_member"
+        )
+    membership = Membership.objects.create(
+        organization=locked.organization, user=user, role=Role(locked.role)
+    )
+    locked.accepted_at = timezone.now()
+    locked.accepted_by = user
+    locked.save(update_fields=["accepted_at", "accepted_by"])
+    return membership
+
+
+@transaction.atomic
+def invitation_decline(*, invitation: Invitation, user) -> Invitation:
+    locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if not locked.is_for(user):
+        raise Forbidden("This invitation is for another account.", code="not_yours")
+    if not locked.is_pending:
+        raise Conflict(locked.closed_message(), code="not_pending")
+    locked.declined_at = timezone.now()
+    locked.save(update_fields=["declined_at"])
+    return locked
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation) -> Invitation:
+    locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if locked.accepted_at is None and locked.revoked_at is None:
+        locked.revoked_at = timezone.now()
+        locked.save(update_fields=["revoked_at"])
+    return locked
 
 
 @transaction.atomic

@@ -8,6 +8,23 @@ urlpatterns = [
     path("settings/members/", views.members, name="members"),
     path("settings/members/<str:membership_id>/role/", views.member_role, name="member_role"),
     path("settings/members/<str:membership_id>/remove/", views.member_remove, name="member_remove"),
+    path(
+        "settings/members/invitations/<str:invitation_id>/revoke/",
+        views.invitation_revoke_view,
+        name="invitation_revoke",
+    ),
+    path("invitations/", views.invitations, name="invitations"),
+    path(
+        "invitations/<str:invitation_id>/accept/",
+        views.invitation_accept_view,
+        name="invitation_accept",
+    ),
+    path(
+        "invitations/<str:invitation_id>/decline/",
+        views.invitation_decline_view,
+        name="invitation_decline",
+    ),
+    path("invite/<str:secret>/", views.invitation_link, name="invitation_link"),
     path("settings/tokens/", views.tokens, name="tokens"),
     path("settings/tokens/<str:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("settings/webhooks/", views.webhooks, name="webhooks"),

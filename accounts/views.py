@@ -4,17 +4,29 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods
 
-from accounts.access import get_membership_for, get_token_for
+from accounts.access import (
+    get_invitation_by_secret,
+    get_invitation_for,
+    get_invitation_for_user,
+    get_membership_for,
+    get_token_for,
+)
 from accounts.forms import InviteForm, RoleForm, TokenForm, WebhookForm
 from accounts.middleware import SESSION_KEY
-from accounts.models import ApiToken, Membership, Role
+from accounts.models import ApiToken, Invitation, Membership, Role
 from accounts.permissions import current_membership, require_role
 from accounts.services import (
+    invitation_accept,
+    invitation_create,
+    invitation_decline,
+    invitation_revoke,
+    invitation_send,
     membership_change_role,
-    membership_invite,
     membership_remove,
     token_create,
     token_revoke,
@@ -26,12 +38,12 @@ from runs.access import get_webhook_for
 from runs.models import Webhook
 from runs.webhooks import delivery_redeliver, webhook_create
 
-NEW_TOKEN_KEY = "new_token"  # noqa: S105 - a session key, not a secret
-
 
 @login_required
 @require_http_methods(["GET"])
 def home(request: HttpRequest) -> HttpResponse:
+    if not request.membership:
+        return redirect("accounts:invitations")  # someone who belongs nowhere yet
     return redirect("loops:list")
 
 
@@ -64,30 +76,114 @@ def members(request: HttpRequest) -> HttpResponse:
     me = current_membership(request)
     org = me.organization
     form = InviteForm()
+    invited = None
     if request.method == "POST":
         require_role(request, Role.ADMIN)
         form = InviteForm(request.POST)
         if form.is_valid():
+            if form.cleaned_data["role"] == Role.OWNER:
+                require_role(request, Role.OWNER)  # only an owner makes owners
             try:
-                added = membership_invite(
+                invitation, raw = invitation_create(
                     organization=org,
                     identifier=form.cleaned_data["identifier"],
                     role=form.cleaned_data["role"],
+                    invited_by=request.user,
                 )
             except DomainError as exc:
                 form.add_error("identifier", exc.message)
             else:
-                messages.success(request, f"{added.user.username} joined as {added.role}.")
-                return redirect("accounts:members")
+                # The link is in this answer only: rendered, not redirected through the session.
+                link = request.build_absolute_uri(reverse("accounts:invitation_link", args=[raw]))
+                emailed = invitation_send(invitation=invitation, link=link)
+                invited = {"invitation": invitation, "link": link, "emailed": emailed}
+                form = InviteForm()
     rows = (
         Membership.objects.filter(organization=org)
         .select_related("user")
         .order_by("user__username")
     )
-    return render(request, "accounts/members.html", {
-        "rows": rows, "form": form, "can_manage": me.allows(Role.ADMIN),
-        "role_form": RoleForm(), "section": "members",
+    can_manage = me.allows(Role.ADMIN)
+    pending = (
+        Invitation.objects.for_org(org).pending().select_related("invited_by")
+        if can_manage
+        else Invitation.objects.none()
+    )
+    response = render(request, "accounts/members.html", {
+        "rows": rows, "form": form, "can_manage": can_manage, "invitations": pending,
+        "invited": invited, "role_form": RoleForm(), "section": "members",
     })  # fmt: skip
+    if invited:
+        add_never_cache_headers(response)
+    return response
+
+
+@login_required
+@require_http_methods(["POST"])
+def invitation_revoke_view(request: HttpRequest, invitation_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    invitation = get_invitation_for(org, invitation_id)
+    if invitation.role == Role.OWNER:
+        require_role(request, Role.OWNER)
+    invitation_revoke(invitation=invitation)
+    messages.success(request, f"The invitation to {invitation.identifier} was withdrawn.")
+    return redirect("accounts:members")
+
+
+# --- Invitations, as the invited person sees them ------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET"])
+def invitations(request: HttpRequest) -> HttpResponse:
+    rows = (
+        Invitation.objects.addressed_to(request.user)
+        .pending()
+        .select_related("organization", "invited_by")
+    )
+    return render(request, "accounts/invitations.html", {"rows": rows})
+
+
+@login_required
+@require_http_methods(["GET"])
+def invitation_link(request: HttpRequest, secret: str) -> HttpResponse:
+    """Where an invitation's link leads: the invitation, if it is for the person logged in."""
+    invitation = get_invitation_by_secret(secret)
+    if not invitation.is_for(request.user):
+        return render(request, "accounts/invitation.html", {"not_yours": True}, status=403)
+    status = 200 if invitation.is_pending else 410
+    return render(request, "accounts/invitation.html", {"invitation": invitation}, status=status)
+
+
+@login_required
+@require_http_methods(["POST"])
+def invitation_accept_view(request: HttpRequest, invitation_id: str) -> HttpResponse:
+    invitation = get_invitation_for_user(request.user, invitation_id)
+    try:
+        membership = invitation_accept(invitation=invitation, user=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("accounts:invitations")
+    request.session[SESSION_KEY] = membership.organization_id
+    messages.success(
+        request,
+        f"Welcome to {invitation.organization.name}: you joined as "
+        f"{membership.get_role_display().lower()}.",
+    )
+    return redirect("loops:list")
+
+
+@login_required
+@require_http_methods(["POST"])
+def invitation_decline_view(request: HttpRequest, invitation_id: str) -> HttpResponse:
+    invitation = get_invitation_for_user(request.user, invitation_id)
+    try:
+        invitation_decline(invitation=invitation, user=request.user)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.info(request, f"You declined the invitation to {invitation.organization.name}.")
+    return redirect("accounts:invitations")
 
 
 @login_required
@@ -134,6 +230,7 @@ def member_remove(request: HttpRequest, membership_id: str) -> HttpResponse:
 def tokens(request: HttpRequest) -> HttpResponse:
     org = require_role(request, Role.ADMIN)
     form = TokenForm()
+    new_token = None
     if request.method == "POST":
         form = TokenForm(request.POST)
         if form.is_valid():
@@ -147,14 +244,17 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 else None,
                 created_by=request.user,
             )
-            # Shown once, on the next page view only; never stored anywhere else.
-            request.session[NEW_TOKEN_KEY] = {"id": token.pk, "raw": raw}
-            return redirect("accounts:tokens")
-    new_token = request.session.pop(NEW_TOKEN_KEY, None)
+            # The secret is in this answer only: rendered here, never kept in the session (a
+            # redirect would have to carry it there) nor anywhere else on the server.
+            new_token = {"id": token.pk, "raw": raw}
+            form = TokenForm()
     rows = ApiToken.objects.for_org(org).select_related("created_by")
-    return render(request, "accounts/tokens.html", {
+    response = render(request, "accounts/tokens.html", {
         "rows": rows, "form": form, "new_token": new_token, "section": "tokens",
     })  # fmt: skip
+    if new_token:
+        add_never_cache_headers(response)  # no copy of the secret in any cache either
+    return response
 
 
 @login_required

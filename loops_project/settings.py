@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -165,6 +166,69 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Web hardening: login throttling, Content-Security-Policy, invitations -------------------
+# django-axes counts failed logins per username *and* client address, in the database (shared by
+# every web process), and refuses that pair for the cool-off once the limit is reached: a guesser
+# cannot lock a person out from everywhere. It sees every authenticate() call that carries a
+# request, so the login page and the admin's login alike.
+INSTALLED_APPS += ["axes"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("LOOPS_LOGIN_THROTTLING", True)
+AXES_FAILURE_LIMIT = env_int("LOOPS_LOGIN_FAILURE_LIMIT", 5)
+LOOPS_LOGIN_COOLOFF_MINUTES = env_int("LOOPS_LOGIN_COOLOFF_MINUTES", 15)
+AXES_COOLOFF_TIME = LOOPS_LOGIN_COOLOFF_MINUTES / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.throttling.lockout_response"
+# Behind N reverse proxies REMOTE_ADDR is the nearest proxy's; the client's address is then the
+# Nth from the right of X-Forwarded-For (what the outermost trusted proxy saw). 0: not behind one.
+LOOPS_TRUSTED_PROXIES = env_int("LOOPS_TRUSTED_PROXIES", 0)
+AXES_CLIENT_IP_CALLABLE = "accounts.throttling.client_ip"
+
+# Django's own CSP. Scripts only from this origin or with the response's nonce (htmx through
+# {% htmx_script %}), no eval; nothing embeds these pages. Styles allow 'unsafe-inline': the Ace
+# editor injects its <style> elements at run time, and the editor widget, the run chart and the
+# admin set style attributes. An injected style cannot run code or reach another origin here.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF, CSP.NONCE],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+    "form-action": [CSP.SELF],
+}
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("django.template.context_processors.csp")
+MIDDLEWARE += [
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
+]
+
+# An invitation to an organization is accepted by the invited person within this many days.
+LOOPS_INVITATION_DAYS = env_int("LOOPS_INVITATION_DAYS", 7)
+# The invitation link is also e-mailed when the invitation names an address: through SMTP when
+# DJANGO_EMAIL_HOST is set, otherwise to the web server's output (embedded mode).
+_EMAIL_HOST = env_str("DJANGO_EMAIL_HOST", "")
+MAILERS = {
+    "default": {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {
+            "host": _EMAIL_HOST,
+            "port": env_int("DJANGO_EMAIL_PORT", 587),
+            "username": env_str("DJANGO_EMAIL_USER", ""),
+            "password": env_str("DJANGO_EMAIL_PASSWORD", ""),
+            "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", True),
+        },
+    }
+    if _EMAIL_HOST
+    else {"BACKEND": "django.core.mail.backends.console.EmailBackend"}
+}
+DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "Loops <loops@localhost>")
 
 # --- Request size ---------------------------------------------------------------------------
 # A batch of 100,000 small inputs fits; anything larger is answered 413 by the API.

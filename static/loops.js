@@ -103,6 +103,12 @@
     }
   });
 
+  // A select marked data-autosubmit submits its form on change (no inline handlers under the CSP).
+  document.addEventListener("change", function (event) {
+    var field = event.target.closest("[data-autosubmit]");
+    if (field && field.form) field.form.requestSubmit();
+  });
+
   document.addEventListener("htmx:afterSwap", function (event) {
     if (event.detail && event.detail.target && event.detail.target.id === "test-result") {
       markEditor(event.detail.target);

@@ -3,10 +3,11 @@
 from datetime import timedelta
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import ApiToken, Membership, Role
+from accounts.models import ApiToken, Invitation, Membership, Role
 from loops import models as loop_models
 from runs.models import Run, Step
 from tests.factories import MembershipFactory, RunFactory, UserFactory
@@ -124,9 +125,15 @@ def test_token_is_shown_once_and_can_be_revoked(owner_client, org):
 
 
 def test_members_invite_change_role_and_keep_an_owner(owner_client, org, owner):
-    UserFactory(username="ana", email="ana@example.com")
-    owner_client.post(reverse("accounts:members"), {"identifier": "ana@example.com",
-                                                    "role": "viewer"})  # fmt: skip
+    ana_user = UserFactory(username="ana", email="ana@example.com")
+    sent = owner_client.post(reverse("accounts:members"), {"identifier": "ana@example.com",
+                                                           "role": "viewer"})  # fmt: skip
+    assert "Invitation sent to ana@example.com" in sent.content.decode()
+    assert not Membership.objects.filter(organization=org, user=ana_user).exists()
+    invitation = Invitation.objects.get(organization=org, identifier="ana@example.com")
+    ana_client = Client()
+    ana_client.force_login(ana_user)
+    ana_client.post(reverse("accounts:invitation_accept", args=[invitation.pk]))
     ana = Membership.objects.get(organization=org, user__username="ana")
     assert ana.role == "viewer"
     owner_client.post(reverse("accounts:member_role", args=[ana.pk]), {"role": "editor"})
@@ -137,7 +144,7 @@ def test_members_invite_change_role_and_keep_an_owner(owner_client, org, owner):
     assert "at least one owner" in response.content.decode()
     unknown = owner_client.post(reverse("accounts:members"), {"identifier": "nobody",
                                                               "role": "viewer"})  # fmt: skip
-    assert "No user" in unknown.content.decode()
+    assert "Invitation sent to nobody" in unknown.content.decode()
 
 
 def test_save_as_test_input_and_schedule_preview(owner_client, loop):
