@@ -261,15 +261,41 @@ else:
 
 # --- Engine limits --------------------------------------------------------------------------
 LOOPS_SANDBOX = env_str("LOOPS_SANDBOX", "auto")  # auto | bwrap | process
+# The host user loop code runs as when the worker runs as root (a name or a uid); scripts/dev
+# creates it. Never root: see SECURITY.md.
+LOOPS_SANDBOX_USER = env_str("LOOPS_SANDBOX_USER", "loops-sandbox")
+# RestrictedPython's guards on loop code. Off (0) only to test the OS layers with plain Python;
+# `check --deploy` fails while they are off.
+LOOPS_PYTHON_GUARDS = env_bool("LOOPS_PYTHON_GUARDS", True)
 LOOPS_CPU_SECONDS = env_int("LOOPS_CPU_SECONDS", 10)
 LOOPS_MEMORY_MB = env_int("LOOPS_MEMORY_MB", 512)
+# Processes per execution. 1: seccomp refuses fork, so every limit of the execution's one
+# process is a limit of the execution. More allows forks (up to this many processes), but
+# memory and CPU limits then hold per process (SECURITY.md).
+LOOPS_MAX_PROCESSES = env_int("LOOPS_MAX_PROCESSES", 1)
 LOOPS_LEASE_GRACE_SECONDS = env_int("LOOPS_LEASE_GRACE_SECONDS", 30)
 LOOPS_MAX_INPUT_BYTES = env_int("LOOPS_MAX_INPUT_BYTES", 1024 * 1024)
 LOOPS_MAX_STEP_OUTPUT_BYTES = env_int("LOOPS_MAX_STEP_OUTPUT_BYTES", 8 * 1024 * 1024)
+# What run() may return, and everything one run may store (step inputs and outputs, logs,
+# its output) over all its executions.
+LOOPS_MAX_OUTPUT_BYTES = env_int("LOOPS_MAX_OUTPUT_BYTES", 4 * 1024 * 1024)
+LOOPS_MAX_RUN_BYTES = env_int("LOOPS_MAX_RUN_BYTES", 64 * 1024 * 1024)
+# One message from an execution to its worker; a step's largest output fits, JSON-escaped.
+LOOPS_MAX_MESSAGE_BYTES = env_int(
+    "LOOPS_MAX_MESSAGE_BYTES", 2 * LOOPS_MAX_STEP_OUTPUT_BYTES + 1024 * 1024
+)
 LOOPS_MAX_STEPS_PER_RUN = env_int("LOOPS_MAX_STEPS_PER_RUN", 1000)
 LOOPS_MAX_LOG_LINES_PER_RUN = env_int("LOOPS_MAX_LOG_LINES_PER_RUN", 1000)
 LOOPS_MAX_WAIT_SECONDS = env_int("LOOPS_MAX_WAIT_SECONDS", 30 * 24 * 3600)
 LOOPS_MAX_BATCH_INPUTS = 100_000
+# JSON taken in (bodies, inputs, forms) nests at most this deep: deeper values break the
+# parser's stack, SQLite's JSON functions and formatted views (loops_project.strict_json).
+LOOPS_MAX_JSON_DEPTH = env_int("LOOPS_MAX_JSON_DEPTH", 100)
+# Run lists (API and pages) carry an input or output whose JSON is longer than this many
+# characters as a preview of that length and a flag; the run itself carries the whole value.
+LOOPS_LIST_PREVIEW_CHARS = env_int("LOOPS_LIST_PREVIEW_CHARS", 4096)
+# step.run_loop nests at most this many runs below a run started otherwise.
+LOOPS_MAX_CHILD_DEPTH = env_int("LOOPS_MAX_CHILD_DEPTH", 10)
 LOOPS_HTTP_ALLOW_PRIVATE = env_bool("LOOPS_HTTP_ALLOW_PRIVATE", False)
 LOOPS_HTTP_TIMEOUT_SECONDS = env_int("LOOPS_HTTP_TIMEOUT_SECONDS", 30)
 LOOPS_HTTP_MAX_RESPONSE_BYTES = env_int("LOOPS_HTTP_MAX_RESPONSE_BYTES", 10 * 1024 * 1024)

@@ -21,11 +21,15 @@ from django.utils import timezone
 
 from loops_project import ids
 from runs.engine import checkpoints, lifecycle
+from runs.engine.programs import compiled_program
+from runs.engine.sandbox.runtime import CodeError
 from runs.engine.zygote import ExitInfo, get_zygote
 from runs.models import LogEntry, LogLevel, Run, RunStatus, Step, StepKind, StepStatus
 
 LOG_LEVELS = set(LogLevel.values)
 FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKIPPED}
+# Messages whose content the run keeps, counted against LOOPS_MAX_RUN_BYTES by their size.
+STORING_OPS = {"log", "step", "step_done", "wait", "http", "done"}
 
 
 def lease_duration() -> timedelta:
@@ -68,6 +72,8 @@ class Execution:
     # time.monotonic() by which the execution must have ended (its wall-clock limit). Work the
     # worker does on the execution's behalf (step.http) counts against it too.
     deadline: float = field(default_factory=lambda: time.monotonic() + settings.LOOPS_WALL_SECONDS)
+    stored: int = 0  # bytes this execution stored (Run.stored_bytes has the earlier ones)
+    storage_error: str | None = None
 
     # --- ownership
 
@@ -79,8 +85,10 @@ class Execution:
 
     # --- messages from the sandbox
 
-    def handle(self, message: dict) -> dict | None:
+    def handle(self, message: dict, size: int = 0) -> dict | None:
         op = message.get("op")
+        if op in STORING_OPS and not self.charge(size):
+            return self.refuse_storage(op, message)
         if op == "log":
             self.on_log(message)
             return None
@@ -97,11 +105,39 @@ class Execution:
         if op == "http":
             from runs.engine import http
 
-            return http.handle_http(self, message)
+            reply = http.handle_http(self, message)
+            if "output" in reply:
+                self.charge(len(json.dumps(reply["output"])))
+            return reply
         if op in {"done", "failed", "suspended", "cancelled", "stopped"}:
             self.outcome = message
             return None
         return None  # unknown messages from the sandbox are ignored
+
+    # --- storage bound
+
+    def charge(self, size: int) -> bool:
+        """Count bytes the run keeps; False once it is over LOOPS_MAX_RUN_BYTES."""
+        self.stored += size
+        limit = settings.LOOPS_MAX_RUN_BYTES
+        if self.run.stored_bytes + self.stored <= limit:
+            return True
+        self.storage_error = self.storage_error or (
+            f"The run exceeded the limit of {limit} bytes stored per run"
+        )
+        return False
+
+    def refuse_storage(self, op: str, message: dict) -> dict | None:
+        error = {"message": self.storage_error, "type": "LimitExceeded"}
+        if op in {"step", "wait"}:
+            return {"limit": self.storage_error}
+        if op == "http":
+            return {"error": error}
+        if op == "step_done":
+            self.on_step_done({**message, "status": "failed", "error": error, "output_json": None})
+        elif op == "done":
+            self.outcome = {"op": "failed", "error": error}
+        return None  # a log line over the bound is dropped
 
     def on_log(self, message: dict) -> None:
         limit = settings.LOOPS_MAX_LOG_LINES_PER_RUN
@@ -227,12 +263,19 @@ class Execution:
             return
         status = StepStatus.SUCCEEDED if message.get("status") == "succeeded" else StepStatus.FAILED
         output_json = message.get("output_json")
+        error = message.get("error")
+        limit = settings.LOOPS_MAX_STEP_OUTPUT_BYTES
+        if not isinstance(output_json, str | None) or (output_json and len(output_json) > limit):
+            # The runtime checks this too; the worker decides (the sandbox may be lying).
+            status, output_json = StepStatus.FAILED, None
+            error = {"message": f"The step's output is over the limit of {limit} bytes",
+                     "type": "LimitExceeded"}  # fmt: skip
         checkpoints.update_step(
             entry[0],
             {
                 "status": status,
                 "output": json.loads(output_json) if output_json is not None else None,
-                "error": _error_dict(message.get("error")),
+                "error": _error_dict(error),
                 "attempts": _int_or_none(message.get("attempts")) or 1,
                 "finished_at": timezone.now(),
                 "duration_ms": _int_or_none(message.get("duration_ms")),
@@ -245,15 +288,16 @@ class Execution:
 
     def finish(self, exit_info: ExitInfo) -> str:
         self.flush_logs()
-        op = (self.outcome or {}).get("op")
+        outcome = self.checked_outcome(exit_info)
+        op = outcome.get("op")
         with transaction.atomic():
             Run.objects.filter(pk=self.run.pk).update(
                 cpu_time_ms=F("cpu_time_ms") + exit_info.cpu_ms,
                 total_steps=len(self.steps),
+                stored_bytes=F("stored_bytes") + self.stored,
             )
             if op == "done":
-                output = json.loads(self.outcome.get("output_json") or "null")
-                ended = lifecycle.run_succeed(self, output=output)
+                ended = lifecycle.run_succeed(self, output=json.loads(outcome["output_json"]))
             elif op == "stopped":
                 ended = lifecycle.run_succeed(self, output=None)
             elif op == "suspended":
@@ -261,14 +305,38 @@ class Execution:
             elif op == "cancelled":
                 ended = lifecycle.run_abandon(self)
             else:
-                error = _error_dict((self.outcome or {}).get("error")) or self.crash_error(
-                    exit_info
-                )
+                error = _error_dict(outcome.get("error")) or self.crash_error(exit_info)
                 ended = lifecycle.run_fail(self, error=error)
         return ended
 
+    def checked_outcome(self, exit_info: ExitInfo) -> dict:
+        """What the execution reported, unless the worker knows better: a broken protocol
+        or a bound overstepped is the outcome, whatever the sandbox said."""
+        if exit_info.protocol_error:
+            return {"op": "failed", "error": {"message": exit_info.protocol_error,
+                                              "type": "ProtocolError"}}  # fmt: skip
+        outcome = self.outcome or {}
+        if self.storage_error and outcome.get("op") not in {"cancelled", None}:
+            return {"op": "failed", "error": {"message": self.storage_error,
+                                              "type": "LimitExceeded"}}  # fmt: skip
+        if outcome.get("op") == "done":
+            output_json = outcome.get("output_json")
+            limit = settings.LOOPS_MAX_OUTPUT_BYTES
+            if not isinstance(output_json, str):
+                return {"op": "failed", "error": {"message": "The execution reported no output",
+                                                  "type": "ProtocolError"}}  # fmt: skip
+            if len(output_json) > limit:
+                message = (
+                    f"run() returned {len(output_json)} bytes of output; the limit is {limit} bytes"
+                )
+                return {"op": "failed", "error": {"message": message, "type": "LimitExceeded"}}
+        return outcome
+
     def crash_error(self, exit_info: ExitInfo) -> dict:
-        if exit_info.timed_out:
+        if exit_info.seal_error:
+            message = f"The sandbox could not seal the execution: {exit_info.seal_error}"
+            kind = "SandboxError"
+        elif exit_info.timed_out:
             message = f"Wall-clock limit exceeded ({settings.LOOPS_WALL_SECONDS} s)"
             kind = "WallTimeExceeded"
         elif exit_info.signal in (signal.SIGXCPU, signal.SIGKILL) and exit_info.cpu_ms >= (
@@ -312,7 +380,8 @@ def _error_dict(error) -> dict | None:
     return clean
 
 
-def build_request(execution: Execution) -> dict:
+def build_request(execution: Execution, program: str) -> dict:
+    """Everything the execution learns, sent over its own socket once it is sealed."""
     run = execution.run
     saved = {}
     for key, status, output, error, run_attempt, order, pk in Step.objects.filter(
@@ -330,6 +399,8 @@ def build_request(execution: Execution) -> dict:
     return {
         "op": "exec",
         "code": run.code,
+        "program": program,
+        "guards": settings.LOOPS_PYTHON_GUARDS,
         "event": {
             "body": run.input,
             "run_id": run.pk,
@@ -341,11 +412,19 @@ def build_request(execution: Execution) -> dict:
         },
         "saved": saved,
         "limits": {
-            "cpu_seconds": settings.LOOPS_CPU_SECONDS,
-            "memory_mb": settings.LOOPS_MEMORY_MB,
-            "wall_seconds": settings.LOOPS_WALL_SECONDS,
             "step_output_bytes": settings.LOOPS_MAX_STEP_OUTPUT_BYTES,
+            "output_bytes": settings.LOOPS_MAX_OUTPUT_BYTES,
         },
+    }
+
+
+def sandbox_limits(execution: Execution) -> dict:
+    """All the zygote learns of an execution."""
+    return {
+        "cpu_seconds": settings.LOOPS_CPU_SECONDS,
+        "memory_mb": settings.LOOPS_MEMORY_MB,
+        "wall_seconds": max(execution.deadline - time.monotonic(), 0.05),
+        "max_processes": settings.LOOPS_MAX_PROCESSES,
     }
 
 
@@ -355,10 +434,18 @@ def execute_run(run_id: str) -> str:
     if run is None:
         return "not claimed"
     execution = Execution(run=run)
-    request = build_request(execution)
+    try:
+        program = compiled_program(organization_id=run.organization_id, code=run.code)
+    except CodeError as exc:
+        execution.outcome = {"op": "failed", "error": {"message": str(exc), "type": "CodeError"}}
+        return execution.finish(ExitInfo())
+    request = build_request(execution, program)
     zygote = get_zygote()
     try:
-        exit_info = zygote.execute(request, execution.handle, settings.LOOPS_WALL_SECONDS)
+        exit_info = zygote.execute(
+            request, execution.handle, limits=sandbox_limits(execution),
+            deadline=execution.deadline,
+        )  # fmt: skip
     except BaseException:
         # Whatever the program was waiting for will never come: start a fresh sandbox.
         zygote.stop()

@@ -1,33 +1,50 @@
-"""The worker's side of the sandbox: starts the zygote runner and speaks to it over pipes.
+"""The worker's side of the sandbox: starts the zygote runner and speaks to each execution.
 
 The runner is a separate program started with an empty environment and no inherited
-descriptors (never a fork of this DB-connected worker), inside bubblewrap where available.
-Each worker process owns one zygote, so executions never share a sandbox at the same time.
+descriptors but its control socket (never a fork of this DB-connected worker), inside
+bubblewrap where available. Each worker process owns one zygote and runs one execution at a
+time through it. Every execution gets a socket pair made for it alone: one end travels to the
+zygote as SCM_RIGHTS and on to the sealed execution; the program and its input are written
+into the other end only after the execution has sealed itself (sandbox/runner.py). Every
+message read from an execution is bounded by LOOPS_MAX_MESSAGE_BYTES.
 """
 
 import contextlib
 import ctypes
 import json
 import os
+import pwd
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 import RestrictedPython
 from django.conf import settings
 
+try:
+    import pyseccomp
+except (ImportError, OSError):  # libseccomp missing: the runner reports seccomp unavailable
+    pyseccomp = None
+
 SANDBOX_DIR = Path(__file__).resolve().parent / "sandbox"
 NOBODY = 65534
 START_TIMEOUT = 15.0
+EXIT_GRACE = 5.0
+CONTROL_BYTES = 65536
 
 
 class SandboxError(RuntimeError):
+    pass
+
+
+class MessageTooLarge(Exception):
     pass
 
 
@@ -38,6 +55,10 @@ class ExitInfo:
     timed_out: bool = False
     cpu_ms: int = 0
     crashed: bool = False
+    killed: bool = False
+    seal_error: str | None = None
+    protocol_error: str | None = None
+    sealed: dict = field(default_factory=dict)
 
 
 def _interpreter() -> str:
@@ -56,9 +77,9 @@ def bwrap_works() -> bool:
     if not path:
         return False
     probe = subprocess.run(
-        [path, "--unshare-all", "--uid", str(NOBODY), "--gid", str(NOBODY),
-         "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
-         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--", "/usr/bin/true"],
+        [path, "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--",
+         "/usr/bin/true"],
         env={}, capture_output=True, timeout=10, check=False,
     )  # fmt: skip
     return probe.returncode == 0
@@ -76,6 +97,35 @@ def sandbox_mode() -> str:
     return "process"
 
 
+def sandbox_identity() -> tuple[int, int] | None:
+    """The host uid and gid loop code runs as when the worker is root (LOOPS_SANDBOX_USER, a
+    name or a number); None when the worker is not root and executions keep its uid."""
+    if os.getuid() != 0:
+        return None
+    wanted = str(settings.LOOPS_SANDBOX_USER)
+    if wanted.isdigit():
+        return int(wanted), int(wanted)
+    try:
+        entry = pwd.getpwnam(wanted)
+    except KeyError:
+        return NOBODY, NOBODY
+    return entry.pw_uid, entry.pw_gid
+
+
+def _ancestors(path: str) -> list[str]:
+    parents = list(Path(path).parents)[::-1][1:]  # without "/"
+    return [str(p) for p in parents]
+
+
+def _bind(source: str, target: str) -> list[str]:
+    """--ro-bind, with the parents of the target created traversable (bubblewrap copies the
+    mode of the host's directories: /root would be 0700 and hide the interpreter)."""
+    args = []
+    for parent in _ancestors(target):
+        args += ["--perms", "0755", "--dir", parent]
+    return [*args, "--ro-bind", source, target]
+
+
 def _root_entries() -> list[str]:
     args = []
     for name in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
@@ -87,90 +137,105 @@ def _root_entries() -> list[str]:
     return args
 
 
-def bwrap_command() -> list[str]:
+def _runner_libraries() -> list[tuple[str, str]]:
+    binds = [
+        (str(Path(RestrictedPython.__file__).resolve().parent), "/sandbox/lib/RestrictedPython")
+    ]
+    if pyseccomp is None:
+        return binds
+    return [*binds, (str(Path(pyseccomp.__file__).resolve()), "/sandbox/lib/pyseccomp.py")]
+
+
+def bwrap_command(identity: tuple[int, int] | None) -> list[str]:
     python = _interpreter()
     prefix = sys.base_prefix
-    restricted = Path(RestrictedPython.__file__).resolve().parent
-    cmd = [
-        bwrap_path(), "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--uid", str(NOBODY), "--gid", str(NOBODY), "--clearenv", "--hostname", "sandbox",
-        "--ro-bind", "/usr", "/usr", *_root_entries(),
-        "--ro-bind", prefix, prefix,
-        "--ro-bind", str(restricted), "/sandbox/lib/RestrictedPython",
-        "--ro-bind", str(SANDBOX_DIR), "/sandbox/engine",
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp",
-    ]  # fmt: skip
+    cmd = [bwrap_path(), "--die-with-parent", "--new-session", "--clearenv",
+           "--hostname", "sandbox"]  # fmt: skip
+    if identity is None:
+        # Unprivileged: bubblewrap's own user namespace maps the worker's uid; it mounts /proc.
+        cmd += ["--unshare-all", "--cap-drop", "ALL", "--proc", "/proc"]
+    else:
+        # As root, no user namespace here (it would map the sandbox's uid onto host uid 0):
+        # the runner mounts /proc and drops to the sandbox user itself before anything else.
+        cmd += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--dir", "/proc"]  # fmt: skip
+    cmd += ["--ro-bind", "/usr", "/usr", *_root_entries(), *_bind(prefix, prefix)]
+    for source, target in _runner_libraries():
+        cmd += _bind(source, target)
+    cmd += [*_bind(str(SANDBOX_DIR), "/sandbox/engine"), "--dev", "/dev", "--tmpfs", "/tmp",
+            "--chdir", "/"]  # fmt: skip
     if not python.startswith(prefix) and not python.startswith("/usr/"):
-        cmd += ["--ro-bind", python, python]
-    try:
-        import pyseccomp
-
-        cmd += ["--ro-bind", str(Path(pyseccomp.__file__).resolve()), "/sandbox/lib/pyseccomp.py"]
-    except ImportError:
-        pass
-    cmd += ["--", python, "-I", "-S", "-B", "/sandbox/engine/runner.py",
-            "--lib", "/sandbox/lib", "--seccomp"]  # fmt: skip
+        cmd += _bind(python, python)
+    cmd += ["--", python, "-I", "-S", "-B", "/sandbox/engine/runner.py", "--lib", "/sandbox/lib",
+            "--seccomp"]  # fmt: skip
+    if identity is not None:
+        cmd += ["--uid", str(identity[0]), "--gid", str(identity[1])]
     return cmd
 
 
-def _world_reachable(path: str) -> bool:
-    current = Path(path)
-    for parent in [current, *current.parents]:
-        if parent.is_dir() and not (parent.stat().st_mode & 0o001):
-            return False
-    return True
+def process_command(identity: tuple[int, int] | None) -> list[str]:
+    lib = str(Path(RestrictedPython.__file__).resolve().parent.parent)
+    cmd = [_interpreter(), "-I", "-S", "-B", str(SANDBOX_DIR / "runner.py"), "--lib", lib,
+           "--seccomp", "--best-effort"]  # fmt: skip
+    if identity is not None:
+        cmd += ["--uid", str(identity[0]), "--gid", str(identity[1])]
+    return cmd
 
 
 def _process_preexec() -> None:
-    """Fallback without bubblewrap: new session, die with the worker, no network, nobody."""
+    """Fallback without bubblewrap: a new session, and death with the worker."""
     os.setsid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getuid() == 0:
-        with contextlib.suppress(OSError, AttributeError):
-            os.unshare(os.CLONE_NEWNET)
-        if _world_reachable(_interpreter()):
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def process_command() -> list[str]:
-    lib = str(Path(RestrictedPython.__file__).resolve().parent.parent)
-    return [_interpreter(), "-I", "-S", "-B", str(SANDBOX_DIR / "runner.py"),
-            "--lib", lib, "--seccomp"]  # fmt: skip
+class MessageReader:
+    """JSON lines from an execution's socket: each at most `limit` bytes, with a deadline."""
 
-
-class LineReader:
-    """JSON lines from a pipe, with a deadline (the worker enforces wall-clock time)."""
-
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, limit: int):
         self.fd = fd
+        self.limit = limit
         self.buffer = bytearray()
+        self.scanned = 0
 
     def readline(self, deadline: float) -> bytes | None:
         while True:
-            newline = self.buffer.find(b"\n")
+            newline = self.buffer.find(b"\n", self.scanned)
+            if newline >= self.limit:
+                raise MessageTooLarge
             if newline >= 0:
                 line = bytes(self.buffer[: newline + 1])
                 del self.buffer[: newline + 1]
+                self.scanned = 0
                 return line
+            self.scanned = len(self.buffer)
+            if len(self.buffer) > self.limit:
+                raise MessageTooLarge
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
             ready, _, _ = select.select([self.fd], [], [], remaining)
             if not ready:
                 raise TimeoutError
-            chunk = os.read(self.fd, 1 << 20)
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 return None
             self.buffer += chunk
 
 
+def _parse(line: bytes) -> dict:
+    message = json.loads(line)
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ValueError("a message must be an object with an 'op'")
+    return message
+
+
 class Zygote:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
-        self.reader: LineReader | None = None
+        self.control: socket.socket | None = None
         self.mode = ""
         self.info: dict = {}
         self.owner_pid = os.getpid()
@@ -180,24 +245,26 @@ class Zygote:
 
     def start(self) -> None:
         self.mode = sandbox_mode()
+        identity = sandbox_identity()
         if self.mode == "bwrap":
-            cmd, preexec = bwrap_command(), None
+            cmd, preexec = bwrap_command(identity), None
         else:
-            cmd, preexec = process_command(), _process_preexec
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={}, close_fds=True, preexec_fn=preexec, cwd="/",
-        )  # fmt: skip
-        self.owner_pid = os.getpid()
-        self.reader = LineReader(self.proc.stdout.fileno())
+            cmd, preexec = process_command(identity), _process_preexec
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            line = self.reader.readline(time.monotonic() + START_TIMEOUT)
-        except TimeoutError:
-            line = None
-        if not line:
+            self.proc = subprocess.Popen(
+                cmd, stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={}, close_fds=True, preexec_fn=preexec, cwd="/",
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        self.control = ours
+        self.owner_pid = os.getpid()
+        message = self._receive(time.monotonic() + START_TIMEOUT)
+        if not message or message.get("op") != "ready":
             self.stop()
             raise SandboxError(f"the sandbox runner did not start ({self.mode} mode)")
-        self.info = json.loads(line)
+        self.info = message
 
     def stop(self) -> None:
         if self.proc is not None and self.owner_pid == os.getpid():
@@ -206,43 +273,106 @@ class Zygote:
             except (ProcessLookupError, PermissionError):
                 self.proc.kill()
             self.proc.wait()
+        if self.control is not None and self.owner_pid == os.getpid():
+            self.control.close()
         self.proc = None
+        self.control = None
 
-    def _write(self, message: dict) -> None:
-        self.proc.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        self.proc.stdin.flush()
+    def _receive(self, deadline: float) -> dict | None:
+        """The zygote's next control message, or None if it is gone or silent."""
+        remaining = max(deadline - time.monotonic(), 0)
+        ready, _, _ = select.select([self.control], [], [], remaining)
+        if not ready:
+            return None
+        try:
+            data = self.control.recv(CONTROL_BYTES)
+            return json.loads(data) if data else None
+        except (OSError, ValueError):
+            return None
 
-    def execute(self, request: dict, on_message, wall_seconds: float) -> ExitInfo:
-        """Run one execution; `on_message(msg)` handles each message and returns the reply
-        for requests (or None). Returns how the execution's process ended."""
+    def execute(self, request: dict, on_message, *, limits: dict, deadline: float) -> ExitInfo:
+        """Run one execution. `on_message(message, size)` handles each message and returns
+        the reply for requests (or None). `limits` is all the zygote learns of the execution:
+        cpu_seconds, memory_mb, wall_seconds, max_processes."""
         if not self.alive():
             self.start()
-        # The zygote kills the child at wall_seconds; this is the backstop if it cannot.
-        deadline = time.monotonic() + wall_seconds + 5
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours:
+            try:
+                order = json.dumps({"op": "exec", "limits": limits}).encode()
+                socket.send_fds(self.control, [order], [theirs.fileno()])
+            except OSError:
+                self.stop()
+                return ExitInfo(crashed=True)
+            finally:
+                theirs.close()
+            return self._converse(ours, request, on_message, deadline)
+
+    def _converse(self, sock: socket.socket, request: dict, on_message, deadline: float):
+        info = ExitInfo()
+        backstop = deadline + EXIT_GRACE
+        reader = MessageReader(sock.fileno(), settings.LOOPS_MAX_MESSAGE_BYTES)
+        # If the execution is gone already, its exit says why.
+        with contextlib.suppress(OSError):
+            sock.settimeout(max(backstop - time.monotonic(), 0.001))
+            sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        sock.settimeout(None)
+        while True:
+            try:
+                line = reader.readline(backstop)
+            except MessageTooLarge:
+                info.protocol_error = (
+                    f"The execution sent a message over the limit of "
+                    f"{settings.LOOPS_MAX_MESSAGE_BYTES} bytes"
+                )
+                break
+            except TimeoutError:
+                break
+            if line is None:
+                break
+            try:
+                message = _parse(line)
+            except ValueError:
+                info.protocol_error = "The execution sent a malformed message"
+                break
+            if message["op"] == "sealed":
+                info.sealed = message
+                continue
+            if message["op"] == "sealfailed":
+                info.seal_error = str(message.get("message", ""))[:1000]
+                continue
+            reply = on_message(message, len(line))
+            if reply is not None:
+                # If it ended meanwhile, reading on finds the end.
+                with contextlib.suppress(OSError):
+                    sock.sendall(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+        if info.protocol_error or time.monotonic() >= backstop:
+            self._kill()
+        return self._finish(info, backstop)
+
+    def _kill(self) -> None:
         try:
-            self._write(request)
-            while True:
-                line = self.reader.readline(deadline)
-                if line is None:
-                    self.stop()
-                    return ExitInfo(crashed=True)
-                message = json.loads(line)
-                if message.get("op") == "exit":
-                    return ExitInfo(
-                        code=message.get("code"),
-                        signal=message.get("signal"),
-                        timed_out=bool(message.get("timed_out")),
-                        cpu_ms=int(message.get("cpu_ms") or 0),
-                    )
-                reply = on_message(message)
-                if reply is not None:
-                    self._write(reply)
-        except TimeoutError:
+            self.control.send(b'{"op":"kill"}')
+        except OSError:
             self.stop()
-            return ExitInfo(timed_out=True)
-        except (BrokenPipeError, ValueError):
+
+    def _finish(self, info: ExitInfo, backstop: float) -> ExitInfo:
+        if self.control is None:
+            info.crashed = True
+            return info
+        message = self._receive(max(backstop, time.monotonic() + EXIT_GRACE))
+        if not message or message.get("op") != "exit":
             self.stop()
-            return ExitInfo(crashed=True)
+            info.crashed = True
+            return info
+        info.code = message.get("code")
+        info.signal = message.get("signal")
+        info.timed_out = bool(message.get("timed_out"))
+        info.killed = bool(message.get("killed"))
+        info.cpu_ms = int(message.get("cpu_ms") or 0)
+        if message.get("seal_failed") and not info.seal_error:
+            info.seal_error = "the execution could not be sealed"
+        return info
 
 
 _zygote: Zygote | None = None

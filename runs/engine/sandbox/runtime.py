@@ -7,9 +7,12 @@ underscore, which RestrictedPython refuses to let user code touch.
 """
 
 import ast
+import base64
 import builtins
 import json
+import marshal
 import math
+import string
 import sys
 import time
 import traceback
@@ -22,8 +25,8 @@ from RestrictedPython.Guards import (
     full_write_guard,
     guarded_iter_unpack_sequence,
     guarded_unpack_sequence,
-    safer_getattr_raise,
 )
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 from RestrictedPython.Utilities import utility_builtins
 
 ALLOWED_MODULES = frozenset(
@@ -141,16 +144,42 @@ class _LimitExceeded(BaseException):
 # --- Policy: the RestrictedPython globals -----------------------------------------------------
 
 
+# Module attributes that lead back to unrestricted attribute access, and from there to any
+# module's globals: string.Formatter resolves "{0.attr[key]}" fields with the real getattr;
+# functools' wrappers copy attributes named by the caller with it (update_wrapper can pour a
+# runtime function's __globals__ into the program's own); singledispatch evaluates string
+# annotations with plain eval.
+_BLOCKED_MODULE_NAMES = {
+    "string": frozenset({"Formatter"}),
+    "functools": frozenset(
+        {
+            "update_wrapper",
+            "wraps",
+            "singledispatch",
+            "singledispatchmethod",
+            "WRAPPER_ASSIGNMENTS",
+            "WRAPPER_UPDATES",
+        }
+    ),
+}
+# str.format and str.format_map walk "{0.attr}" fields with the real getattr, however they are
+# reached: a str, a str subclass through super(), collections.UserString, the unbound method.
+_FORMAT_METHODS = frozenset({"format", "format_map"})
+
+
 class _ModuleProxy:
-    """Exposes a module's public, non-module attributes only: `uuid.os` must not lead to os."""
+    """Exposes a module's public, non-module attributes only: `uuid.os` must not lead to os.
+
+    `import m`, `m.name` and `from m import name` all come through __getattr__ here."""
 
     def __init__(self, module):
         object.__setattr__(self, "_module", module)
 
     def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        value = getattr(object.__getattribute__(self, "_module"), name)
+        module = object.__getattribute__(self, "_module")
+        if name.startswith("_") or name in _BLOCKED_MODULE_NAMES.get(module.__name__, ()):
+            raise AttributeError(f"'{module.__name__}.{name}' is not available in a loop")
+        value = getattr(module, name)
         if isinstance(value, types.ModuleType):
             raise AttributeError(f"'{name}' is a module and is not available in a loop")
         return value
@@ -160,6 +189,44 @@ class _ModuleProxy:
 
     def __repr__(self):
         return f"<module {object.__getattribute__(self, '_module').__name__!r}>"
+
+
+def _defined_in_program(value) -> bool:
+    func = getattr(value, "__func__", value)
+    code = getattr(func, "__code__", None)
+    return code is not None and code.co_filename == FILENAME
+
+
+def _is_formatter(value) -> bool:
+    return isinstance(value, string.Formatter) or (
+        isinstance(value, type) and issubclass(value, string.Formatter)
+    )
+
+
+_RAISE = object()
+
+
+def guarded_getattr(obj, name, default=_RAISE):
+    """Every attribute a program reads (`x.y`, getattr(), f-string fields) comes here."""
+    if type(name) is not str:
+        raise TypeError("an attribute name must be a string")
+    if name.startswith("_") or name in INSPECT_ATTRIBUTES:
+        raise AttributeError(f"'{name}' is not available in a loop")
+    if isinstance(obj, types.ModuleType) or _is_formatter(obj):
+        raise AttributeError(f"'{name}' is not available in a loop")
+    try:
+        value = getattr(obj, name)
+    except AttributeError:
+        if default is _RAISE:
+            raise
+        return default
+    if name in _FORMAT_METHODS and not _defined_in_program(value):
+        raise NotImplementedError(
+            f"{name}() is not available in a loop (it reads attributes unchecked): use an f-string"
+        )
+    if _is_formatter(value) or isinstance(value, types.ModuleType):
+        raise AttributeError(f"'{name}' is not available in a loop")
+    return value
 
 
 class _UserLogger:
@@ -291,21 +358,39 @@ _FULL_BUILTINS = (
 )  # fmt: skip
 
 
-def make_globals(emit_log):
-    """Fresh globals for one execution of a loop module."""
+_PROGRAM_NAMES = {
+    "Loop": Loop,
+    "Retry": Retry,
+    "StepTimeout": StepTimeout,
+    "HttpError": HttpError,
+    "ChildRunFailed": ChildRunFailed,
+}
+
+
+def make_globals(emit_log, *, guards: bool = True):
+    """Fresh globals for one execution of a loop module. Without guards (LOOPS_PYTHON_GUARDS=0,
+    for testing the sandbox's OS layers) the program is plain Python with every builtin."""
+    if not guards:
+        b = dict(vars(builtins))
+        b["print"] = _Printer(emit_log)._call_print
+        return {"__builtins__": b, "__name__": "loop_program", **_PROGRAM_NAMES}
     b = dict(safe_builtins)
     b.update(limited_builtins)
     b.update(utility_builtins)
     for name in _FULL_BUILTINS:
         b[name] = getattr(builtins, name)
-    b["getattr"] = safer_getattr_raise
+    for name, value in utility_builtins.items():
+        if isinstance(value, types.ModuleType):
+            b[name] = _ModuleProxy(value)
+    b["getattr"] = guarded_getattr
+    b["_getattr_"] = guarded_getattr
     b["__import__"] = _make_import(emit_log)
     printer = _Printer(emit_log)
     return {
         "__builtins__": b,
         "__metaclass__": type,
         "__name__": "loop_program",
-        "_getattr_": safer_getattr_raise,
+        "_getattr_": guarded_getattr,
         "_getitem_": default_guarded_getitem,
         "_getiter_": default_guarded_getiter,
         "_write_": _write_guard,
@@ -314,11 +399,7 @@ def make_globals(emit_log):
         "_inplacevar_": _inplacevar,
         "_print_": printer,
         "_apply_": lambda f, *a, **kw: f(*a, **kw),
-        "Loop": Loop,
-        "Retry": Retry,
-        "StepTimeout": StepTimeout,
-        "HttpError": HttpError,
-        "ChildRunFailed": ChildRunFailed,
+        **_PROGRAM_NAMES,
     }
 
 
@@ -341,12 +422,47 @@ def _first_line_number(text):
     return 1, text
 
 
-def compile_loop(code):
-    """Check a program and compile it under the policy. Raises CodeError naming the line."""
+def compile_loop(code, *, guards=True):
+    """Check a program and compile it (under the RestrictedPython policy unless `guards` is
+    off). Raises CodeError naming the line, and nothing else, whatever the text."""
+    if not isinstance(code, str):
+        raise CodeError(1, "the program must be text")
+    if "\0" in code:
+        raise CodeError(
+            code.count("\n", 0, code.index("\0")) + 1, "the program contains a null byte"
+        )
     try:
-        tree = ast.parse(code, filename=FILENAME)
+        code.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodeError(
+            code.count("\n", 0, exc.start) + 1,
+            "the program contains a character that is not valid Unicode (a lone surrogate)",
+        ) from None
+    try:
+        return _compile(code, guards)
     except SyntaxError as exc:
         raise CodeError(exc.lineno or 1, f"syntax error: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise CodeError(1, "the program is nested too deeply or too large to compile") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise CodeError(1, f"the program cannot be compiled: {exc}") from None
+
+
+def _compile(code, guards):
+    tree = ast.parse(code, filename=FILENAME)
+    if guards:
+        _check_names(tree)
+    _check_shape(tree)
+    if not guards:
+        return compile(tree, FILENAME, "exec", dont_inherit=True)
+    result = compile_restricted_exec(code, filename=FILENAME)
+    if result.errors:
+        line, message = _first_line_number(result.errors[0])
+        raise CodeError(line, message)
+    return result.code
+
+
+def _check_names(tree):
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -357,6 +473,9 @@ def compile_loop(code):
                 raise CodeError(node.lineno, f"importing from '{node.module}' is not allowed")
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             raise CodeError(node.lineno, f"'{node.id}' is not available in a loop")
+
+
+def _check_shape(tree):
     loop_classes = [
         node
         for node in tree.body
@@ -374,11 +493,6 @@ def compile_loop(code):
     names = [a.arg for a in run.args.posonlyargs + run.args.args]
     if len(names) != 3 or run.args.vararg or run.args.kwonlyargs:
         raise CodeError(run.lineno, "run must take exactly (self, event, step)")
-    result = compile_restricted_exec(code, filename=FILENAME)
-    if result.errors:
-        line, message = _first_line_number(result.errors[0])
-        raise CodeError(line, message)
-    return result.code
 
 
 def find_loop_class(namespace):
@@ -739,10 +853,46 @@ def _rebuild_error(error):
     return cls(message)
 
 
-# --- One execution ----------------------------------------------------------------------------
+# --- One execution ---------------------------------------------------------------------------
 
 
-def execute(code_obj, request, channel):
+class Channel:
+    """JSON lines to and from the worker over this execution's own socket."""
+
+    def __init__(self, rfile, wfile):
+        self.rfile = rfile
+        self.wfile = wfile
+
+    def send(self, message):
+        self.wfile.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self.wfile.flush()
+
+    def request(self, message):
+        self.send(message)
+        line = self.rfile.readline()
+        if not line:
+            raise SystemExit(3)  # the worker went away
+        return json.loads(line)
+
+
+def execute_request(request, channel):
+    """Run the program the worker compiled for this execution (never shared with another)."""
+    # Written by the worker, which compiled it: not the program's to choose.
+    code_obj = marshal.loads(base64.b64decode(request["program"]))  # noqa: S302
+    execute(code_obj, request, channel, guards=bool(request.get("guards", True)))
+
+
+def _encode_output(result, limits):
+    encoded = json.dumps(result, allow_nan=False)
+    limit = limits.get("output_bytes")
+    if limit and len(encoded) > limit:
+        raise _LimitExceeded(
+            f"run() returned {len(encoded)} bytes of output; the limit is {limit} bytes"
+        )
+    return encoded
+
+
+def execute(code_obj, request, channel, *, guards=True):
     """Run a program once. Reports the outcome over the channel; never raises."""
     step = None
 
@@ -756,17 +906,17 @@ def execute(code_obj, request, channel):
 
     code = request.get("code", "")
     linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
+    limits = request.get("limits", {})
     try:
-        namespace = make_globals(emit)
+        namespace = make_globals(emit, guards=guards)
         exec(code_obj, namespace)  # noqa: S102 - compiled by RestrictedPython under our policy
         loop_class = find_loop_class(namespace)
-        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1),
-                    request.get("limits", {}))  # fmt: skip
+        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1), limits)
         result = loop_class().run(Event(request["event"]), step)
         if step._suspended:
             channel.send({"op": "suspended"})
             return
-        channel.send({"op": "done", "output_json": json.dumps(result, allow_nan=False)})
+        channel.send({"op": "done", "output_json": _encode_output(result, limits)})
     except _Suspend:
         channel.send({"op": "suspended"})
     except _Cancelled:

@@ -1,0 +1,323 @@
+"""Sealing one execution inside the sandbox: its own namespaces, /tmp and /proc, its limits,
+no capabilities, and the seccomp allow-list.
+
+Runs inside the sandbox (the standard library and pyseccomp only). The zygote builds the
+seccomp programs once, before it serves anything; for each execution it forks a process that
+enters fresh namespaces (`enter_namespaces`) and forks the execution as PID 1 of its new PID
+namespace, which then seals itself (`seal`) before it reads a byte of the organization's code
+or input. When PID 1 ends, the kernel kills everything else in its namespace, so nothing an
+execution starts outlives it (pid_namespaces(7)); its mount, IPC, network and user namespaces
+disappear with their last process, taking its /tmp, its IPC objects and its sockets along.
+"""
+
+import ctypes
+import errno
+import os
+import resource
+import signal
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+
+NAMESPACES = (
+    os.CLONE_NEWUSER | os.CLONE_NEWPID | os.CLONE_NEWNS | os.CLONE_NEWIPC | os.CLONE_NEWNET
+    | os.CLONE_NEWUTS
+)  # fmt: skip
+# Flags that would let a thread or child leave the execution's namespaces.
+CLONE_NAMESPACE_FLAGS = NAMESPACES | os.CLONE_NEWCGROUP | 0x80  # 0x80: CLONE_NEWTIME
+CLONE_THREAD = 0x10000
+
+TMP_BYTES = 16 * 1024 * 1024
+TMP_INODES = 1024
+MAX_OPEN_FILES = 64
+MAX_FILE_BYTES = 1024 * 1024
+
+
+class SealError(RuntimeError):
+    pass
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise SealError(f"{what}: {os.strerror(code)}")
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    return libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0)
+
+
+def die_with_parent() -> None:
+    _check(_prctl(PR_SET_PDEATHSIG, signal.SIGKILL), "prctl(PR_SET_PDEATHSIG)")
+
+
+# --- Namespaces --------------------------------------------------------------------------------
+
+
+def enter_namespaces() -> None:
+    """Give this process (and the execution it forks next) namespaces of its own.
+
+    A new user namespace is what lets an unprivileged process create the others; it maps only
+    this process's own uid and gid, so the execution is the same unprivileged host user."""
+    uid, gid = os.getuid(), os.getgid()
+    # Writing our own uid_map needs /proc/self to be ours; a process that changed its uid is
+    # not dumpable and /proc/self belongs to root.
+    _prctl(PR_SET_DUMPABLE, 1)
+    os.unshare(NAMESPACES)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    _prctl(PR_SET_DUMPABLE, 0)
+
+
+def _mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int,
+           data: bytes | None = None) -> int:  # fmt: skip
+    return libc.mount(source, target, fstype, ctypes.c_ulong(flags), data)
+
+
+def private_filesystems() -> str:
+    """An empty /tmp and a /proc that shows only this execution's PID namespace.
+
+    Returns "own" when /proc is the execution's own, "hidden" when the kernel refused a new
+    proc mount (bubblewrap's /proc has read-only overmounts when bubblewrap runs unprivileged)
+    and /proc was covered with an empty tmpfs instead."""
+    _check(_mount(None, b"/", None, MS_REC | MS_PRIVATE), "making mounts private")
+    options = f"size={TMP_BYTES},nr_inodes={TMP_INODES},mode=1777".encode()
+    _check(_mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV, options), "mounting /tmp")
+    if _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC) == 0:
+        return "own"
+    _check(
+        _mount(
+            b"tmpfs", b"/proc", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4096,mode=555"
+        ),
+        "hiding /proc",
+    )
+    return "hidden"
+
+
+# --- Privileges and limits ---------------------------------------------------------------------
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]  # fmt: skip
+
+
+def _last_capability() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 63
+
+
+def drop_capabilities(last_cap: int) -> None:
+    """No capability in any set, none to regain (bounding set empty, no_new_privs)."""
+    for cap in range(last_cap + 1):
+        _prctl(PR_CAPBSET_DROP, cap)
+    libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _check(libc.capset(ctypes.byref(header), data), "capset")
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def _limit(kind: int, soft: int, hard: int | None = None) -> None:
+    resource.setrlimit(kind, (soft, soft if hard is None else hard))
+
+
+def set_limits(limits: dict) -> None:
+    """Resource limits of the execution. With fork refused (the default) the execution is one
+    process, so these per-process limits are per-execution limits."""
+    cpu = int(limits.get("cpu_seconds", 10))
+    _limit(resource.RLIMIT_CPU, cpu, cpu + 1)
+    _limit(resource.RLIMIT_AS, int(limits.get("memory_mb", 512)) * 1024 * 1024)
+    _limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)
+    _limit(resource.RLIMIT_FSIZE, MAX_FILE_BYTES)
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_MEMLOCK, 0)
+    _limit(resource.RLIMIT_MSGQUEUE, 0)
+    # Counted per user namespace: the processes (and threads) of this execution only.
+    _limit(resource.RLIMIT_NPROC, max(int(limits.get("max_processes", 1)), 1))
+
+
+# --- Seccomp -----------------------------------------------------------------------------------
+
+# Everything a Python program needs once it is running; the rest answers EPERM. Notably absent:
+# execve, ptrace, process_vm_*, mount and the new mount API, unshare, setns, bpf, keyctl,
+# perf_event_open, userfaultfd, io_uring_*, memfd_create, open_by_handle_at, pidfd_getfd,
+# kexec/modules, personality, SysV IPC and message queues, set*id, capset and chroot.
+ALLOWED_SYSCALLS = (
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "pwritev", "preadv2",
+    "pwritev2", "close", "close_range", "fstat", "stat", "lstat", "newfstatat", "statx",
+    "lseek", "mmap", "munmap", "mremap", "mprotect", "madvise", "brk", "msync", "mincore",
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigpending", "rt_sigtimedwait",
+    "rt_sigsuspend", "sigaltstack", "futex", "futex_waitv", "set_robust_list",
+    "get_robust_list", "rseq", "set_tid_address", "clock_gettime", "clock_getres",
+    "clock_nanosleep", "nanosleep", "gettimeofday", "time", "getpid", "gettid", "getppid",
+    "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups", "getpgrp",
+    "getpgid", "getsid", "getcwd", "getrandom", "openat", "open", "creat", "access",
+    "faccessat", "faccessat2", "readlink", "readlinkat", "getdents", "getdents64", "fcntl",
+    "dup", "dup2", "dup3", "pipe", "pipe2", "poll", "ppoll", "select", "pselect6",
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
+    "eventfd", "eventfd2", "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg",
+    "shutdown", "getsockopt", "setsockopt", "getsockname", "getpeername", "bind", "listen",
+    "accept", "accept4", "connect", "exit", "exit_group", "wait4", "waitid", "kill", "tgkill",
+    "tkill", "prlimit64", "getrlimit", "setrlimit", "getrusage", "times", "sched_yield",
+    "sched_getaffinity", "sched_getparam", "sched_getscheduler", "getpriority", "uname",
+    "sysinfo", "umask", "mkdir", "mkdirat", "unlink", "unlinkat", "rename", "renameat",
+    "renameat2", "rmdir", "ftruncate", "truncate", "fsync", "fdatasync", "fchmod", "chmod",
+    "fchmodat", "utimensat", "utime", "utimes", "link", "linkat", "symlink", "symlinkat",
+    "flock", "fallocate", "statfs", "fstatfs", "chdir", "fchdir", "arch_prctl", "alarm",
+    "setitimer", "getitimer", "pause", "restart_syscall", "sendfile", "copy_file_range",
+    "capget", "sched_getattr",
+)  # fmt: skip
+# ioctl requests Python's io and os modules make; TIOCSTI and every device ioctl are refused.
+ALLOWED_IOCTLS = (
+    0x5401,
+    0x541B,
+    0x5421,
+    0x5451,
+    0x5450,
+)  # TCGETS FIONREAD FIONBIO FIOCLEX FIONCLEX
+# prctl options that only read, or name the thread.
+ALLOWED_PRCTLS = (3, 15, 16, 21, 23, 39)  # GET_DUMPABLE SET_NAME GET_NAME GET_SECCOMP
+#                                            CAPBSET_READ GET_NO_NEW_PRIVS
+
+
+def _load_pyseccomp():
+    import ctypes.util
+
+    # find_library would run ldconfig (no programs here); the names are fixed on Linux.
+    known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+    original, ctypes.util.find_library = ctypes.util.find_library, known.get
+    try:
+        import pyseccomp
+    finally:
+        ctypes.util.find_library = original
+    return pyseccomp
+
+
+def _export(syscall_filter) -> bytes:
+    read_end, write_end = os.pipe()
+    try:
+        with os.fdopen(write_end, "wb", closefd=False) as f:
+            syscall_filter.export_bpf(f)
+        os.close(write_end)
+        write_end = -1
+        chunks = []
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def _add(syscall_filter, action, name: str, *args) -> None:
+    try:
+        syscall_filter.add_rule(action, name, *args)
+    except (RuntimeError, ValueError, OSError):  # a syscall this architecture lacks
+        return
+
+
+def build_execution_filter(*, allow_fork: bool) -> bytes:
+    """The execution's allow-list, as a BPF program to load after the fork.
+
+    AF_UNIX is the only address family. Threads may be created; new processes only when the
+    operator allows more than one process per execution, and never in new namespaces."""
+    seccomp = _load_pyseccomp()
+    f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(errno.EPERM))
+    allow = seccomp.ALLOW
+    for name in ALLOWED_SYSCALLS:
+        _add(f, allow, name)
+    for name in ("socket", "socketpair"):
+        _add(f, allow, name, seccomp.Arg(0, seccomp.EQ, 1))  # AF_UNIX
+    for request in ALLOWED_IOCTLS:
+        _add(f, allow, "ioctl", seccomp.Arg(1, seccomp.EQ, request))
+    for option in ALLOWED_PRCTLS:
+        _add(f, allow, "prctl", seccomp.Arg(0, seccomp.EQ, option))
+    mask = CLONE_NAMESPACE_FLAGS | CLONE_THREAD
+    _add(f, allow, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, mask, CLONE_THREAD))
+    if allow_fork:
+        _add(f, allow, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, mask, 0))
+        _add(f, allow, "fork")
+        _add(f, allow, "vfork")
+    # glibc tries clone3 first and falls back to clone on ENOSYS, where the flags can be seen.
+    _add(f, seccomp.ERRNO(errno.ENOSYS), "clone3")
+    return _export(f)
+
+
+def build_zygote_filter() -> bytes:
+    """The zygote's own filter: a deny-list, because it must still fork, unshare and mount for
+    each execution. It never runs an organization's code; this is defence in depth."""
+    seccomp = _load_pyseccomp()
+    f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    eperm = seccomp.ERRNO(errno.EPERM)
+    _add(f, eperm, "socket", seccomp.Arg(0, seccomp.NE, 1))
+    _add(f, eperm, "socketpair", seccomp.Arg(0, seccomp.NE, 1))
+    for name in (
+        "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "keyctl", "add_key",
+        "request_key", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+        "io_uring_register", "kexec_load", "kexec_file_load", "init_module", "finit_module",
+        "delete_module", "reboot", "swapon", "swapoff", "pivot_root", "chroot", "setns",
+        "execve", "execveat", "personality", "open_by_handle_at", "name_to_handle_at",
+        "pidfd_getfd", "memfd_create", "acct", "quotactl", "syslog", "mknod", "mknodat",
+        "fsopen", "fsmount", "fsconfig", "open_tree", "move_mount", "mount_setattr",
+    ):  # fmt: skip
+        _add(f, eperm, name)
+    return _export(f)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_filter(program: bytes) -> None:
+    """Install a BPF program built by build_*_filter (needs no_new_privs)."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _check(_prctl(PR_SET_NO_NEW_PRIVS, 1), "prctl(PR_SET_NO_NEW_PRIVS)")
+    result = libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                        ctypes.byref(fprog), 0, 0)  # fmt: skip
+    _check(result, "loading the seccomp filter")
+
+
+# --- The whole seal ----------------------------------------------------------------------------
+
+
+def seal(limits: dict, program: bytes | None, last_cap: int, *, namespaces: bool = True) -> dict:
+    """Called in PID 1 of the execution's namespaces, before any of its code or input is read.
+    Returns what was applied, for the execution's first message. Without `namespaces` (the
+    fallback without bubblewrap or user namespaces) only limits, capabilities and seccomp."""
+    die_with_parent()
+    proc = private_filesystems() if namespaces else "shared"
+    os.chdir("/tmp")
+    drop_capabilities(last_cap)
+    set_limits(limits)
+    if program is not None:
+        load_filter(program)
+    return {"proc": proc, "namespaces": namespaces, "seccomp": program is not None}
+
+
+LAST_CAPABILITY = _last_capability()
