@@ -8,10 +8,12 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.text import slugify
 
+from loops.forms import JsonInput, clean_timezone
 from loops.models import Loop, LoopVersion, Schedule, TestInput
 from loops.schedules import next_times, schedule_create, schedule_update
 from loops.services import loop_create, loop_rollback, loop_update
 from loops_project.errors import DomainError
+from runs.services import check_input
 
 
 def json_block(value) -> str:
@@ -74,6 +76,7 @@ class LoopForm(forms.ModelForm):
     class Meta:
         model = Loop
         fields = ["organization", "slug", "name", "description", "paused"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
     def clean_slug(self) -> str:
         slug = self.cleaned_data["slug"]
@@ -213,9 +216,23 @@ class LoopVersionAdmin(admin.ModelAdmin):
 
 
 class ScheduleForm(forms.ModelForm):
+    input = JsonInput(label="Input")
+
     class Meta:
         model = Schedule
         fields = ["loop", "cron", "timezone", "input", "enabled"]
+
+    def clean_timezone(self) -> str:
+        return clean_timezone(self.cleaned_data["timezone"])
+
+    def clean_input(self):
+        # Checked here as schedule_create and schedule_update check it, so that the admin
+        # shows the error on the field instead of failing in save_model.
+        try:
+            check_input(self.cleaned_data["input"])
+        except DomainError as exc:
+            raise ValidationError(exc.message) from None
+        return self.cleaned_data["input"]
 
     def clean(self):
         data = super().clean()
@@ -225,6 +242,14 @@ class ScheduleForm(forms.ModelForm):
             except DomainError as exc:
                 raise ValidationError(exc.message) from None
         return data
+
+
+class TestInputForm(forms.ModelForm):
+    input = JsonInput(label="Input")
+
+    class Meta:
+        model = TestInput
+        fields = ["loop", "name", "input"]
 
 
 @admin.register(Schedule)
@@ -271,6 +296,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
 @admin.register(TestInput)
 class TestInputAdmin(admin.ModelAdmin):
+    form = TestInputForm
     list_display = ["name", "loop", "organization", "created_at"]
     list_filter = ["loop__organization"]
     list_select_related = ["loop__organization"]

@@ -1,7 +1,13 @@
 from django import forms
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput, JSONString
 from django_ace import AceWidget
 
 from loops.demo import GREETING_CODE
+from loops.models import Loop
+from loops.schedules import zone
+from loops_project import strict_json
+from loops_project.errors import Invalid
 
 STARTER_CODE = GREETING_CODE
 
@@ -12,7 +18,8 @@ def code_widget() -> AceWidget:
 
 
 class JsonInput(forms.JSONField):
-    """A JSON value typed into a textarea; empty means {}."""
+    """A JSON value typed into a textarea; empty means {}. As strict as the API's JSON
+    (loops_project.strict_json): a value Loops cannot store is this field's error."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("required", False)
@@ -22,9 +29,25 @@ class JsonInput(forms.JSONField):
         super().__init__(**kwargs)
 
     def to_python(self, value):
-        if isinstance(value, str) and not value.strip():
+        if self.disabled or not isinstance(value, str):
+            return value
+        if not value.strip():
             return {}
-        return super().to_python(value)
+        try:
+            parsed = strict_json.parse(value, field="input")
+        except strict_json.JsonValueError as exc:
+            raise ValidationError(exc.message, code=exc.code) from None
+        return JSONString(parsed) if isinstance(parsed, str) else parsed
+
+    def bound_data(self, data, initial):
+        if self.disabled:
+            return initial
+        if data is None:
+            return None
+        try:
+            return strict_json.parse(data, field="input")
+        except strict_json.JsonValueError:
+            return InvalidJSONInput(data)
 
 
 class CodeForm(forms.Form):
@@ -43,7 +66,10 @@ class LoopCreateForm(CodeForm):
         max_length=64, help_text="Part of the trigger URL: lower-case letters, digits, hyphens.",
         widget=forms.TextInput(attrs={"placeholder": "greeting"}),
     )  # fmt: skip
-    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    description = forms.CharField(
+        required=False, max_length=Loop._meta.get_field("description").max_length,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )  # fmt: skip
 
     field_order = ["name", "slug", "description", "code", "note"]
 
@@ -68,6 +94,14 @@ class SaveTestInputForm(forms.Form):
     name = forms.CharField(max_length=100)
 
 
+def clean_timezone(name: str) -> str:
+    try:
+        zone(name)
+    except Invalid as exc:
+        raise ValidationError(exc.message, code=exc.code) from None
+    return name
+
+
 class ScheduleForm(forms.Form):
     cron = forms.CharField(
         max_length=100, label="Cron",
@@ -77,3 +111,16 @@ class ScheduleForm(forms.Form):
     timezone = forms.CharField(max_length=64, initial="UTC", label="Time zone")
     input = JsonInput(label="Input (JSON)")
     enabled = forms.BooleanField(required=False, initial=True)
+
+    def clean_timezone(self) -> str:
+        return clean_timezone(self.cleaned_data["timezone"])
+
+
+class CronPreviewForm(forms.Form):
+    """The schedule form's cron and time zone, previewed as they are typed."""
+
+    cron = forms.CharField(max_length=100, required=False)
+    timezone = forms.CharField(max_length=64, required=False)
+
+    def clean_timezone(self) -> str:
+        return clean_timezone(self.cleaned_data["timezone"].strip() or "UTC")

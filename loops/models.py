@@ -17,7 +17,7 @@ class Loop(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="loops")
     slug = models.SlugField(max_length=64)
     name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
+    description = models.CharField(max_length=2000, blank=True)
     active_version = models.ForeignKey(
         "loops.LoopVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )

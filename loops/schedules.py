@@ -2,7 +2,8 @@
 
 import logging
 from datetime import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from django.db import transaction
@@ -10,29 +11,40 @@ from django.utils import timezone
 
 from loops.models import Loop, Schedule
 from loops_project.errors import DomainError, Invalid
+from runs.models import TriggerType
+from runs.services import check_input, run_trigger
 
 logger = logging.getLogger(__name__)
 
 
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone of that name, or Invalid naming the field. Looked up in the list of
+    zones first: ZoneInfo also opens other files of its database (a directory such as
+    "America" raises IsADirectoryError)."""
+    if name not in _zone_names():
         raise Invalid(
-            f"unknown time zone '{name}'", code="invalid_timezone", details={"field": "timezone"}
-        ) from None
+            f"unknown time zone '{name}' (an IANA name such as Europe/Paris or UTC)",
+            code="invalid_timezone",
+            details={"field": "timezone"},
+        )
+    return ZoneInfo(name)
 
 
 def next_times(cron: str, tz: str, count: int = 1, after: datetime | None = None) -> list[datetime]:
     """The next `count` times (aware, in UTC) that a cron expression fires in a time zone."""
-    zone = _zone(tz)
+    local = zone(tz)
     if not croniter.is_valid(cron) or len(cron.split()) != 5:
         raise Invalid(
             f"'{cron}' is not a valid cron expression (five fields: minute hour day month weekday)",
             code="invalid_cron",
             details={"field": "cron"},
         )
-    start = (after or timezone.now()).astimezone(zone)
+    start = (after or timezone.now()).astimezone(local)
     try:
         it = croniter(cron, start)
         return [it.get_next(datetime).astimezone(ZoneInfo("UTC")) for _ in range(count)]
@@ -48,11 +60,15 @@ def schedule_create(
     input=None,
     enabled: bool = True,
 ) -> Schedule:
+    """A schedule of the loop. Its input is checked as a trigger's is (JSON Loops can store,
+    at most LOOPS_MAX_INPUT_BYTES), here and again when it fires."""
     cron = " ".join(cron.split())
     next_run = next_times(cron, timezone_name)[0]
+    input = {} if input is None else input
+    check_input(input)
     return Schedule.objects.create(
-        loop=loop, cron=cron, timezone=timezone_name, input=input if input is not None else {},
-        enabled=enabled, next_run_at=next_run if enabled else None,
+        loop=loop, cron=cron, timezone=timezone_name, input=input, enabled=enabled,
+        next_run_at=next_run if enabled else None,
     )  # fmt: skip
 
 
@@ -63,7 +79,8 @@ def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=
     if timezone_name is not None:
         schedule.timezone = timezone_name
     if input_given:
-        schedule.input = input
+        schedule.input = {} if input is None else input
+        check_input(schedule.input)
     if enabled is not None:
         schedule.enabled = enabled
     next_run = next_times(schedule.cron, schedule.timezone)[0]
@@ -73,10 +90,9 @@ def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=
 
 
 def fire_due_schedules(now: datetime | None = None) -> int:
-    """Start one `system` run for every enabled schedule that is due; returns how many."""
-    from runs.models import TriggerType
-    from runs.services import run_trigger
-
+    """Start one `system` run for every enabled schedule that is due; returns how many. A
+    schedule whose run cannot start (paused loop, input over the limit) is skipped with a
+    warning and moves on to its next time."""
     now = now or timezone.now()
     fired = 0
     due = Schedule.objects.filter(enabled=True, next_run_at__lte=now).values_list("pk", flat=True)

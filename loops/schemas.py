@@ -18,16 +18,20 @@ class LoopOut(Schema):
     updatedAt: datetime
 
 
+NAME_MAX = Loop._meta.get_field("name").max_length
+DESCRIPTION_MAX = Loop._meta.get_field("description").max_length
+
+
 class LoopIn(Schema):
     slug: str = Field(..., min_length=1, max_length=64)
-    name: str = Field("", max_length=200)
-    description: str = ""
+    name: str = Field("", max_length=NAME_MAX)
+    description: str = Field("", max_length=DESCRIPTION_MAX)
     code: str | None = None
 
 
 class LoopPatch(Schema):
-    name: str | None = Field(None, max_length=200)
-    description: str | None = None
+    name: str | None = Field(None, max_length=NAME_MAX)
+    description: str | None = Field(None, max_length=DESCRIPTION_MAX)
     paused: bool | None = None
 
 

@@ -15,6 +15,13 @@ SLUG_MAX_LENGTH = Loop._meta.get_field("slug").max_length
 RESERVED_SLUGS = frozenset({"new"})
 
 
+def _check_length(field: str, value: str) -> None:
+    limit = Loop._meta.get_field(field).max_length
+    if len(value) > limit:
+        raise Invalid(f"{field} is at most {limit} characters ({len(value)} given)",
+                      code=f"invalid_{field}", details={"field": field})  # fmt: skip
+
+
 def _author_name(author) -> str:
     return getattr(author, "username", "") or ""
 
@@ -38,6 +45,8 @@ def loop_create(
             f"slug must be 1 to {SLUG_MAX_LENGTH} lower-case letters, digits and hyphens",
             code="invalid_slug", details={"field": "slug"},
         )  # fmt: skip
+    _check_length("name", name)
+    _check_length("description", description)
     if slug in RESERVED_SLUGS:
         raise Invalid(f"'{slug}' is reserved; choose another slug", code="invalid_slug",
                       details={"field": "slug"})  # fmt: skip
@@ -101,9 +110,11 @@ def loop_update(
     if name is not None:
         if not name.strip():
             raise Invalid("name must not be empty", code="invalid_name", details={"field": "name"})
+        _check_length("name", name)
         loop.name = name
         fields.append("name")
     if description is not None:
+        _check_length("description", description)
         loop.description = description
         fields.append("description")
     if paused is not None:

@@ -1,3 +1,5 @@
+from django.conf import settings
+
 from loops_project.errors import Invalid
 from runs.engine.sandbox.runtime import CodeError, compile_loop
 
@@ -8,14 +10,15 @@ def validate_code(code: str) -> None:
     """Raise Invalid (with `line` in details) unless the program may be deployed."""
     if not code.strip():
         raise Invalid("Line 1: the program is empty", code="invalid_code", details={"line": 1})
-    if len(code.encode()) > MAX_CODE_BYTES:
+    # surrogatepass: a lone surrogate is compile_loop's to refuse, with its line.
+    if len(code.encode("utf-8", "surrogatepass")) > MAX_CODE_BYTES:
         raise Invalid(
             f"Line 1: the program is larger than {MAX_CODE_BYTES} bytes",
             code="invalid_code",
             details={"line": 1},
         )
     try:
-        compile_loop(code)
+        compile_loop(code, guards=settings.LOOPS_PYTHON_GUARDS)
     except CodeError as exc:
         raise Invalid(
             str(exc), code="invalid_code", details={"line": exc.line, "reason": exc.message}

@@ -1,6 +1,5 @@
 import difflib
 import json
-from zoneinfo import ZoneInfo
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -18,13 +17,14 @@ from loops.access import get_loop_for, get_schedule_for, get_version_for
 from loops.forms import (
     STARTER_CODE,
     CodeForm,
+    CronPreviewForm,
     LoopCreateForm,
     ScheduleForm,
     TestRunForm,
     TriggerForm,
 )
 from loops.models import Loop, TestInput
-from loops.schedules import next_times, schedule_create, schedule_update
+from loops.schedules import next_times, schedule_create, schedule_update, zone
 from loops.selectors import duration_percentiles, loops_with_stats, runs_per_day
 from loops.services import loop_create, loop_deploy, loop_rollback, loop_update
 from loops_project.errors import DomainError, Invalid
@@ -110,7 +110,7 @@ def trigger(request: HttpRequest, slug: str) -> HttpResponse:
     loop = get_loop_for(org, slug)
     form = TriggerForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "The input is not valid JSON.")
+        messages.error(request, "; ".join(form.errors.get("input", ["The input is not valid."])))
         return redirect(loop)
     try:
         run = run_trigger(
@@ -310,22 +310,22 @@ def schedules(request: HttpRequest, slug: str) -> HttpResponse:
                 schedule_create(loop=loop, cron=data["cron"], timezone_name=data["timezone"],
                                 input=data["input"], enabled=data["enabled"])  # fmt: skip
             except DomainError as exc:
-                field = (exc.details or {}).get("field")
-                form.add_error("timezone" if field == "timezone" else "cron", exc.message)
+                field = (exc.details or {}).get("field", "")
+                form.add_error(field if field in form.fields else None, exc.message)
             else:
                 messages.success(request, "Schedule created.")
                 return redirect("loops:schedules", slug=loop.slug)
     rows = []
     for schedule in loop.schedules.all():
         try:
-            zone = ZoneInfo(schedule.timezone)
+            local = zone(schedule.timezone)
             upcoming = [
-                t.astimezone(zone).strftime("%a %-d %b, %H:%M")
+                t.astimezone(local).strftime("%a %-d %b, %H:%M")
                 for t in (
                     next_times(schedule.cron, schedule.timezone, 3) if schedule.enabled else []
                 )
             ]
-        except (Invalid, ValueError):
+        except Invalid:
             upcoming = []
         rows.append((schedule, upcoming))
     return render(request, "loops/schedules.html", {
@@ -339,20 +339,23 @@ def schedules(request: HttpRequest, slug: str) -> HttpResponse:
 def cron_preview(request: HttpRequest, slug: str) -> HttpResponse:
     org = current_org(request)
     get_loop_for(org, slug)
-    cron = request.GET.get("cron", "").strip()
-    tz = request.GET.get("timezone", "UTC").strip() or "UTC"
-    times, error = [], None
-    if cron:
-        try:
-            zone = ZoneInfo(tz)
-            # Formatted here: the template's date filter would turn them back into UTC.
-            times = [
-                (t.astimezone(zone).strftime("%a %-d %b %Y, %H:%M"), t.strftime("%H:%M"))
-                for t in next_times(" ".join(cron.split()), tz, 5)
-            ]
-        except Invalid as exc:
-            error = exc.message
-    return render(request, "loops/schedules.html#preview", {"times": times, "error": error,
+    form = CronPreviewForm(request.GET)
+    times, errors, tz, cron = [], [], "UTC", ""
+    if form.is_valid():
+        cron, tz = " ".join(form.cleaned_data["cron"].split()), form.cleaned_data["timezone"]
+        if cron:
+            try:
+                local = zone(tz)
+                # Formatted here: the template's date filter would turn them back into UTC.
+                times = [
+                    (t.astimezone(local).strftime("%a %-d %b %Y, %H:%M"), t.strftime("%H:%M"))
+                    for t in next_times(cron, tz, 5)
+                ]
+            except Invalid as exc:
+                errors = [exc.message]
+    else:
+        errors = [e for field_errors in form.errors.values() for e in field_errors]
+    return render(request, "loops/schedules.html#preview", {"times": times, "errors": errors,
                                                             "tz": tz, "cron": cron})  # fmt: skip
 
 

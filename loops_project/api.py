@@ -16,6 +16,7 @@ from ninja.throttling import BaseThrottle
 
 from accounts.models import ApiToken, TokenScope
 from accounts.services import token_authenticate
+from loops_project import strict_json
 from loops_project.errors import DomainError
 
 
@@ -24,28 +25,10 @@ class TokenAuth(HttpBearer):
         return token_authenticate(token)
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_json(raw: bytes | str):
-    """Strict JSON: NaN, Infinity and NUL characters are refused (PostgreSQL cannot store
-    them, and NaN is not JSON to any other client)."""
-    value = json.loads(raw, parse_constant=_reject_constant)
-    escaped = b"\\u0000" if isinstance(raw, bytes) else "\\u0000"
-    if escaped in raw and _has_nul(value):
-        raise ValueError("NUL characters (\\u0000) are not allowed")
-    return value
-
-
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def parse_json(raw: bytes | str, *, field: str = ""):
+    """The API's JSON (loops_project.strict_json): no NaN or Infinity, no number that
+    overflows, no NUL character or lone surrogate, nesting within LOOPS_MAX_JSON_DEPTH."""
+    return strict_json.parse(raw, field=field)
 
 
 class StrictParser(Parser):
@@ -177,6 +160,8 @@ HTTP_CODES = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "meth
 @api.exception_handler(HttpError)
 def on_http_error(request, exc: HttpError):
     cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, strict_json.JsonValueError):
+        return on_domain_error(request, cause)
     if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
         # ninja could not parse the body: name the problem instead of a generic sentence.
         return error_response(
@@ -211,23 +196,17 @@ def require_full_scope(request) -> None:
         )
 
 
-def json_body(request, *, required: bool = True):
-    """The request's JSON body; 400 naming the problem when it is not JSON."""
+def json_body(request, *, required: bool = True, field: str = "body"):
+    """The request's JSON body (parse_json); 400 or 422 naming the problem and where it is
+    (`field` names the body itself, and prefixes its members: `body.items[2]`)."""
     raw = request.body
     if not raw.strip():
         if required:
             raise DomainError(
-                "The request body must be JSON.", code="invalid_json", details={"field": "body"}
+                "The request body must be JSON.", code="invalid_json", details={"field": field}
             )
         return None
-    try:
-        return parse_json(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError too
-        raise DomainError(
-            f"The request body is not valid JSON: {exc}",
-            code="invalid_json",
-            details={"field": "body"},
-        ) from None
+    return parse_json(raw, field=field)
 
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut, 429: ErrorOut}

@@ -3,13 +3,14 @@
 The scan id in the link is the credential (80 random bits), like a password-reset link.
 """
 
-import json
+import math
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from loops_project import strict_json
 from loops_project.errors import DomainError
 from runs.models import ScanRequest
 from runs.services import scan_submit_result
@@ -31,16 +32,20 @@ def scan_page(request: HttpRequest, scan_id: str) -> HttpResponse:
                 try:
                     result[name] = float(raw)
                 except ValueError:
+                    result[name] = math.nan
+                if not math.isfinite(result[name]):
                     error = f"{name} must be a number."
         extra = request.POST.get("extra", "").strip()
         if extra and not error:
             try:
-                more = json.loads(extra)
-                if not isinstance(more, dict):
-                    raise ValueError
-                result.update(more)
-            except ValueError:
-                error = "Other measures must be a JSON object."
+                more = strict_json.parse(extra, field="extra")
+            except strict_json.JsonValueError as exc:
+                error = f"Other measures: {exc.message}"
+            else:
+                if isinstance(more, dict):
+                    result.update(more)
+                else:
+                    error = "Other measures must be a JSON object."
         if not error:
             try:
                 scan_submit_result(scan=scan, result=result)

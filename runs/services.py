@@ -1,6 +1,5 @@
 """Writes of runs: trigger, respond, events, scans, cancel, resume, restart."""
 
-import json
 from contextlib import nullcontext
 from datetime import timedelta
 
@@ -11,7 +10,7 @@ from django.utils import timezone
 from accounts.models import ApiToken
 from loops.models import Loop
 from loops.validation import validate_code
-from loops_project import sql
+from loops_project import sql, strict_json
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
 from runs.batches import insert_runs, new_run_ids
 from runs.engine.waits import lock_run, resolve_step
@@ -31,14 +30,19 @@ from runs.notify import run_status_changed
 from runs.queue import enqueue_execution, enqueue_executions, new_task_id, queue_row
 
 
-def check_input_size(value) -> None:
-    size = len(json.dumps(value))
-    if size > settings.LOOPS_MAX_INPUT_BYTES:
+def check_input(value, *, field: str = "input") -> str:
+    """The value's JSON text, once it is storable (loops_project.strict_json: finite numbers,
+    no NUL or lone surrogate, not nested too deeply) and within LOOPS_MAX_INPUT_BYTES. Every
+    JSON value a run takes in passes here: inputs, answers, events, scan results."""
+    text = strict_json.dumps(value, field=field)
+    size, limit = len(text.encode()), settings.LOOPS_MAX_INPUT_BYTES
+    if size > limit:
         raise TooLarge(
-            f"input is {size} bytes; the limit is {settings.LOOPS_MAX_INPUT_BYTES} bytes",
+            f"{field} is {size} bytes; the limit is {limit} bytes",
             code="input_too_large",
-            details={"field": "input"},
+            details={"field": field},
         )
+    return text
 
 
 def check_triggerable(loop: Loop) -> None:
@@ -93,7 +97,7 @@ def run_trigger(
             existing = _idempotent_run(loop, idempotency_key)
             if existing is not None:
                 return existing
-        check_input_size(input)
+        check_input(input)
         if mode == RunMode.TEST:
             validate_code(test_code or "")
             version = None
@@ -160,7 +164,7 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
     if step is None:
         raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
     if action == "input":
-        check_input_size(value)
+        check_input(value, field="input")
         resolve_step(step, status=StepStatus.SUCCEEDED, output=value)
     else:
         decision = {"approved": action == "approve", "reason": reason, "by": actor or None}
@@ -176,7 +180,7 @@ def run_send_event(*, run: Run, type: str, payload=None) -> RunEvent:
     run = lock_run(run.pk)
     if run.is_ended:
         raise Conflict(f"The run has ended ({run.status}).", code="run_ended")
-    check_input_size(payload)
+    check_input(payload, field="payload")
     event = RunEvent.objects.create(run=run, type=type, payload=payload)
     if run.status == RunStatus.WAITING and (run.pending or {}).get("eventType") == type:
         step = _waiting_step(run, "event")
@@ -195,7 +199,7 @@ def scan_submit_result(*, scan: ScanRequest, result) -> ScanRequest:
     if not isinstance(result, dict) or not result:
         raise Invalid("The scan result must be a JSON object of measures.", code="invalid_result",
                       details={"field": "body"})  # fmt: skip
-    check_input_size(result)
+    check_input(result, field="body")
     ScanRequest.objects.filter(pk=scan.pk).update(
         status=ScanStatus.COMPLETED, result=result, completed_at=timezone.now()
     )
@@ -287,22 +291,7 @@ def run_trigger_batch(
     with the ORM broker the chunk tasks are written in the same transaction as the runs.
     """
     check_triggerable(loop)
-    limit = settings.LOOPS_MAX_INPUT_BYTES
-    texts = []
-    for index, item in enumerate(inputs):
-        try:
-            text = json.dumps(item, allow_nan=False)
-        except ValueError:
-            raise Invalid(
-                f"inputs[{index}] is not valid JSON (NaN or Infinity)", code="invalid_input",
-                details={"field": f"inputs[{index}]"},
-            ) from None  # fmt: skip
-        texts.append(text)
-        if len(text) > limit:
-            raise TooLarge(
-                f"inputs[{index}] is larger than {limit} bytes", code="input_too_large",
-                details={"field": f"inputs[{index}]"},
-            )  # fmt: skip
+    texts = [check_input(item, field=f"inputs[{index}]") for index, item in enumerate(inputs)]
     batch = Batch.objects.create(organization_id=loop.organization_id, loop=loop, count=len(inputs))
     template = Run(
         organization_id=loop.organization_id,

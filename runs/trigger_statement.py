@@ -34,7 +34,7 @@ from loops_project.api import api, count_request, json_body
 from loops_project.errors import DomainError
 from runs.models import Run, TriggerType
 from runs.queue import new_task_id, queue_row
-from runs.services import check_input_size
+from runs.services import check_input
 
 RUN_FIELDS = sql.fields_of(Run)
 # The run's columns that come from the token's and the loop's rows.
@@ -77,7 +77,7 @@ def answer(request: HttpRequest, org: str, loop: str) -> HttpResponse | None:
         return None
     try:
         value = json_body(request, required=False)
-        check_input_size(value)
+        check_input(value)
     except DomainError:
         return None
     usage = count_request(request, token_hash)
