@@ -175,7 +175,7 @@ ALLOWED_SYSCALLS = (
     "get_robust_list", "rseq", "set_tid_address", "clock_gettime", "clock_getres",
     "clock_nanosleep", "nanosleep", "gettimeofday", "time", "getpid", "gettid", "getppid",
     "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid", "getgroups", "getpgrp",
-    "getpgid", "getsid", "getcwd", "getrandom", "openat", "open", "creat", "access",
+    "getpgid", "getsid", "setsid", "setpgid", "getcwd", "getrandom", "openat", "open", "creat", "access",
     "faccessat", "faccessat2", "readlink", "readlinkat", "getdents", "getdents64", "fcntl",
     "dup", "dup2", "dup3", "pipe", "pipe2", "poll", "ppoll", "select", "pselect6",
     "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
@@ -314,6 +314,9 @@ def seal(limits: dict, program: bytes | None, last_cap: int, *, namespaces: bool
     proc = private_filesystems() if namespaces else "shared"
     os.chdir("/tmp")
     drop_capabilities(last_cap)
+    # Its own /proc/self belongs to it (the zygote gave up root, which left it non-dumpable);
+    # nothing else of its uid can see it, and ptrace is refused.
+    _prctl(PR_SET_DUMPABLE, 1)
     set_limits(limits)
     if program is not None:
         load_filter(program)
