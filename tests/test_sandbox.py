@@ -46,13 +46,112 @@ def test_escapes_are_refused_at_deploy_with_their_line(org, body, imports, reaso
         ("return str(uuid.os)", "import uuid", "is a module and is not available"),
         ("return str(json.decoder)", "import json", "is a module and is not available"),
         ("return getattr(step, '_chan' + 'nel')", "", "'_channel' is not available"),
-        ("return '{0.__class__}'.format(1)", "", "format() is not available in a loop"),
+        ("t = '{0.' + 'real}'\nreturn t.format(1)", "", "format() is not available in a loop"),
+        ("return str.format('{0.real}', 1)", "", "format() is not available in a loop"),
+        ("return getattr(string, 'Format' + 'ter')", "", "'string.Formatter' is not available"),
+        ("return getattr(functools, 'update_' + 'wrapper')", "import functools", "not available"),
+        ("return getattr((x for x in [1]), 'gi_' + 'frame')", "", "'gi_frame' is not available"),
+        (
+            "return collections.UserString('{0.run}').format(Loop)",
+            "import collections",
+            "format() is not available in a loop",
+        ),
     ],
 )
 def test_escapes_at_run_time_fail_the_run(org, body, imports, expected):
     run = run_program(org, body, imports=imports)
     assert run.status == "failed"
     assert expected in run.error_message
+
+
+FORMATTER_ESCAPE = """{imports}
+class F({base}):
+    def go(self):
+        return super().get_field("0.run.__globals__", [Loop], {{}})
+
+class Escape(Loop):
+    def run(self, event, step):
+        return str(F().go()[0]["sys"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("imports", "base", "line", "reason"),
+    [
+        ("from string import Formatter", "Formatter", 1, "'string.Formatter' is not available"),
+        ("import string", "string.Formatter", 2, "'Formatter' is not available"),
+        ("", "string.Formatter", 2, "'Formatter' is not available"),  # the `string` builtin
+    ],
+)
+def test_a_formatter_subclass_is_refused_at_deploy_with_its_line(org, imports, base, line, reason):
+    with pytest.raises(Invalid) as caught:
+        deploy(org, FORMATTER_ESCAPE.format(imports=imports, base=base))
+    assert reason in caught.value.message
+    assert caught.value.details["line"] == line
+
+
+@pytest.mark.parametrize(
+    ("code", "line", "reason"),
+    [
+        (
+            "import functools\nclass E(Loop):\n    def run(self, event, step):\n"
+            "        g = lambda: 1\n"
+            "        functools.update_wrapper(g, Loop.run, (), ('__globals__',))\n",
+            5,
+            "'update_wrapper' is not available",
+        ),
+        (
+            "from functools import singledispatch\nclass E(Loop):\n"
+            "    def run(self, event, step):\n        return 1\n",
+            1,
+            "'functools.singledispatch' is not available",
+        ),
+        (
+            "class E(Loop):\n    def run(self, event, step):\n"
+            "        return (x for x in [1]).gi_frame\n",
+            3,
+            "gi_frame",
+        ),
+        (
+            "class E(Loop):\n    def run(self, event, step):\n"
+            "        return '{0.run.__globals__}'.format(Loop)\n",
+            3,
+            "str.format() is not available in a loop: use an f-string",
+        ),
+    ],
+)
+def test_other_routes_to_unchecked_attributes_are_refused_at_deploy(org, code, line, reason):
+    with pytest.raises(Invalid) as caught:
+        deploy(org, code)
+    assert reason in caught.value.message
+    assert caught.value.details["line"] == line
+
+
+STR_SUBCLASS_ESCAPE = """
+class S(str):
+    def go(self, obj):
+        return super().format(obj)
+
+class Escape(Loop):
+    def run(self, event, step):
+        return S("{0.run.__globals__[sys]}").go(Loop)
+"""
+
+
+def test_str_format_through_super_fails_the_run(org):
+    run = execute(trigger(deploy(org, STR_SUBCLASS_ESCAPE)))
+    assert run.status == "failed"
+    assert "format() is not available in a loop" in run.error_message
+    assert run.output is None
+
+
+def test_a_programs_own_format_method_is_allowed(org):
+    run = run_program(
+        org,
+        "return Money().format()",
+        imports="class Money:\n    def format(self):\n        return '3 EUR'\n",
+    )
+    assert run.output == "3 EUR"
 
 
 def test_an_endless_loop_fails_its_run_and_the_next_run_succeeds(org, loop, settings):

@@ -12,6 +12,7 @@ import builtins
 import json
 import marshal
 import math
+import random
 import string
 import sys
 import time
@@ -379,9 +380,11 @@ def make_globals(emit_log, *, guards: bool = True):
     b.update(utility_builtins)
     for name in _FULL_BUILTINS:
         b[name] = getattr(builtins, name)
-    for name, value in utility_builtins.items():
-        if isinstance(value, types.ModuleType):
-            b[name] = _ModuleProxy(value)
+    # RestrictedPython offers these modules as builtins through its own wrapper; ours applies
+    # the same rules as an import does.
+    for name, module in (("string", string), ("math", math), ("random", random),
+                         ("whrandom", random)):  # fmt: skip
+        b[name] = _ModuleProxy(module)
     b["getattr"] = guarded_getattr
     b["_getattr_"] = guarded_getattr
     b["__import__"] = _make_import(emit_log)
@@ -462,7 +465,12 @@ def _compile(code, guards):
     return result.code
 
 
+_BLOCKED_ATTRIBUTES = frozenset().union(*_BLOCKED_MODULE_NAMES.values())
+
+
 def _check_names(tree):
+    """What can be refused before the program runs is refused here, with its line; the
+    guards refuse the rest (names built at run time) as the program runs."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -471,8 +479,24 @@ def _check_names(tree):
         elif isinstance(node, ast.ImportFrom):
             if node.level or node.module not in ALLOWED_MODULES:
                 raise CodeError(node.lineno, f"importing from '{node.module}' is not allowed")
+            for alias in node.names:
+                if alias.name in _BLOCKED_MODULE_NAMES.get(node.module, ()):
+                    raise CodeError(
+                        node.lineno, f"'{node.module}.{alias.name}' is not available in a loop"
+                    )
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
             raise CodeError(node.lineno, f"'{node.id}' is not available in a loop")
+        elif isinstance(node, ast.Attribute) and node.attr in _BLOCKED_ATTRIBUTES:
+            raise CodeError(node.lineno, f"'{node.attr}' is not available in a loop")
+        elif (
+            isinstance(node, ast.Attribute)
+            and node.attr in _FORMAT_METHODS
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            raise CodeError(
+                node.lineno, f"str.{node.attr}() is not available in a loop: use an f-string"
+            )
 
 
 def _check_shape(tree):
