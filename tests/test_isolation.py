@@ -127,7 +127,8 @@ return "left traces" if os.read(read_end, 1) == b"1" else "no daemon"
 
 LOOK_AROUND = """
 import os, socket
-seen = {"tmp": sorted(os.listdir("/tmp")), "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
+pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+seen = {"tmp": sorted(os.listdir("/tmp")), "pids": pids}
 names = []
 for pid in seen["pids"]:
     with open(f"/proc/{pid}/comm") as f:
@@ -174,7 +175,8 @@ with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
             continue
         found.update(m.decode() for m in pattern.findall(chunk))
 for obj in gc.get_objects():
-    for value in (obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()):
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    for value in values:
         if isinstance(value, str) and "SECRET-" in value:
             found.update(re.findall(r"SECRET-[0-9a-f]{32}", value))
 return sorted(found)
@@ -266,11 +268,15 @@ def test_the_execution_is_unprivileged_and_only_af_unix_opens(org, other_org):
 SYSCALLS = """
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
-calls = {"io_uring_setup": (425, 8, 0), "userfaultfd": (323, 0), "perf_event_open": (298, 0, 0, -1, -1, 0),
-         "bpf": (321, 0, 0, 0), "keyctl": (250, 0, 0), "ptrace": (101, 16, 1), "mount": (165, 0, 0, 0, 0, 0),
-         "unshare": (272, 0x10000000), "setns": (308, 0, 0), "memfd_create": (319, 0, 0), "execve": (59, 0, 0, 0),
-         "clone_newuser": (56, 0x10000000 | 17, 0, 0, 0, 0), "process_vm_readv": (310, 1, 0, 0, 0, 0, 0),
-         "open_by_handle_at": (304, 0, 0, 0), "pidfd_getfd": (438, 0, 0, 0), "add_key": (248, 0, 0, 0, 0, 0)}
+calls = {
+    "io_uring_setup": (425, 8, 0), "userfaultfd": (323, 0),
+    "perf_event_open": (298, 0, 0, -1, -1, 0), "bpf": (321, 0, 0, 0), "keyctl": (250, 0, 0),
+    "ptrace": (101, 16, 1), "mount": (165, 0, 0, 0, 0, 0), "unshare": (272, 0x10000000),
+    "setns": (308, 0, 0), "memfd_create": (319, 0, 0), "execve": (59, 0, 0, 0),
+    "clone_newuser": (56, 0x10000000 | 17, 0, 0, 0, 0), "process_vm_readv": (310, 1, 0, 0, 0, 0, 0),
+    "open_by_handle_at": (304, 0, 0, 0), "pidfd_getfd": (438, 0, 0, 0),
+    "add_key": (248, 0, 0, 0, 0, 0),
+}
 result = {}
 for name, (number, *args) in calls.items():
     ctypes.set_errno(0)
