@@ -103,6 +103,12 @@
     }
   });
 
+  // A secret shown once (a new token, an invitation link) is the answer to a POST: make this
+  // history entry a plain GET, so that reloading shows the page without it instead of posting again.
+  if (document.querySelector("[data-shown-once]") && window.history.replaceState) {
+    window.history.replaceState(null, "", window.location.href);
+  }
+
   // A select marked data-autosubmit submits its form on change (no inline handlers under the CSP).
   document.addEventListener("change", function (event) {
     var field = event.target.closest("[data-autosubmit]");
