@@ -28,7 +28,7 @@ def zone(name: str) -> ZoneInfo:
     "America" raises IsADirectoryError)."""
     if name not in _zone_names():
         raise Invalid(
-            f"unknown time zone '{name}' (an IANA name such as Europe/Paris or UTC)",
+            f"timezone '{name}' is not a known time zone (an IANA name such as Europe/Paris)",
             code="invalid_timezone",
             details={"field": "timezone"},
         )

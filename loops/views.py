@@ -29,6 +29,7 @@ from loops.selectors import duration_percentiles, loops_with_stats, runs_per_day
 from loops.services import loop_create, loop_deploy, loop_rollback, loop_update
 from loops_project.errors import DomainError, Invalid
 from runs.models import LogEntry, LogLevel, RunMode, TriggerType
+from runs.selectors import without_values
 from runs.services import run_trigger
 from runs.views import ago, decorate, fmt_ms
 
@@ -92,7 +93,8 @@ def overview(request: HttpRequest, slug: str) -> HttpResponse:
         '  -H "Content-Type: application/json" \\\n'
         '  -d \'{"name": "Ana"}\''
     )
-    runs = decorate(list(loop.runs.select_related("version").order_by("-created_at")[:10]))
+    recent = without_values(loop.runs.select_related("version")).order_by("-created_at")
+    runs = decorate(list(recent[:10]))
     return render(request, "loops/overview.html", {
         **_tabs(loop, "overview"), "runs": runs, "trigger_url": trigger_url, "curl": curl,
         "chart": runs_per_day(loop),

@@ -17,7 +17,7 @@ from runs import services
 from runs.access import get_batch_for, get_run_for, get_scan_for, get_step_for, get_webhook_for
 from runs.models import LogEntry, Run, RunStatus, Step, TriggerType, Webhook
 from runs.schemas import LogOut, RunOut, log_payload, run_payload
-from runs.selectors import filter_runs, page_runs
+from runs.selectors import filter_runs, page_runs, without_values
 from runs.webhooks import webhook_create
 
 router = Router(tags=["runs"])
@@ -197,7 +197,7 @@ def list_runs(
     """Newest first by default. Unknown filter values answer 422 naming the field."""
     org = request.auth.organization
     qs = filter_runs(
-        _runs_with_relations().for_org(org), org, status=status, loop=loop,
+        without_values(_runs_with_relations().for_org(org)), org, status=status, loop=loop,
         trigger_type=triggerType, mode=mode, batch=batch, created_after=createdAfter,
         created_before=createdBefore, step_status=stepStatus, triggered_by=triggeredBy,
     )  # fmt: skip
@@ -218,7 +218,8 @@ def list_runs(
 )
 def loop_runs(request, loop: str):
     target = get_loop_for(request.auth.organization, loop)
-    rows = list(_runs_with_relations().filter(loop=target).order_by("-created_at", "-pk")[:50])
+    runs = without_values(_runs_with_relations().filter(loop=target))
+    rows = list(runs.order_by("-created_at", "-pk")[:50])
     return {"data": [run_payload(r) for r in rows], "limit": 50, "offset": 0,
             "hasMore": False, "nextCursor": None}  # fmt: skip
 

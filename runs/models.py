@@ -119,6 +119,10 @@ class Run(models.Model):
         "runs.Step", null=True, blank=True, on_delete=models.CASCADE, related_name="child_runs",
         db_index=False, db_constraint=False,
     )  # fmt: skip
+    # How many step.run_loop calls lie between this run and the run started otherwise (0),
+    # kept on the row so that starting a child checks LOOPS_MAX_CHILD_DEPTH without walking
+    # up the chain of parents.
+    depth = models.PositiveSmallIntegerField(default=0)
     # NULL (not "") for "no key", so the partial index holds only keyed runs.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # The queued execution (django-q2 task name); answered as workflowInstanceId.

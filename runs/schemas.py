@@ -3,9 +3,10 @@
 from datetime import datetime
 from typing import Any
 
-from ninja import Schema
+from ninja import Field, Schema
 
 from runs.models import LogEntry, Run, Step
+from runs.selectors import list_value
 
 
 class PendingOut(Schema):
@@ -51,6 +52,15 @@ class RunOut(Schema):
     mode: str
     input: Any = None
     output: Any = None
+    inputTruncated: bool = Field(
+        False, description="In lists: the input's JSON is longer than the preview; `input` "
+        "is null and `inputPreview` holds its start (GET /api/v1/runs/{id} has it whole)",
+    )  # fmt: skip
+    inputPreview: str | None = None
+    outputTruncated: bool = Field(
+        False, description="In lists: as inputTruncated, for the output (`outputPreview`)"
+    )
+    outputPreview: str | None = None
     error: str | None
     errorDetail: dict | None = None
     createdAt: datetime
@@ -98,8 +108,12 @@ def step_payload(step: Step) -> dict:
 
 
 def run_payload(run: Run, *, steps: list[Step] | None = None) -> dict:
-    """A run as API.md describes it. Needs run.loop and run.version (select_related)."""
+    """A run as API.md describes it. Needs run.loop and run.version (select_related). A run
+    from runs.selectors.without_values (a list) carries a large input or output as a preview
+    and a flag instead of whole."""
     failed = run.status == "failed"
+    input, input_preview, input_truncated = list_value(run, "input")
+    output, output_preview, output_truncated = list_value(run, "output")
     data = {
         "id": run.pk,
         "loopId": run.loop_id,
@@ -108,8 +122,12 @@ def run_payload(run: Run, *, steps: list[Step] | None = None) -> dict:
         "status": run.status,
         "triggerType": run.trigger_type,
         "mode": run.mode,
-        "input": run.input,
-        "output": run.output,
+        "input": input,
+        "output": output,
+        "inputTruncated": input_truncated,
+        "inputPreview": input_preview,
+        "outputTruncated": output_truncated,
+        "outputPreview": output_preview,
         "error": (run.error_message or "The run failed") if failed else None,
         "errorDetail": {
             "message": run.error_message,

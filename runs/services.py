@@ -82,12 +82,16 @@ def run_trigger(
     token: ApiToken | None = None,
     test_code: str | None = None,
     idempotency_key: str | None = None,
+    parent_step_id: str | None = None,
+    depth: int = 0,
 ) -> Run:
     """Save a pending run and queue its execution (visible to workers once committed).
 
     A live run is pinned to the loop's active version; a test run executes draft code.
     With an idempotency key already used for this loop within 24 hours, the first run is
-    returned and nothing is created.
+    returned and nothing is created. A child run (step.run_loop) names the step that waits
+    for it and its depth below the first run, written with the run so that its own
+    executions see them at once.
     """
     # A keyed trigger looks for the key's run and creates its own in one transaction (holding
     # the loop's row); an unkeyed one needs no transaction of its own: on PostgreSQL with the
@@ -115,6 +119,8 @@ def run_trigger(
             triggered_by_token=token,
             input=input,
             idempotency_key=idempotency_key,
+            parent_step_id=parent_step_id,
+            depth=depth,
             task_id=new_task_id(),
         )
         row = queue_row(run.id, run.task_id)
@@ -210,11 +216,23 @@ def scan_submit_result(*, scan: ScanRequest, result) -> ScanRequest:
 
 @transaction.atomic
 def run_cancel(*, run: Run) -> Run:
-    """Cancel a pending, running or waiting run. A running execution stops at its next
-    step boundary (it finds the run no longer running)."""
+    """Cancel a pending, running or waiting run, and every run below it that step.run_loop
+    started (children, their children …) and that has not ended. A running execution stops
+    at its next step boundary (it finds the run no longer running)."""
     run = lock_run(run.pk)
     if run.is_ended:
         raise Conflict(f"The run has already ended ({run.status}).", code="run_ended")
+    _cancel(run)
+    # Parents before children: a child's end resumes its parent, which is cancelled already.
+    for child_id in _descendant_ids(run.pk):
+        child = lock_run(child_id)
+        if child is not None and not child.is_ended:
+            _cancel(child)
+    run.refresh_from_db()
+    return run
+
+
+def _cancel(run: Run) -> None:
     now = timezone.now()
     started = run.started_at or now
     Run.objects.filter(pk=run.pk).update(
@@ -230,8 +248,20 @@ def run_cancel(*, run: Run) -> Run:
     )
     ScanRequest.objects.filter(run=run, status=ScanStatus.PENDING).update(status=ScanStatus.EXPIRED)
     transaction.on_commit(lambda: run_status_changed(run.pk, RunStatus.CANCELLED))
-    run.refresh_from_db()
-    return run
+
+
+def _descendant_ids(run_id: str) -> list[str]:
+    """The runs below a run, level by level (one query per level; LOOPS_MAX_CHILD_DEPTH
+    bounds the levels)."""
+    found, level = [], [run_id]
+    while level:
+        level = list(
+            Run.objects.filter(parent_step__run_id__in=level)
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)
+        )
+        found += level
+    return found
 
 
 @transaction.atomic

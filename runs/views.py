@@ -19,7 +19,7 @@ from loops_project.errors import DomainError
 from runs.access import get_run_for, get_step_for
 from runs.forms import RespondForm, RunFilterForm, SaveInputForm
 from runs.models import Run, RunStatus, Step, StepStatus, TriggerType
-from runs.selectors import filter_runs
+from runs.selectors import filter_runs, value_head, without_values
 from runs.services import run_cancel, run_respond, run_restart, run_resume
 
 PAGE_SIZE = 25
@@ -59,7 +59,7 @@ def decorate(runs):
             obj.cpu_text = fmt_ms(obj.cpu_time_ms)
             obj.started_ago = ago(obj.started_at)
             obj.created_ago = ago(obj.created_at)
-            obj.output_json = _pretty(obj.output)
+            obj.output_head, obj.output_truncated = value_head(obj, "output")
     return runs
 
 
@@ -72,7 +72,9 @@ def run_list(request: HttpRequest, slug: str | None = None) -> HttpResponse:
     org = current_org(request)
     loop = get_loop_for(org, slug) if slug else None
     form = RunFilterForm(request.GET or None)
-    qs = Run.objects.for_org(org).select_related("loop", "version", "triggered_by_user")
+    qs = without_values(
+        Run.objects.for_org(org).select_related("loop", "version", "triggered_by_user")
+    )
     error = None
     if form.is_bound and not form.is_valid():
         error = "Some filters are not valid: " + "; ".join(
@@ -116,6 +118,9 @@ def run_card(request: HttpRequest, run_id: str) -> HttpResponse:
     """The compact live result of a test run, shown beside the editor."""
     run = get_run_for(current_org(request), run_id)
     decorate([run])
+    # The first chunk only: the run's page has the whole output.
+    pretty = _pretty(run.output)
+    run.output_json = pretty[:CHUNK_CHARS] + ("\n…" if len(pretty) > CHUNK_CHARS else "")
     return render(request, "loops/editor.html#run-card", {"run": run})
 
 
@@ -218,7 +223,7 @@ def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
     for step in steps:
         children_of.setdefault(step.parent_id, []).append(step)
     child_runs: dict[str, list[Run]] = {}
-    for child in (
+    for child in without_values(
         Run.objects.filter(parent_step__run=run).select_related("loop").order_by("created_at")
     ):
         child_runs.setdefault(child.parent_step_id, []).append(child)
@@ -262,7 +267,11 @@ def _breadcrumb(run: Run) -> list[tuple[Run, Step]]:
     chain = []
     current = run
     while current.parent_step_id and len(chain) < 10:
-        step = Step.objects.select_related("run__loop").get(pk=current.parent_step_id)
+        step = (
+            Step.objects.select_related("run__loop")
+            .defer("input", "output", "error", "run__input", "run__output")
+            .get(pk=current.parent_step_id)
+        )
         chain.append((step.run, step))
         current = step.run
     return list(reversed(chain))

@@ -200,8 +200,17 @@ def wait_child(execution, message, params):
     loop = Loop.objects.filter(
         organization_id=execution.run.organization_id, **{field: ident}
     ).first()
+    depth, limit = execution.run.depth + 1, settings.LOOPS_MAX_CHILD_DEPTH
+    error = None
     if loop is None:
         error = {"message": f"No loop '{ident}' in this organization", "type": "ChildRunFailed"}
+    elif depth > limit:
+        error = {
+            "message": f"step.run_loop cannot start a run {depth} levels deep: runs started by "
+            f"step.run_loop nest at most {limit} deep (LOOPS_MAX_CHILD_DEPTH)",
+            "type": "ChildRunFailed",
+        }
+    if error is not None:
         execution.open_step(message, kind="child", status=StepStatus.FAILED, error=error)
         return _resolved(StepStatus.FAILED, error=error)
     step_id = execution.open_step(
@@ -211,7 +220,10 @@ def wait_child(execution, message, params):
         input={"loop": loop.slug, "body": params.get("body")},
     )
     try:
-        child = run_trigger(loop=loop, input=params.get("body"), trigger_type="system", mode="live")
+        child = run_trigger(
+            loop=loop, input=params.get("body"), trigger_type="system", mode="live",
+            parent_step_id=step_id, depth=depth,
+        )  # fmt: skip
     except DomainError as exc:
         error = {"message": exc.message, "type": "ChildRunFailed"}
         Step.objects.filter(pk=step_id).update(
@@ -219,7 +231,6 @@ def wait_child(execution, message, params):
         )
         execution.steps[message["key"]][1] = StepStatus.FAILED
         return _resolved(StepStatus.FAILED, error=error)
-    Run.objects.filter(pk=child.pk).update(parent_step_id=step_id)
     Step.objects.filter(pk=step_id).update(metadata={"childRunId": child.pk})
     pending = {"stepName": message.get("name"), "kind": "child", "childRunId": child.pk}
     Run.objects.filter(pk=execution.run.pk).update(pending=pending)
