@@ -174,6 +174,8 @@ def invitation_send(*, invitation: Invitation, link: str) -> bool:
 
     Only what the inviter typed decides it, never whether an account has that address.
     """
+    if not settings.LOOPS_INVITATION_EMAILS:
+        return False
     try:
         validate_email(invitation.identifier)
     except ValidationError:

@@ -212,22 +212,25 @@ MIDDLEWARE += [
 # An invitation to an organization is accepted by the invited person within this many days.
 LOOPS_INVITATION_DAYS = env_int("LOOPS_INVITATION_DAYS", 7)
 # The invitation link is also e-mailed when the invitation names an address: through SMTP when
-# DJANGO_EMAIL_HOST is set, otherwise to the web server's output (embedded mode).
+# DJANGO_EMAIL_HOST is set, to the web server's output in embedded (DEBUG) mode, else not at all
+# (the inviter still gets the link on screen).
 _EMAIL_HOST = env_str("DJANGO_EMAIL_HOST", "")
-MAILERS = {
-    "default": {
-        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-        "OPTIONS": {
-            "host": _EMAIL_HOST,
-            "port": env_int("DJANGO_EMAIL_PORT", 587),
-            "username": env_str("DJANGO_EMAIL_USER", ""),
-            "password": env_str("DJANGO_EMAIL_PASSWORD", ""),
-            "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", True),
-        },
+if _EMAIL_HOST:
+    MAILERS = {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": _EMAIL_HOST,
+                "port": env_int("DJANGO_EMAIL_PORT", 587),
+                "username": env_str("DJANGO_EMAIL_USER", ""),
+                "password": env_str("DJANGO_EMAIL_PASSWORD", ""),
+                "use_tls": env_bool("DJANGO_EMAIL_USE_TLS", True),
+            },
+        }
     }
-    if _EMAIL_HOST
-    else {"BACKEND": "django.core.mail.backends.console.EmailBackend"}
-}
+elif DEBUG:
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+LOOPS_INVITATION_EMAILS = bool(_EMAIL_HOST) or DEBUG
 DEFAULT_FROM_EMAIL = env_str("DJANGO_DEFAULT_FROM_EMAIL", "Loops <loops@localhost>")
 
 # --- Request size ---------------------------------------------------------------------------

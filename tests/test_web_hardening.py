@@ -24,13 +24,14 @@ PASSWORD = "pw-123456"  # the factories' password
 
 
 @pytest.fixture(autouse=True)
-def _throttling_on(settings):
-    # Whatever the environment says, these tests need the throttle, with known numbers.
+def _known_settings(settings):
+    # Whatever the environment says, these tests need the throttle on, with known numbers.
     settings.AXES_ENABLED = True
     settings.AXES_FAILURE_LIMIT = 5
     settings.LOOPS_LOGIN_COOLOFF_MINUTES = 15
     settings.AXES_COOLOFF_TIME = 0.25
     settings.LOOPS_TRUSTED_PROXIES = 0
+    settings.LOOPS_INVITATION_EMAILS = True
 
 
 @pytest.fixture
@@ -399,6 +400,14 @@ def test_the_invitation_e_mail_carries_the_link(owner_client, org):
     assert len(mail.outbox) == 1
     assert mail.outbox[0].to == ["ana@example.com"]
     assert f"http://testserver{link}" in mail.outbox[0].body
+
+
+def test_without_a_mail_server_the_link_is_only_shown(owner_client, org, settings):
+    settings.LOOPS_INVITATION_EMAILS = False
+    response = invite(owner_client, "ana@example.com")
+    assert link_in(response)
+    assert "e-mailed" not in response.content.decode()
+    assert mail.outbox == []
 
 
 def test_the_admin_lists_invitations_and_revokes_them(admin_client, org, owner):
