@@ -1,11 +1,15 @@
 """Web hardening through HTTP: login throttling, the Content-Security-Policy, invitations a person
 accepts, and API token secrets that live only in the answer that created them."""
 
+import importlib
 import re
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from axes.models import AccessAttempt
+from django.apps import apps
+from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core import mail
 from django.test import Client
@@ -466,3 +470,17 @@ def test_the_admin_shows_a_new_tokens_secret_without_keeping_it(admin_client, or
     assert ApiToken.objects.get(name="deploy bot").token_hash == ApiToken.hash(secret)
     assert not secret_anywhere_server_side(secret)
     assert all(secret not in cookie.value for cookie in response.cookies.values())
+
+
+def test_the_upgrade_removes_secrets_that_older_sessions_kept(db):
+    older = SessionStore()
+    older["new_token"] = {"id": "tok_x", "raw": "lp_kept-by-the-old-tokens-page"}
+    older["current_org"] = "org_x"
+    older.create()
+    migration = importlib.import_module("accounts.migrations.0003_forget_token_secrets_in_sessions")
+    migration.forget_token_secrets(
+        apps, SimpleNamespace(connection=SimpleNamespace(alias="default"))
+    )
+    row = Session.objects.get(session_key=older.session_key)
+    assert "lp_kept" not in str(row.get_decoded())
+    assert row.get_decoded() == {"current_org": "org_x"}
