@@ -8,12 +8,13 @@ root in the sandbox's namespaces: it mounts the sandbox's /proc, then gives up r
 everything an execution needs, builds the seccomp programs and installs its own filter, then
 serves "exec" requests one at a time.
 
-The zygote holds no organization's code, input or results, ever. An "exec" request carries
-only limits and, as SCM_RIGHTS, one end of a socket pair the worker made for that execution
-alone. The zygote forks; the child enters new user, PID, mount, IPC, network and UTS
-namespaces and forks the execution as PID 1 there; PID 1 seals itself (seal.py) and only then
-reads the program and its input from its own socket. The zygote closes its copy of that socket
-at once, so no other execution can ever reach it.
+The zygote holds no organization's code, input or results, ever. Ahead of each execution it
+forks a process that enters new user, PID, mount, IPC, network and UTS namespaces and forks
+PID 1 there, which seals itself (seal.py) and waits: a spare execution, holding nothing. An
+"exec" request carries only limits and, as SCM_RIGHTS, one end of a socket pair the worker
+made for that execution alone; the zygote hands both to the spare and closes its copy of the
+socket at once, so no other execution can ever reach it. PID 1 applies the limits and only
+then reads the program and its input from its own socket.
 """
 
 import contextlib
@@ -61,57 +62,95 @@ def become_unprivileged(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)  # from root to a non-zero uid: every capability is cleared
 
 
+BEST_EFFORT = "--best-effort" in sys.argv
+
+
 def send(control: socket.socket, message: dict) -> None:
     control.send(json.dumps(message, separators=(",", ":")).encode())
 
 
-def run_execution(
-    exec_sock: socket.socket, limits: dict, program: bytes | None, namespaces: bool
-) -> None:
-    """PID 1 of the execution's namespaces: seal, then read the request and run it."""
-    try:
-        sealed = seal.seal(limits, program, seal.LAST_CAPABILITY, namespaces=namespaces)
-    except (seal.SealError, OSError) as exc:
+def _line(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def _limits(data: bytes) -> dict:
+    with contextlib.suppress(ValueError):
+        message = json.loads(data)
+        if isinstance(message, dict) and isinstance(message.get("limits"), dict):
+            return message["limits"]
+    return {}
+
+
+def _allow_fork(limits: dict) -> bool:
+    return int(limits.get("max_processes", 1)) > 1
+
+
+def execution(sock: socket.socket, filters: dict, namespaces: bool, error: str | None) -> int:
+    """PID 1 of the execution's namespaces. Seals itself while it waits to be handed an
+    execution, then applies that execution's limits, and only then reads its request."""
+    sealed = {}
+    if error is None:
+        try:
+            sealed = seal.seal_process(seal.LAST_CAPABILITY, namespaces=namespaces)
+        except (seal.SealError, OSError) as exc:
+            error = str(exc)
+    data, fds, _, _ = socket.recv_fds(sock, MAX_CONTROL_BYTES, 1)
+    sock.close()
+    if len(fds) != 1:
+        return 1
+    exec_sock = socket.socket(fileno=fds[0])
+    limits = _limits(data)
+    if error is None:
+        try:
+            sealed.update(seal.seal_limits(limits, filters.get(_allow_fork(limits))))
+        except (seal.SealError, OSError) as exc:
+            error = str(exc)
+    if error is not None:
         with contextlib.suppress(OSError):
-            exec_sock.sendall(
-                json.dumps({"op": "sealfailed", "message": str(exc)}).encode() + b"\n"
-            )
-        os._exit(EXIT_SEAL_FAILED)
+            exec_sock.sendall(_line({"op": "sealfailed", "message": error}))
+        return EXIT_SEAL_FAILED
     rfile = exec_sock.makefile("rb")
     wfile = exec_sock.makefile("wb")
     channel = runtime.Channel(rfile, wfile)
     line = rfile.readline()
     if not line:
-        os._exit(3)
+        return 3
     request = json.loads(line)
     channel.send({"op": "sealed", **sealed, "uid": os.getuid(), "pid": os.getpid()})
     runtime.execute_request(request, channel)
     wfile.flush()
+    return 0
 
 
-def middle(exec_sock: socket.socket, limits: dict, program: bytes | None) -> int:
-    """The process between the zygote and PID 1: enters the namespaces, forks PID 1, enforces
-    the wall clock, and reports how PID 1 ended as its own exit code."""
+def middle(zygote_sock: socket.socket, filters: dict) -> int:
+    """The process between the zygote and PID 1: enters the namespaces and forks PID 1 ahead
+    of time; once the zygote hands it an execution, passes that on, enforces the wall clock,
+    and reports how PID 1 ended as its own exit code."""
     seal.die_with_parent()
-    namespaces = True
+    namespaces, error = True, None
     try:
         seal.enter_namespaces()
     except OSError as exc:
-        if "--best-effort" not in sys.argv:
-            with contextlib.suppress(OSError):
-                message = {"op": "sealfailed", "message": f"namespaces: {exc}"}
-                exec_sock.sendall(json.dumps(message).encode() + b"\n")
-            return EXIT_SEAL_FAILED
-        namespaces = False  # no bubblewrap and no user namespaces: the other layers only
+        namespaces = False  # without bubblewrap and user namespaces: the other layers only
+        if not BEST_EFFORT:
+            error = f"namespaces: {exc}"
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
-        code = 0
+        code = 1
         try:
-            run_execution(exec_sock, limits, program, namespaces)
-        except BaseException:
-            code = 1
-        os._exit(code)
-    exec_sock.close()
+            ours.close()
+            zygote_sock.close()
+            code = execution(theirs, filters, namespaces, error)
+        finally:
+            os._exit(code)
+    theirs.close()
+    data, fds, _, _ = socket.recv_fds(zygote_sock, MAX_CONTROL_BYTES, 1)
+    if len(fds) != 1:
+        os.kill(pid, signal.SIGKILL)
+        return 1
+    socket.send_fds(ours, [data], fds)
+    os.close(fds[0])
     ended = {"why": None}
 
     def stop(why: str):
@@ -124,7 +163,7 @@ def middle(exec_sock: socket.socket, limits: dict, program: bytes | None) -> int
 
     signal.signal(signal.SIGALRM, stop("timed_out"))
     signal.signal(signal.SIGTERM, stop("killed"))
-    signal.setitimer(signal.ITIMER_REAL, float(limits.get("wall_seconds", 60)))
+    signal.setitimer(signal.ITIMER_REAL, float(_limits(data).get("wall_seconds", 60)))
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -141,6 +180,38 @@ def middle(exec_sock: socket.socket, limits: dict, program: bytes | None) -> int
     if os.WIFSIGNALED(status):
         return EXIT_SIGNAL_BASE + os.WTERMSIG(status)
     return min(os.waitstatus_to_exitcode(status), 99)
+
+
+class Spare:
+    """An execution made ahead of time: namespaces entered, PID 1 sealed and waiting. It
+    holds nothing of any organization until the zygote hands it one execution's socket."""
+
+    def __init__(self, control: socket.socket, filters: dict):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 1
+            try:
+                control.close()
+                self.sock.close()
+                code = middle(theirs, filters)
+            finally:
+                os._exit(code)
+        theirs.close()
+
+    def hand(self, order: bytes, exec_fd: int) -> bool:
+        try:
+            socket.send_fds(self.sock, [order], [exec_fd])
+        except OSError:
+            return False
+        return True
+
+    def discard(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
 
 
 def report(middle_status: int, usage) -> dict:
@@ -162,42 +233,31 @@ def report(middle_status: int, usage) -> dict:
     return message
 
 
-def serve_one(control: socket.socket, request: dict, exec_fd: int, filters: dict) -> None:
-    limits = request.get("limits") if isinstance(request.get("limits"), dict) else {}
-    allow_fork = int(limits.get("max_processes", 1)) > 1
-    program = filters.get(allow_fork) if filters else None
-    exec_sock = socket.socket(fileno=exec_fd)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            control.close()
-            code = middle(exec_sock, limits, program)
-        finally:
-            os._exit(code)
-    exec_sock.close()
-    pidfd = os.pidfd_open(pid)
+def watch(control: socket.socket, spare: Spare, limits: dict) -> None:
+    """Watch the execution `spare` was handed until it ends, then report how."""
+    pidfd = os.pidfd_open(spare.pid)
     # Backstop: the middle process enforces the wall clock; if it cannot, the zygote does.
     backstop = float(limits.get("wall_seconds", 60)) + 5
     try:
         while True:
             ready, _, _ = select.select([pidfd, control], [], [], backstop)
             if not ready:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(spare.pid, signal.SIGKILL)
                 continue
             if control in ready:
                 data = control.recv(MAX_CONTROL_BYTES)
                 if not data:
-                    os.kill(pid, signal.SIGKILL)  # the worker went away
+                    os.kill(spare.pid, signal.SIGKILL)  # the worker went away
                     os._exit(0)
                 with contextlib.suppress(ValueError):
                     if json.loads(data).get("op") == "kill":
-                        os.kill(pid, signal.SIGTERM)
+                        os.kill(spare.pid, signal.SIGTERM)
             if pidfd in ready:
                 break
     finally:
         os.close(pidfd)
-    _, status, usage = os.wait4(pid, 0)
+    _, status, usage = os.wait4(spare.pid, 0)
+    spare.sock.close()
     send(control, report(status, usage))
 
 
@@ -223,6 +283,7 @@ def main() -> None:
             filters = {}
     send(control, {"op": "ready", "seccomp": seccomp_state, "uid": os.getuid(),
                    "pid": os.getpid()})  # fmt: skip
+    spare = Spare(control, filters)
     while True:
         try:
             data, fds, _, _ = socket.recv_fds(control, MAX_CONTROL_BYTES, 1)
@@ -230,15 +291,19 @@ def main() -> None:
             return
         if not data:
             return
-        try:
-            request = json.loads(data)
-        except ValueError:
-            request = {}
-        if request.get("op") != "exec" or len(fds) != 1:
+        limits = _limits(data)
+        if len(fds) != 1 or not limits:
             for fd in fds:
                 os.close(fd)
             continue
-        serve_one(control, request, fds[0], filters)
+        if not spare.hand(data, fds[0]):  # it died waiting: make another
+            spare.discard()
+            spare = Spare(control, filters)
+            spare.hand(data, fds[0])
+        os.close(fds[0])
+        watch(control, spare, limits)
+        # The next execution is made now, while the worker records this one.
+        spare = Spare(control, filters)
 
 
 if __name__ == "__main__":

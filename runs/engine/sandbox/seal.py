@@ -4,8 +4,9 @@ no capabilities, and the seccomp allow-list.
 Runs inside the sandbox (the standard library and pyseccomp only). The zygote builds the
 seccomp programs once, before it serves anything; for each execution it forks a process that
 enters fresh namespaces (`enter_namespaces`) and forks the execution as PID 1 of its new PID
-namespace, which then seals itself (`seal`) before it reads a byte of the organization's code
-or input. When PID 1 ends, the kernel kills everything else in its namespace, so nothing an
+namespace, which seals itself (`seal_process`, then `seal_limits` once its limits arrive)
+before it reads a byte of the organization's code or input. When PID 1 ends, the kernel kills
+everything else in its namespace, so nothing an
 execution starts outlives it (pid_namespaces(7)); its mount, IPC, network and user namespaces
 disappear with their last process, taking its /tmp, its IPC objects and its sockets along.
 """
@@ -307,10 +308,10 @@ def load_filter(program: bytes) -> None:
 # --- The whole seal ----------------------------------------------------------------------------
 
 
-def seal(limits: dict, program: bytes | None, last_cap: int, *, namespaces: bool = True) -> dict:
-    """Called in PID 1 of the execution's namespaces, before any of its code or input is read.
-    Returns what was applied, for the execution's first message. Without `namespaces` (the
-    fallback without bubblewrap or user namespaces) only limits, capabilities and seccomp."""
+def seal_process(last_cap: int, *, namespaces: bool = True) -> dict:
+    """First half, in PID 1 of fresh namespaces, before the execution is handed anything:
+    its own /tmp and /proc, no capabilities. Without `namespaces` (the fallback without
+    bubblewrap or user namespaces) only the capabilities."""
     die_with_parent()
     proc = private_filesystems() if namespaces else "shared"
     os.chdir("/tmp")
@@ -318,10 +319,16 @@ def seal(limits: dict, program: bytes | None, last_cap: int, *, namespaces: bool
     # Its own /proc/self belongs to it (the zygote gave up root, which left it non-dumpable);
     # nothing else of its uid can see it, and ptrace is refused.
     _prctl(PR_SET_DUMPABLE, 1)
+    return {"proc": proc, "namespaces": namespaces}
+
+
+def seal_limits(limits: dict, program: bytes | None) -> dict:
+    """Second half, once the execution's limits have arrived (and still before its code and
+    input): resource limits and the seccomp allow-list."""
     set_limits(limits)
     if program is not None:
         load_filter(program)
-    return {"proc": proc, "namespaces": namespaces, "seccomp": program is not None}
+    return {"seccomp": program is not None}
 
 
 LAST_CAPABILITY = _last_capability()
