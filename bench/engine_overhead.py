@@ -128,7 +128,8 @@ def bench_sandbox() -> tuple[float, float, float]:
     def run_after():
         info = after.execute(new_request(), reply, limits={**limits, "max_processes": 1},
                              deadline=time.monotonic() + 10)  # fmt: skip
-        assert info.code == 0 and not info.crashed, info
+        assert info.code == 0, info
+        assert not info.crashed, info
 
     def run_before():
         before.execute(old_request, reply, 10)
