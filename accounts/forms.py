@@ -12,6 +12,11 @@ class InviteForm(forms.Form):
     )  # fmt: skip
     role = forms.ChoiceField(choices=ROLE_CHOICES, initial=Role.EDITOR)
 
+    def __init__(self, *args, allow_owner: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not allow_owner:  # only an owner makes owners
+            self.fields["role"].choices = [c for c in ROLE_CHOICES if c[0] != Role.OWNER]
+
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(choices=ROLE_CHOICES)

@@ -75,14 +75,13 @@ def _get_member_for(org, membership_id: str) -> Membership:
 def members(request: HttpRequest) -> HttpResponse:
     me = current_membership(request)
     org = me.organization
-    form = InviteForm()
+    allow_owner = me.allows(Role.OWNER)
+    form = InviteForm(allow_owner=allow_owner)
     invited = None
     if request.method == "POST":
         require_role(request, Role.ADMIN)
-        form = InviteForm(request.POST)
+        form = InviteForm(request.POST, allow_owner=allow_owner)
         if form.is_valid():
-            if form.cleaned_data["role"] == Role.OWNER:
-                require_role(request, Role.OWNER)  # only an owner makes owners
             try:
                 invitation, raw = invitation_create(
                     organization=org,
@@ -97,7 +96,7 @@ def members(request: HttpRequest) -> HttpResponse:
                 link = request.build_absolute_uri(reverse("accounts:invitation_link", args=[raw]))
                 emailed = invitation_send(invitation=invitation, link=link)
                 invited = {"invitation": invitation, "link": link, "emailed": emailed}
-                form = InviteForm()
+                form = InviteForm(allow_owner=allow_owner)
     rows = (
         Membership.objects.filter(organization=org)
         .select_related("user")
