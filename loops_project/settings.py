@@ -189,6 +189,10 @@ AXES_LOCKOUT_CALLABLE = "accounts.throttling.lockout_response"
 LOOPS_TRUSTED_PROXIES = env_int("LOOPS_TRUSTED_PROXIES", 0)
 AXES_CLIENT_IP_CALLABLE = "accounts.throttling.client_ip"
 
+# The API's docs page serves Swagger UI's files from here (django-ninja's bundled static files)
+# instead of a CDN, which the policy below would refuse.
+INSTALLED_APPS += ["ninja"]
+
 # Django's own CSP. Scripts only from this origin or with the response's nonce (htmx through
 # {% htmx_script %}), no eval; nothing embeds these pages. Styles allow 'unsafe-inline': the Ace
 # editor injects its <style> elements at run time, and the editor widget, the run chart and the

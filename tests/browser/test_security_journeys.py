@@ -59,6 +59,8 @@ def test_the_main_pages_break_no_rule_of_the_policy(
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     page.goto(f"{base}/scan/{scan.pk}")
     expect(page.get_by_role("heading", name="Facial scan")).to_be_visible()
+    page.goto(f"{base}/api/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_be_visible()  # from this origin, no CDN
     visited["public pages"] = csp_watch()
 
     login(owner)
