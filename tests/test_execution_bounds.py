@@ -1,0 +1,99 @@
+"""Bounds the worker holds an execution to, whatever the sandboxed program says: its output,
+each step's output, and everything a run stores over all its executions."""
+
+import pytest
+from django.utils import timezone
+
+from runs.engine.waits import fire_timer
+from runs.models import Step
+from tests.engine_helpers import execute, run_program
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_run_whose_output_is_over_the_limit_fails_with_a_clear_error(org, settings):
+    settings.LOOPS_MAX_OUTPUT_BYTES = 1000
+    run = run_program(org, "return 'x' * 2000")
+    assert run.status == "failed"
+    assert "run() returned 2002 bytes of output; the limit is 1000 bytes" in run.error_message
+    assert run.output is None
+    assert run_program(org, "return 'x' * 900", slug="small").status == "succeeded"
+
+
+# With the guards off the program can write protocol messages on its socket itself, as if the
+# runtime's own checks had been bypassed: the worker must still hold the bounds.
+FORGE_DONE = """
+import json, os
+message = {"op": "done", "output_json": json.dumps("x" * 5000)}
+for fd in range(3, 64):
+    try:
+        os.write(fd, (json.dumps(message) + "\\n").encode())
+    except OSError:
+        pass
+os._exit(0)
+"""
+
+
+def test_the_worker_holds_the_output_limit_even_if_the_sandbox_lies(org, settings):
+    settings.LOOPS_PYTHON_GUARDS = False
+    settings.LOOPS_MAX_OUTPUT_BYTES = 1000
+    run = run_program(org, FORGE_DONE)
+    assert run.status == "failed"
+    assert "the limit is 1000 bytes" in run.error_message
+    assert run.output is None
+
+
+FORGE_STEP = """
+import json, os
+def send(fd, message):
+    os.write(fd, (json.dumps(message) + "\\n").encode())
+for fd in range(3, 64):
+    try:
+        send(fd, {"op": "step", "key": "Big", "name": "Big", "kind": "do"})
+    except OSError:
+        continue
+    os.read(fd, 65536)  # the reply
+    send(fd, {"op": "step_done", "key": "Big", "status": "succeeded",
+              "output_json": json.dumps("y" * 5000)})
+    send(fd, {"op": "done", "output_json": "1"})
+    break
+os._exit(0)
+"""
+
+
+def test_the_worker_holds_the_step_output_limit_even_if_the_sandbox_lies(org, settings):
+    settings.LOOPS_PYTHON_GUARDS = False
+    settings.LOOPS_MAX_STEP_OUTPUT_BYTES = 1000
+    run = run_program(org, FORGE_STEP)
+    step = run.steps.get()
+    assert step.status == "failed"
+    assert step.output is None
+    assert step.error["message"] == "The step's output is over the limit of 1000 bytes"
+
+
+def test_a_run_that_stores_more_than_its_limit_fails(org, settings):
+    settings.LOOPS_MAX_RUN_BYTES = 50_000
+    run = run_program(
+        org, "for i in range(20):\n    step.do(f'Chunk {i}', lambda: 'z' * 10_000)\nreturn 'all'"
+    )
+    assert run.status == "failed"
+    assert "exceeded the limit of 50000 bytes stored per run" in run.error_message
+    assert run.steps.filter(status="succeeded").count() <= 5
+    assert run.stored_bytes <= 50_000 + 11_000  # at most one message past the bound
+
+
+def test_what_a_run_stores_is_counted_over_all_its_executions(org, settings):
+    settings.LOOPS_MAX_RUN_BYTES = 80_000
+    body = (
+        "step.do('One', lambda: 'a' * 30_000)\nstep.do('Two', lambda: 'b' * 30_000)\n"
+        "step.sleep('Nap', 60)\nstep.do('Three', lambda: 'c' * 30_000)\nreturn 'done'"
+    )
+    run = run_program(org, body)
+    assert run.status == "waiting"
+    assert run.stored_bytes >= 60_000
+    nap = run.steps.get(name="Nap")
+    Step.objects.filter(pk=nap.pk).update(wake_at=timezone.now())
+    assert fire_timer(nap.pk) == "slept"
+    run = execute(run)
+    assert run.status == "failed"
+    assert "exceeded the limit of 80000 bytes stored per run" in run.error_message
