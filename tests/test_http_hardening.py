@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -32,6 +33,7 @@ class HostileServer:
     """An HTTP server on 127.0.0.1 with answers that would hold a careless client:
 
     /big/<n>            n bytes, streamed without a Content-Length
+    /gzip/<n>           n zero bytes, gzip-compressed (a few hundred bytes per MiB)
     /drip-body          headers, then one byte every 0.2 s for DRIP_SECONDS
     /drip-headers       the status line, then the headers one byte every 0.2 s
     /hop/<i>            after 0.4 s, a redirect to /hop/<i+1>; /hop/4 answers 200
@@ -66,6 +68,8 @@ class HostileServer:
         path = handler.path
         if path.startswith("/big/"):
             self.stream(handler, path, int(path.rsplit("/", 1)[1]))
+        elif path.startswith("/gzip/"):
+            self.gzip(handler, int(path.rsplit("/", 1)[1]))
         elif path == "/drip-body":
             handler.send_response(200)
             handler.send_header("Content-Type", "text/plain")
@@ -102,6 +106,16 @@ class HostileServer:
             piece = CHUNK[: size - self.sent[path]]
             handler.wfile.write(piece)
             self.sent[path] += len(piece)
+
+    def gzip(self, handler, size: int) -> None:
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip format
+        zeros = bytes(MiB)
+        data = b"".join(packer.compress(zeros) for _ in range(size // MiB)) + packer.flush()
+        handler.send_response(200)
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
 
     def drip(self, handler, data: bytes) -> None:
         for i in range(len(data)):
@@ -160,6 +174,21 @@ def test_a_body_over_the_limit_fails_the_step_and_is_never_held_whole(org, serve
     assert server.sent[f"/big/{size}"] < size
 
 
+def test_a_compressed_body_is_limited_as_it_inflates(org, server, settings):
+    """128 MiB of zeros arrive as 128 KiB of gzip: the limit applies to what it inflates to,
+    and no single read inflates to anything near the body's size."""
+    settings.LOOPS_HTTP_MAX_RESPONSE_BYTES = MiB
+    tracemalloc.start()
+    try:
+        run = run_program(org, call(f"{server.url}/gzip/{128 * MiB}"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert run.status == "failed"
+    assert "LOOPS_HTTP_MAX_RESPONSE_BYTES" in run.steps.get().error["message"]
+    assert peak < 16 * MiB
+
+
 def test_a_body_at_the_limit_is_read_and_recorded(org, server, settings):
     settings.LOOPS_HTTP_MAX_RESPONSE_BYTES = MiB
     run = run_program(org, f'return len(step.http("Call", "GET", "{server.url}/big/{MiB}").body)')
@@ -190,9 +219,12 @@ def test_redirects_share_the_one_deadline(org, server):
 
 
 def test_pages_share_the_one_deadline(org, server):
-    run = run_program(org, call(f"{server.url}/page/1", timeout=1, pages=5))
+    """Five pages of 0.4 s each, under one deadline of 1 s."""
+    url = f"{server.url}/page/1"
+    run = run_program(org, f'return len(step.http("Pages", "GET", "{url}", timeout=1, pages=5))')
     assert run.status == "failed"
     step = run.steps.get()
+    assert step.status == "failed"
     assert "did not finish before its 1 s timeout" in step.error["message"]
     assert 1 <= len(step.output) < 5  # the pages read in time are kept
     assert step.duration_ms < 2500

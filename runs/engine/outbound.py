@@ -8,8 +8,9 @@ exactly the address that was checked, so a DNS answer that changes between check
 A request has one total deadline: resolving, connecting, every redirect hop, every write and
 every read must all end by it. httpx's own timeouts apply to each socket operation alone, so a
 server that sends a byte a second would hold the worker for as long as it liked; here each
-operation only gets what is left of the deadline. The response body is streamed and reading
-stops at LOOPS_HTTP_MAX_RESPONSE_BYTES, so the worker's memory stays bounded.
+operation only gets what is left of the deadline. The response body is streamed in small
+reads and reading stops at LOOPS_HTTP_MAX_RESPONSE_BYTES (counted after decompression), so the
+worker's memory stays bounded whatever the server sends.
 """
 
 import codecs
@@ -27,8 +28,7 @@ import httpx
 from django.conf import settings
 
 MAX_REDIRECTS = 5
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+READ_BYTES = 4 * 1024  # per socket read
 
 # Global unicast is 2000::/3; nothing outside it is a public internet host, except the two
 # forms below that carry an IPv4 address (and are judged by that address).
@@ -200,7 +200,10 @@ class _DeadlineStream(httpcore.NetworkStream):
         self._deadline = deadline
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, self._deadline.seconds_left(httpcore.ReadTimeout))
+        # Small reads: httpx inflates a compressed body one read at a time, and deflate turns
+        # a read into up to ~1000 times as much, all before the byte limit can be checked.
+        left = self._deadline.seconds_left(httpcore.ReadTimeout)
+        return self._stream.read(min(max_bytes, READ_BYTES), left)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, self._deadline.seconds_left(httpcore.WriteTimeout))
@@ -242,7 +245,7 @@ class _DeadlineTransport(httpx.HTTPTransport):
     def __init__(self, deadline: Deadline) -> None:
         super().__init__(verify=_ssl_context(), trust_env=False)
         # httpx 0.28 cannot hand its connection pool a network backend (encode/httpx#3749 would
-        # add that), so the pool it built is replaced by the same pool over the deadline backend.
+        # add that), so the pool it built is replaced by one over the deadline backend.
         self._pool = httpcore.ConnectionPool(
             ssl_context=_ssl_context(), network_backend=_DeadlineBackend(deadline)
         )
