@@ -30,10 +30,12 @@ from django.conf import settings
 MAX_REDIRECTS = 5
 READ_BYTES = 4 * 1024  # per socket read
 
-# Global unicast is 2000::/3; nothing outside it is a public internet host, except the two
-# forms below that carry an IPv4 address (and are judged by that address).
+# Global unicast is 2000::/3; nothing outside it is a public internet host, except the NAT64
+# well-known prefix, which is globally reachable and only ever embeds a public IPv4 address
+# (RFC 6052): on an IPv6-only network DNS64 answers with it for every IPv4-only host, so it is
+# judged by the IPv4 address it carries. Every other form that embeds one (IPv4-mapped and
+# -compatible, SIIT, local-use NAT64, 6to4, Teredo, ISATAP) is refused whatever it carries.
 _IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
-_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
 # Inside 2000::/3, ranges that are not global or that tunnel to an embedded IPv4 address, listed
 # here because older Pythons' ipaddress tables miss some of them (3.12.1 calls 2002::/16 global).
@@ -122,8 +124,7 @@ def _is_isatap(ip: ipaddress.IPv6Address) -> bool:
 
 
 def _is_public_v6(ip: ipaddress.IPv6Address) -> bool:
-    if ip in _IPV4_MAPPED or ip in _NAT64_WELL_KNOWN:
-        # Both reach the IPv4 address in the low 32 bits (the kernel or a NAT64 gateway).
+    if ip in _NAT64_WELL_KNOWN:  # the gateway connects to the IPv4 address in the low 32 bits
         return _is_public_v4(ipaddress.IPv4Address(ip.packed[12:]))
     return (
         ip in _IPV6_GLOBAL_UNICAST
