@@ -31,7 +31,7 @@ from loops_project.errors import DomainError, Invalid
 from runs.models import LogEntry, LogLevel, RunMode, TriggerType
 from runs.selectors import without_values
 from runs.services import run_trigger
-from runs.views import ago, decorate, fmt_ms
+from runs.views import ago, decorate, fmt_ms, query_int
 
 __all__ = ["current_org"]  # other page modules import it from here
 
@@ -170,12 +170,13 @@ def editor(request: HttpRequest, slug: str) -> HttpResponse:
             return redirect(loop)
         return render(request, "loops/editor.html", _editor_context(request, loop, form))
     source = loop.active_version
-    if request.GET.get("version", "").isdigit():
-        source = get_version_for(loop, int(request.GET["version"]))
+    number = query_int(request.GET.get("version"))
+    if number is not None:
+        source = get_version_for(loop, number)
     form = CodeForm(initial={"code": source.code if source else STARTER_CODE})
     line = request.GET.get("line", "")
     return render(request, "loops/editor.html", _editor_context(
-        request, loop, form, source=source, goto_line=int(line) if line.isdigit() else None,
+        request, loop, form, source=source, goto_line=query_int(line),
     ))  # fmt: skip
 
 
@@ -233,8 +234,8 @@ def versions(request: HttpRequest, slug: str) -> HttpResponse:
     a = b = None
     if len(all_versions) >= 2:
         numbers = {v.number: v for v in all_versions}
-        b = numbers.get(_int(request.GET.get("b")), loop.active_version or all_versions[0])
-        a = numbers.get(_int(request.GET.get("a")))
+        b = numbers.get(query_int(request.GET.get("b")), loop.active_version or all_versions[0])
+        a = numbers.get(query_int(request.GET.get("a")))
         if a is None:
             older = [v for v in all_versions if v.number < b.number]
             a = older[0] if older else all_versions[-1]
@@ -243,10 +244,6 @@ def versions(request: HttpRequest, slug: str) -> HttpResponse:
     if request.htmx:
         return render(request, "loops/versions.html#diff", context)
     return render(request, "loops/versions.html", context)
-
-
-def _int(value) -> int | None:
-    return int(value) if value and str(value).isdigit() else None
 
 
 @login_required

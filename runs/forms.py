@@ -1,4 +1,4 @@
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django import forms
 from django.utils import timezone
@@ -24,6 +24,12 @@ class RunFilterForm(forms.Form):
     )
     has_errors = forms.BooleanField(required=False, label="Has errors")
     has_rejected = forms.BooleanField(required=False, label="Has rejected")
+
+    def clean_end(self):
+        end = self.cleaned_data["end"]
+        if end is not None and end >= date.max:  # the filter ends the day after
+            raise forms.ValidationError("Choose a date before 9999-12-31.")
+        return end
 
     def selector_kwargs(self) -> dict:
         data = self.cleaned_data

@@ -28,6 +28,16 @@ ARRAY_PAGE = 20  # a long array is shown this many items at a time
 PERSON_KINDS = {"input", "approval"}
 
 
+def query_int(value, *, maximum: int = 2**31 - 1) -> int | None:
+    """A non-negative integer from a query string, or None for anything else (other digits
+    than 0-9, more than fit a database integer)."""
+    text = str(value or "")
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return None
+    number = int(text)
+    return number if number <= maximum else None
+
+
 def fmt_ms(ms: int | None) -> str:
     if ms is None:
         return "—"
@@ -192,7 +202,7 @@ def run_value(request: HttpRequest, run_id: str) -> HttpResponse:
     step = get_step_for(run, step_id) if step_id else None
     value = _field_value(run, step, request.GET.get("field", ""))
     view = request.GET.get("view", "pretty")
-    start = int(request.GET.get("start", "0") or 0) if request.GET.get("start", "").isdigit() else 0
+    start = query_int(request.GET.get("start")) or 0
     url = _value_url(run, request.GET.get("field", ""), step)
     if request.GET.get("full") == "1":
         text = _raw(value) if view == "raw" else _pretty(value)

@@ -373,3 +373,26 @@ def test_a_loop_of_another_organization_is_not_reachable_with_bad_json(api, othe
     LoopFactory(organization=other_org, slug="theirs")
     response = post(api, "/api/v1/loops/theirs/runs", b'{"input": 1}')
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/loops/greeting/logs/?run=%00", "/loops/greeting/logs/?text=a%00", "/runs/run_%00x/",
+        "/loops/greeting/editor/?version=%C2%B2", "/loops/greeting/editor/?line=%D9%A3",
+        "/loops/greeting/editor/?version=" + "9" * 5000,
+        "/loops/greeting/editor/?version=99999999999999999999",
+        "/loops/greeting/versions/?a=%C2%B2&b=" + "9" * 5000,
+        "/runs/?start=0001-01-01&end=9999-12-31", "/runs/?page=" + "9" * 5000,
+        "/loops/greeting/schedules/preview/?cron=%00&timezone=UTC",
+    ],
+)  # fmt: skip
+def test_odd_query_values_on_pages_are_not_a_server_error(client, owner, loop, url):
+    RunFactory(loop=loop)
+    loop.versions.create(number=2, code=loop.active_version.code)
+    client.force_login(owner)
+    response = client.get(url)
+    assert response.status_code in (200, 400, 404), url
+    run = Run.objects.get()
+    detail = client.get(f"/runs/{run.pk}/value/?field=input&start=" + "9" * 5000)
+    assert detail.status_code == 200
