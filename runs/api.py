@@ -194,7 +194,10 @@ def list_runs(
         description="createdAt, startedAt, completedAt, status or durationMs; - for descending",
     ),
 ):
-    """Newest first by default. Unknown filter values answer 422 naming the field."""
+    """Newest first by default. Unknown filter values answer 422 naming the field. An input
+    or output whose JSON is longer than LOOPS_LIST_PREVIEW_CHARS (4096) comes as null, with
+    inputTruncated/outputTruncated true and its start in inputPreview/outputPreview; the run
+    itself (GET /api/v1/runs/{id}) has it whole."""
     org = request.auth.organization
     qs = filter_runs(
         without_values(_runs_with_relations().for_org(org)), org, status=status, loop=loop,
@@ -217,6 +220,7 @@ def list_runs(
     "/loops/{loop}/runs", response={200: RunList, **ERRORS}, summary="A loop's 50 newest runs"
 )
 def loop_runs(request, loop: str):
+    """Large inputs and outputs as in GET /api/v1/runs: a preview and a flag."""
     target = get_loop_for(request.auth.organization, loop)
     runs = without_values(_runs_with_relations().filter(loop=target))
     rows = list(runs.order_by("-created_at", "-pk")[:50])

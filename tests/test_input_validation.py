@@ -17,6 +17,7 @@ from loops.models import Loop, LoopVersion, Schedule
 from loops.models import TestInput as SavedInput
 from runs import trigger_statement
 from runs.models import Run, RunEvent, ScanRequest, ScanStatus, Step, StepStatus
+from tests.engine_helpers import deploy, execute, program, trigger
 from tests.factories import LoopFactory, RunFactory, make_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -396,3 +397,27 @@ def test_odd_query_values_on_pages_are_not_a_server_error(client, owner, loop, u
     run = Run.objects.get()
     detail = client.get(f"/runs/{run.pk}/value/?field=input&start=" + "9" * 5000)
     assert detail.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"n": float("nan")}', "body.n holds NaN"),
+        ('["a\\x00"]', "body[0] holds a NUL character"),
+        ('{"s": "\\ud800"}', "body.s holds a lone UTF-16 surrogate"),
+        ("deep", "body is nested more than 100 levels deep"),
+    ],
+)
+def test_a_child_run_body_that_cannot_be_stored_fails_the_step(org, body, message):
+    deploy(org, program("return 1"), slug="child")
+    code = (
+        "        deep = 1\n        for _ in range(150):\n            deep = [deep]\n"
+        f'        return step.run_loop("Child", "child", {body})\n'
+    )
+    parent = execute(trigger(deploy(org, program("").rstrip() + "\n" + code, slug="parent")))
+    assert parent.status == "failed"
+    step = parent.steps.get()
+    assert (step.kind, step.status, step.input) == ("child", "failed", None)
+    assert message in step.error["message"]
+    assert message in parent.error_message
+    assert not Run.objects.filter(parent_step__isnull=False).exists()

@@ -193,7 +193,7 @@ def wait_scan(execution, message, params):
 def wait_child(execution, message, params):
     from loops.models import Loop
     from loops_project.errors import DomainError
-    from runs.services import run_trigger
+    from runs.services import check_input, run_trigger
 
     ident = str(params.get("loop") or "")
     field = "pk" if ident.startswith("loop_") else "slug"
@@ -210,6 +210,11 @@ def wait_child(execution, message, params):
             f"step.run_loop nest at most {limit} deep (LOOPS_MAX_CHILD_DEPTH)",
             "type": "ChildRunFailed",
         }
+    else:
+        try:  # before the step records the body: it must be JSON Loops can store
+            check_input(params.get("body"), field="body")
+        except DomainError as exc:
+            error = {"message": exc.message, "type": "ChildRunFailed"}
     if error is not None:
         execution.open_step(message, kind="child", status=StepStatus.FAILED, error=error)
         return _resolved(StepStatus.FAILED, error=error)
