@@ -459,3 +459,11 @@ def test_a_cpu_burning_orphan_is_killed_and_counted(org, other_org, settings):
     assert time.monotonic() - started < 10  # the orphan did not hold the execution
     assert run.cpu_time_ms >= 150
     assert_next_run_of_another_org_is_right(other_org)
+
+
+def test_an_execution_leaves_no_channel_open_in_the_worker(org, other_org):
+    assert_next_run_of_another_org_is_right(other_org)  # the zygote is up
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        assert_next_run_of_another_org_is_right(other_org)
+    assert set(os.listdir("/proc/self/fd")) == before
