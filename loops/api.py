@@ -19,7 +19,7 @@ from loops.schemas import (
     schedule_payload,
     version_payload,
 )
-from loops_project.api import ERRORS_FULL, ErrorOut, require_full_scope
+from loops_project.api_base import ERRORS_FULL, ErrorOut, require_full_scope
 
 router = Router(tags=["loops"])
 

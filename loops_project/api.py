@@ -1,34 +1,31 @@
 """The one NinjaAPI: token auth, the error shape of API.md, and the apps' routers."""
 
-import json
 import threading
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import DataError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest
 from django_ratelimit.core import get_usage
-from ninja import NinjaAPI, Schema
+from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 from ninja.throttling import BaseThrottle
 
-from accounts.models import ApiToken, TokenScope
+from accounts.models import ApiToken
 from accounts.services import token_authenticate
+from loops.api import router as loops_router
 from loops_project import strict_json
+from loops_project.api_base import error_response, parse_json, too_large_response
 from loops_project.errors import DomainError
+from runs.api import router as runs_router
+from runs.api import trigger_router
 
 
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
         return token_authenticate(token)
-
-
-def parse_json(raw: bytes | str, *, field: str = ""):
-    """The API's JSON (loops_project.strict_json): no NaN or Infinity, no number that
-    overflows, no NUL character or lone surrogate, nesting within LOOPS_MAX_JSON_DEPTH."""
-    return strict_json.parse(raw, field=field)
 
 
 class StrictParser(Parser):
@@ -69,23 +66,6 @@ class TokenRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return max(getattr(self._local, "wait", 1.0), 1.0)
-
-
-class ErrorBody(Schema):
-    code: str
-    message: str
-    details: dict | list | None = None
-
-
-class ErrorOut(Schema):
-    error: ErrorBody
-
-
-def error_response(status: int, code: str, message: str, details=None) -> HttpResponse:
-    body = {"error": {"code": code, "message": message}}
-    if details is not None:
-        body["error"]["details"] = details
-    return HttpResponse(json.dumps(body), status=status, content_type="application/json")
 
 
 class LoopsAPI(NinjaAPI):
@@ -184,43 +164,6 @@ def on_data_error(request, exc):
     )
 
 
-def too_large_response() -> HttpResponse:
-    limit = settings.LOOPS_MAX_REQUEST_BYTES
-    return error_response(413, "too_large", f"The request body is larger than {limit} bytes.")
-
-
-def require_full_scope(request) -> None:
-    if request.auth.scope != TokenScope.FULL:
-        raise HttpError(
-            403, "This token's scope (trigger) only allows triggering and reading runs."
-        )
-
-
-def json_body(request, *, required: bool = True, field: str = "body"):
-    """The request's JSON body (parse_json); 400 or 422 naming the problem and where it is
-    (`field` names the body itself, and prefixes its members: `body.items[2]`)."""
-    raw = request.body
-    if not raw.strip():
-        if required:
-            raise DomainError(
-                "The request body must be JSON.", code="invalid_json", details={"field": field}
-            )
-        return None
-    return parse_json(raw, field=field)
-
-
-ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut, 429: ErrorOut}
-ERRORS_FULL = {**ERRORS, 403: ErrorOut}
-
-
-def register_routers() -> None:
-    from loops.api import router as loops_router
-    from runs.api import router as runs_router
-    from runs.api import trigger_router
-
-    api.add_router("/loop", trigger_router)
-    api.add_router("/v1", runs_router)
-    api.add_router("/v1", loops_router)
-
-
-register_routers()
+api.add_router("/loop", trigger_router)
+api.add_router("/v1", runs_router)
+api.add_router("/v1", loops_router)

@@ -3,7 +3,7 @@ from urllib.parse import unquote
 from django.conf import settings
 from django.http import HttpResponseBadRequest
 
-from loops_project.api import error_response, too_large_response
+from loops_project.api_base import error_response, too_large_response
 
 NUL_MESSAGE = "NUL characters are not allowed in the path or query."
 PLAIN_ERRORS = {

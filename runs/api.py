@@ -11,7 +11,7 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from loops.access import get_loop_for
-from loops_project.api import ERRORS, ERRORS_FULL, ErrorOut, json_body, require_full_scope
+from loops_project.api_base import ERRORS, ERRORS_FULL, ErrorOut, json_body, require_full_scope
 from loops_project.errors import Invalid
 from runs import services
 from runs.access import get_batch_for, get_run_for, get_scan_for, get_step_for, get_webhook_for

@@ -30,7 +30,8 @@ from accounts.services import LAST_USED_GRANULARITY, token_hash_of
 from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project import ids, sql
-from loops_project.api import api, count_request, json_body
+from loops_project.api import api, count_request
+from loops_project.api_base import json_body
 from loops_project.errors import DomainError
 from runs.models import Run, TriggerType
 from runs.queue import new_task_id, queue_row

@@ -282,6 +282,9 @@ def test_schedule_preview_names_an_unknown_time_zone(editor_client, loop):
     url = reverse("loops:cron_preview", args=[loop.slug])
     for zone in [z for z in BAD_ZONES if z]:  # an empty time zone is UTC here
         response = editor_client.get(url, {"cron": "0 9 * * *", "timezone": zone})
+        if "\u0000" in zone:
+            assert response.status_code == 400  # any NUL in a query (the middleware)
+            continue
         assert response.status_code == 200
         page = response.content.decode()
         assert 'class="field-error"' in page, zone
