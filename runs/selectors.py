@@ -192,9 +192,9 @@ def without_values(qs: QuerySet) -> QuerySet:
     a longer value is known to be longer), as `input_head` and `output_head`. The web process
     never receives a large value whole; the database still reads it (PostgreSQL: about 4 ms
     per MiB of jsonb, measured), so a page costs at most its rows times the input and output
-    limits."""
+    limits. Program texts (a test run's draft, its version's code) are not loaded either."""
     length = settings.LOOPS_LIST_PREVIEW_CHARS + 1
-    return qs.defer(*LIST_VALUES).annotate(
+    return qs.defer(*LIST_VALUES, "test_code", "version__code").annotate(
         **{f"{name}_head": Left(Cast(name, TextField()), length) for name in LIST_VALUES}
     )
 

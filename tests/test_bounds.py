@@ -142,6 +142,8 @@ def test_the_list_query_does_not_load_inputs_and_outputs(big_runs, token, client
         response = client.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200
     (select,) = [q["sql"] for q in queries if 'FROM "runs_run"' in q["sql"]]
+    assert '"runs_run"."test_code"' not in select
+    assert '"loops_loopversion"."code"' not in select
     for column in ('"runs_run"."input"', '"runs_run"."output"'):
         # Only inside the head expression (LEFT(…::text) on PostgreSQL, SUBSTR(CAST(…)) on
         # SQLite), never as a column of its own.
