@@ -15,7 +15,7 @@ def test_a_run_whose_output_is_over_the_limit_fails_with_a_clear_error(org, sett
     settings.LOOPS_MAX_OUTPUT_BYTES = 1000
     run = run_program(org, "return 'x' * 2000")
     assert run.status == "failed"
-    assert "run() returned 2002 bytes of output; the limit is 1000 bytes" in run.error_message
+    assert "run() returned 2002 bytes of output, over the limit of 1000 bytes" in run.error_message
     assert run.output is None
     assert run_program(org, "return 'x' * 900", slug="small").status == "succeeded"
 
@@ -39,7 +39,7 @@ def test_the_worker_holds_the_output_limit_even_if_the_sandbox_lies(org, setting
     settings.LOOPS_MAX_OUTPUT_BYTES = 1000
     run = run_program(org, FORGE_DONE)
     assert run.status == "failed"
-    assert "the limit is 1000 bytes" in run.error_message
+    assert "The run's output is 5002 bytes, over the limit of 1000 bytes" in run.error_message
     assert run.output is None
 
 
@@ -68,7 +68,8 @@ def test_the_worker_holds_the_step_output_limit_even_if_the_sandbox_lies(org, se
     step = run.steps.get()
     assert step.status == "failed"
     assert step.output is None
-    assert step.error["message"] == "The step's output is over the limit of 1000 bytes"
+    assert step.error["message"] == "The step's output is 5002 bytes, over the limit of 1000 bytes"
+    assert run.status == "failed"  # the run does not carry on as if the step had its output
 
 
 def test_a_run_that_stores_more_than_its_limit_fails(org, settings):
@@ -97,3 +98,37 @@ def test_what_a_run_stores_is_counted_over_all_its_executions(org, settings):
     run = execute(run)
     assert run.status == "failed"
     assert "exceeded the limit of 80000 bytes stored per run" in run.error_message
+
+
+# Values a program makes that no database column can hold: the run fails with a clear error,
+# or the text is kept with U+FFFD; never a crash of the worker and never a 500 on its pages.
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("return '\\ud800'", "The run's output cannot be stored: output holds a lone UTF-16"),
+        ("return {'a': '\\x00'}", "The run's output cannot be stored: output.a holds a NUL"),
+        (
+            "step.do('Odd', lambda: ['\\udfff'])\nreturn 1",
+            "The step's output cannot be stored: output[0] holds a lone UTF-16",
+        ),
+        (
+            "step.do('Meta', lambda: 1, metadata={'n': float('nan')})",
+            "The execution sent a malformed message: message.metadata.n holds NaN",
+        ),
+    ],
+)
+def test_values_the_database_cannot_hold_fail_the_run_clearly(org, owner, client, body, reason):
+    run = run_program(org, body)
+    assert run.status == "failed"
+    assert reason in run.error_message
+    client.force_login(owner)
+    assert client.get(f"/runs/{run.pk}/").status_code == 200
+
+
+def test_text_the_database_cannot_hold_is_kept_with_a_replacement(org, owner, client):
+    run = run_program(org, "print('a\\ud800b\\x00c')\nraise ValueError('bad \\udc80 value')")
+    assert run.status == "failed"
+    assert run.error_message.endswith("bad \ufffd value")
+    assert run.logs.get().message == "a\ufffdb\ufffdc"
+    client.force_login(owner)
+    assert client.get(f"/runs/{run.pk}/").status_code == 200

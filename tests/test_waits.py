@@ -445,7 +445,7 @@ def test_limit_on_step_output_size(org, settings):
     settings.LOOPS_MAX_STEP_OUTPUT_BYTES = 100
     run = run_program(org, "return step.do('Big', lambda: 'x' * 1000)")
     assert run.status == "failed"
-    assert "the limit is 100 bytes" in run.error_message
+    assert "over the limit of 100 bytes" in run.error_message
 
 
 def test_limit_on_wait_time(org, settings):

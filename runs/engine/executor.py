@@ -19,7 +19,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from loops_project import ids
+from loops_project import ids, strict_json
 from runs.engine import checkpoints, lifecycle
 from runs.engine.programs import compiled_program
 from runs.engine.sandbox.runtime import CodeError
@@ -73,7 +73,9 @@ class Execution:
     # worker does on the execution's behalf (step.http) counts against it too.
     deadline: float = field(default_factory=lambda: time.monotonic() + settings.LOOPS_WALL_SECONDS)
     stored: int = 0  # bytes this execution stored (Run.stored_bytes has the earlier ones)
-    storage_error: str | None = None
+    # What the worker refused to record (a bound overstepped, a value it cannot store): the
+    # run stops at its next step and fails with this error, whatever the sandbox reports.
+    refused: dict | None = None
 
     # --- ownership
 
@@ -114,7 +116,11 @@ class Execution:
             return None
         return None  # unknown messages from the sandbox are ignored
 
-    # --- storage bound
+    # --- what the worker refuses to record
+
+    def refuse(self, message: str, kind: str) -> dict:
+        self.refused = self.refused or {"message": message, "type": kind}
+        return self.refused
 
     def charge(self, size: int) -> bool:
         """Count bytes the run keeps; False once it is over LOOPS_MAX_RUN_BYTES."""
@@ -122,22 +128,18 @@ class Execution:
         limit = settings.LOOPS_MAX_RUN_BYTES
         if self.run.stored_bytes + self.stored <= limit:
             return True
-        self.storage_error = self.storage_error or (
-            f"The run exceeded the limit of {limit} bytes stored per run"
-        )
+        self.refuse(f"The run exceeded the limit of {limit} bytes stored per run", "LimitExceeded")
         return False
 
     def refuse_storage(self, op: str, message: dict) -> dict | None:
-        error = {"message": self.storage_error, "type": "LimitExceeded"}
+        error = self.refused
         if op in {"step", "wait"}:
-            return {"limit": self.storage_error}
+            return {"limit": error["message"]}
         if op == "http":
             return {"error": error}
         if op == "step_done":
             self.on_step_done({**message, "status": "failed", "error": error, "output_json": None})
-        elif op == "done":
-            self.outcome = {"op": "failed", "error": error}
-        return None  # a log line over the bound is dropped
+        return None  # a log line over the bound is dropped; the outcome is the refusal
 
     def on_log(self, message: dict) -> None:
         limit = settings.LOOPS_MAX_LOG_LINES_PER_RUN
@@ -231,7 +233,7 @@ class Execution:
     def stop_reply(self) -> dict | None:
         if not self.still_owned():
             return {"cancelled": True}
-        error = self.step_limit_error()
+        error = self.step_limit_error() or (self.refused or {}).get("message")
         return {"limit": error} if error else None
 
     def on_step(self, message: dict) -> dict:
@@ -262,19 +264,18 @@ class Execution:
         if entry is None:
             return
         status = StepStatus.SUCCEEDED if message.get("status") == "succeeded" else StepStatus.FAILED
-        output_json = message.get("output_json")
         error = message.get("error")
-        limit = settings.LOOPS_MAX_STEP_OUTPUT_BYTES
-        if not isinstance(output_json, str | None) or (output_json and len(output_json) > limit):
+        try:
+            output = self.storable_output(message.get("output_json"), "The step's output",
+                                          settings.LOOPS_MAX_STEP_OUTPUT_BYTES)  # fmt: skip
+        except ValueError as exc:
             # The runtime checks this too; the worker decides (the sandbox may be lying).
-            status, output_json = StepStatus.FAILED, None
-            error = {"message": f"The step's output is over the limit of {limit} bytes",
-                     "type": "LimitExceeded"}  # fmt: skip
+            status, output, error = StepStatus.FAILED, None, self.refuse(*exc.args)
         checkpoints.update_step(
             entry[0],
             {
                 "status": status,
-                "output": json.loads(output_json) if output_json is not None else None,
+                "output": output,
                 "error": _error_dict(error),
                 "attempts": _int_or_none(message.get("attempts")) or 1,
                 "finished_at": timezone.now(),
@@ -283,6 +284,24 @@ class Execution:
         )
         entry[1] = status
         self.current_step = None
+
+    @staticmethod
+    def storable_output(output_json, what: str, limit: int):
+        """The value of an output's JSON text if the run may keep it; ValueError(message,
+        kind) otherwise."""
+        if output_json is None:
+            return None
+        if not isinstance(output_json, str):
+            raise ValueError(f"{what} is missing", "ProtocolError")
+        if len(output_json) > limit:
+            raise ValueError(
+                f"{what} is {len(output_json)} bytes, over the limit of {limit} bytes",
+                "LimitExceeded",
+            )
+        try:
+            return strict_json.parse(output_json, field="output")
+        except strict_json.JsonValueError as exc:
+            raise ValueError(f"{what} cannot be stored: {exc.message}", "InvalidValue") from None
 
     # --- the end of the execution
 
@@ -297,7 +316,7 @@ class Execution:
                 stored_bytes=F("stored_bytes") + self.stored,
             )
             if op == "done":
-                ended = lifecycle.run_succeed(self, output=json.loads(outcome["output_json"]))
+                ended = lifecycle.run_succeed(self, output=outcome["output"])
             elif op == "stopped":
                 ended = lifecycle.run_succeed(self, output=None)
             elif op == "suspended":
@@ -310,26 +329,25 @@ class Execution:
         return ended
 
     def checked_outcome(self, exit_info: ExitInfo) -> dict:
-        """What the execution reported, unless the worker knows better: a broken protocol
-        or a bound overstepped is the outcome, whatever the sandbox said."""
+        """What the execution reported, unless the worker knows better: a broken protocol,
+        a bound overstepped or a value it cannot store is the outcome, whatever the sandbox
+        said. A "done" outcome comes back with its `output` value."""
         if exit_info.protocol_error:
             return {"op": "failed", "error": {"message": exit_info.protocol_error,
                                               "type": "ProtocolError"}}  # fmt: skip
         outcome = self.outcome or {}
-        if self.storage_error and outcome.get("op") not in {"cancelled", None}:
-            return {"op": "failed", "error": {"message": self.storage_error,
-                                              "type": "LimitExceeded"}}  # fmt: skip
+        if self.refused and outcome.get("op") != "cancelled":
+            return {"op": "failed", "error": self.refused}
         if outcome.get("op") == "done":
             output_json = outcome.get("output_json")
-            limit = settings.LOOPS_MAX_OUTPUT_BYTES
-            if not isinstance(output_json, str):
-                return {"op": "failed", "error": {"message": "The execution reported no output",
-                                                  "type": "ProtocolError"}}  # fmt: skip
-            if len(output_json) > limit:
-                message = (
-                    f"run() returned {len(output_json)} bytes of output; the limit is {limit} bytes"
-                )
-                return {"op": "failed", "error": {"message": message, "type": "LimitExceeded"}}
+            try:
+                output = self.storable_output(
+                    "null" if output_json is None else output_json,
+                    "The run's output", settings.LOOPS_MAX_OUTPUT_BYTES,
+                )  # fmt: skip
+            except ValueError as exc:
+                return {"op": "failed", "error": {"message": exc.args[0], "type": exc.args[1]}}
+            return {"op": "done", "output": output}
         return outcome
 
     def crash_error(self, exit_info: ExitInfo) -> dict:

@@ -4,7 +4,6 @@ The request counts against the run's wall clock: its deadline is the earlier of 
 and the execution's deadline, and every page of a paginated call shares that one deadline.
 """
 
-import json
 import math
 from urllib.parse import urljoin
 
@@ -12,6 +11,7 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
+from loops_project import strict_json
 from runs.engine import outbound
 from runs.models import Step, StepStatus
 
@@ -21,12 +21,14 @@ TEXT_LIMIT = 64 * 1024
 
 
 def _parse(reply: outbound.Reply):
-    text = reply.text[:TEXT_LIMIT]
+    # Kept as the run's data, so only what the database can hold: a body that is not strict
+    # JSON (NaN, NUL, lone surrogates, deep nesting) is kept as its text, NUL replaced.
+    text = reply.text[:TEXT_LIMIT].replace("\x00", "\ufffd")
     body = text
     if "json" in reply.headers.get("content-type", ""):
         try:
-            body = json.loads(reply.content)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = strict_json.parse(reply.content, field="body")
+        except strict_json.JsonValueError:
             body = text
     return body, text
 

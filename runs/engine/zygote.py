@@ -28,6 +28,8 @@ from pathlib import Path
 import RestrictedPython
 from django.conf import settings
 
+from loops_project import strict_json
+
 try:
     import pyseccomp
 except (ImportError, OSError):  # libseccomp missing: the runner reports seccomp unavailable
@@ -226,7 +228,8 @@ class MessageReader:
 
 
 def _parse(line: bytes) -> dict:
-    message = json.loads(line)
+    """A message from an execution, refused unless every value in it can be stored."""
+    message = strict_json.parse(line, field="message")
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ValueError("a message must be an object with an 'op'")
     return message
@@ -332,6 +335,9 @@ class Zygote:
                 break
             try:
                 message = _parse(line)
+            except strict_json.JsonValueError as exc:
+                info.protocol_error = f"The execution sent a malformed message: {exc.message}"
+                break
             except ValueError:
                 info.protocol_error = "The execution sent a malformed message"
                 break

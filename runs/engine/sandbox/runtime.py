@@ -13,6 +13,7 @@ import json
 import marshal
 import math
 import random
+import re
 import string
 import sys
 import time
@@ -533,6 +534,18 @@ def find_loop_class(namespace):
 # --- The step API -----------------------------------------------------------------------------
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text(value, limit=None):
+    """Text the run can keep: a lone surrogate or a NUL (which no database column holds) in a
+    log line or an error message becomes U+FFFD."""
+    text = str(value)[:limit]
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def _utcnow_iso():
     return datetime.now(UTC).isoformat()
 
@@ -548,14 +561,19 @@ def _user_line():
 
 
 def _error_info(exc):
-    info = {"message": str(exc) or type(exc).__name__, "type": type(exc).__name__}
+    info = {"message": _text(str(exc) or type(exc).__name__), "type": type(exc).__name__}
     # Only the program's own frames: the runtime's are noise to the person reading it.
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
     tb = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     tb += traceback.format_exception_only(type(exc), exc)
-    info["traceback"] = "".join(tb)[-20000:]
+    info["traceback"] = _text("".join(tb)[-20000:])
     if isinstance(exc, HttpError):
-        info.update(status=exc.status, headers=exc.headers, body=exc.body)
+        details = {"status": exc.status, "headers": exc.headers, "body": exc.body}
+        try:
+            json.dumps(details, allow_nan=False)
+        except (TypeError, ValueError):
+            details = {"status": None, "headers": {}, "body": _text(repr(exc.body), 10000)}
+        info.update(details)
     if isinstance(exc, MemoryError):
         info["message"] = "Memory limit exceeded"
     return info
@@ -612,6 +630,8 @@ class Step:
             raise ValueError("a step needs a non-empty name")
         if len(name) > 200:
             raise ValueError("a step name is at most 200 characters")
+        if _text(name) != name:
+            raise ValueError("a step name cannot hold a NUL or a lone surrogate")
         n = self._seen.get(name, 0) + 1
         self._seen[name] = n
         return name if n == 1 else f"{name}#{n}"
@@ -660,7 +680,7 @@ class Step:
         limit = self._limits.get("step_output_bytes")
         if limit and len(encoded) > limit:
             raise _StepOutputTooLarge(
-                f"Step '{name}' output is {len(encoded)} bytes; the limit is {limit} bytes"
+                f"Step '{name}' output is {len(encoded)} bytes, over the limit of {limit} bytes"
             )
         return encoded
 
@@ -911,7 +931,7 @@ def _encode_output(result, limits):
     limit = limits.get("output_bytes")
     if limit and len(encoded) > limit:
         raise _LimitExceeded(
-            f"run() returned {len(encoded)} bytes of output; the limit is {limit} bytes"
+            f"run() returned {len(encoded)} bytes of output, over the limit of {limit} bytes"
         )
     return encoded
 
@@ -922,7 +942,7 @@ def execute(code_obj, request, channel, *, guards=True):
 
     def emit(level, message):
         channel.send(
-            {"op": "log", "level": level, "message": str(message)[:10000], "time": _utcnow_iso(),
+            {"op": "log", "level": level, "message": _text(message, 10000), "time": _utcnow_iso(),
              "step": step._current if step is not None else None}
         )  # fmt: skip
 
