@@ -13,8 +13,10 @@ STARTER_CODE = GREETING_CODE
 
 
 def code_widget() -> AceWidget:
+    # useStrictCSP: the editor's CSS comes from its stylesheet, not from <style> elements it
+    # would inject (the Content-Security-Policy admits no inline style element).
     return AceWidget(mode="python", width="100%", height="480px", showprintmargin=False,
-                     fontsize="13px", toolbar=False)  # fmt: skip
+                     fontsize="13px", toolbar=False, useStrictCSP=True)  # fmt: skip
 
 
 class JsonInput(forms.JSONField):

@@ -194,13 +194,16 @@ AXES_CLIENT_IP_CALLABLE = "accounts.throttling.client_ip"
 INSTALLED_APPS += ["ninja"]
 
 # Django's own CSP. Scripts only from this origin or with the response's nonce (htmx through
-# {% htmx_script %}), no eval; nothing embeds these pages. Styles allow 'unsafe-inline': the Ace
-# editor injects its <style> elements at run time, and the editor widget, the run chart and the
-# admin set style attributes. An injected style cannot run code or reach another origin here.
+# {% htmx_script %}), no eval; nothing embeds these pages. Style sheets and <style> elements
+# only from this origin (the Ace editor runs with useStrictCSP); style attributes stay allowed:
+# the editor widget, the run chart and the admin set them. A style attribute cannot run code
+# or reach another origin here.
 SECURE_CSP = {
     "default-src": [CSP.SELF],
     "script-src": [CSP.SELF, CSP.NONCE],
-    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "style-src": [CSP.SELF],
+    "style-src-elem": [CSP.SELF],
+    "style-src-attr": [CSP.UNSAFE_INLINE],
     "img-src": [CSP.SELF, "data:"],
     "object-src": [CSP.NONE],
     "base-uri": [CSP.SELF],
