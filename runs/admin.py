@@ -69,6 +69,20 @@ def status_badge(status: str) -> str:
     )
 
 
+class LeanChangelistMixin:
+    """A changelist never reads the large values of its rows (inputs, outputs, tracebacks,
+    program text): fifty runs of a few MiB each would otherwise be loaded whole."""
+
+    changelist_defer: tuple[str, ...] = ()
+
+    def get_queryset(self, request: HttpRequest):
+        queryset = super().get_queryset(request)
+        url_name = getattr(request.resolver_match, "url_name", "") or ""
+        if url_name.endswith("_changelist"):
+            queryset = queryset.defer(*self.changelist_defer)
+        return queryset
+
+
 class ReadOnlyMixin:
     """Rows written by the engine and services only; the admin shows them and runs actions."""
 
@@ -164,7 +178,10 @@ class LogEntryInline(RunRowsInline):
 
 
 @admin.register(Run)
-class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class RunAdmin(LeanChangelistMixin, ReadOnlyMixin, admin.ModelAdmin):
+    changelist_defer = (
+        "input", "output", "pending", "error_traceback", "test_code", "version__code",
+    )  # fmt: skip
     list_display = [
         "id",
         "loop",
@@ -294,7 +311,11 @@ class RunAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(Step)
-class StepAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class StepAdmin(LeanChangelistMixin, ReadOnlyMixin, admin.ModelAdmin):
+    changelist_defer = (
+        "input", "output", "error", "iteration_item", "metadata", "run__input", "run__output",
+        "run__pending", "run__error_traceback", "run__test_code",
+    )  # fmt: skip
     list_display = [
         "name",
         "run",

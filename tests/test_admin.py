@@ -589,3 +589,21 @@ def test_a_long_run_shows_its_first_rows_and_links_to_all(admin_client, data, mo
     assert f'<a href="{all_logs}">3 log lines</a>' in page
     listed = admin_client.get(all_logs).context["cl"].result_list
     assert [e.message for e in listed] == ["fetched three rows", "bad value", "third line"]
+
+
+def test_run_and_step_lists_never_load_large_values(admin_client, data):
+    run = Run.objects.first()
+    Run.objects.filter(pk=run.pk).update(input={"big": "i" * 100_000}, output="o" * 100_000)
+    Step.objects.create(
+        id="step_big", run=run, key="Big", name="Big", kind="do", order=99, output="s" * 100_000
+    )
+    for model in (Run, Step):
+        with CaptureQueriesContext(connection) as queries:
+            page = admin_client.get(admin_url(model, "changelist"))
+        assert page.status_code == 200
+        loaded = " ".join(q["sql"] for q in queries)
+        for column in ('"input"', '"output"', '"code"', '"test_code"', '"error_traceback"'):
+            assert f"{column}," not in loaded, (model, column)
+            assert f"{column} FROM" not in loaded, (model, column)
+    change = admin_client.get(admin_url(Run, "change", run.pk))
+    assert "o" * 1000 in change.content.decode()  # the run itself still shows its output
