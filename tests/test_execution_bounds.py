@@ -113,7 +113,7 @@ def test_what_a_run_stores_is_counted_over_all_its_executions(org, settings):
         ),
         (
             "step.do('Meta', lambda: 1, metadata={'n': float('nan')})",
-            "The execution sent a malformed message: message.metadata.n holds NaN",
+            "Step 'Meta' was given a value Loops cannot store: metadata.n holds NaN",
         ),
     ],
 )

@@ -408,7 +408,7 @@ def test_odd_query_values_on_pages_are_not_a_server_error(client, owner, loop, u
         ('{"n": float("nan")}', "body.n holds NaN"),
         ('["a\\x00"]', "body[0] holds a NUL character"),
         ('{"s": "\\ud800"}', "body.s holds a lone UTF-16 surrogate"),
-        ("deep", "body is nested more than 100 levels deep"),
+        ("deep", "is nested more than 100 levels deep"),
     ],
 )
 def test_a_child_run_body_that_cannot_be_stored_fails_the_step(org, body, message):

@@ -111,10 +111,34 @@ class Execution:
             if "output" in reply:
                 self.charge(len(json.dumps(reply["output"])))
             return reply
+        if op == "refused":
+            return self.on_refused(message)
         if op in {"done", "failed", "suspended", "cancelled", "stopped"}:
             self.outcome = message
             return None
         return None  # unknown messages from the sandbox are ignored
+
+    def on_refused(self, message: dict) -> dict | None:
+        """A message holding a value no database can store: the step it was for fails with
+        the reason (and so does the run); nothing of the value is kept."""
+        original = message["original"]
+        name = original.get("name") or original.get("key")
+        # strict_json names a problem with the message as a whole "body …".
+        reason = str(message["reason"])
+        reason = "it" + reason[4:] if reason.startswith("body ") else reason
+        text = f"Step '{name}' was given a value Loops cannot store: {reason}"
+        error = self.refuse(text if name else reason, "InvalidValue")
+        op = original.get("op")
+        if op in {"step", "wait", "http"}:
+            if original.get("key") and original["key"] not in self.steps:
+                kind = original.get("kind") if original.get("kind") in StepKind.values else op
+                kind = kind if kind in StepKind.values else StepKind.DO
+                self.open_step(original, kind=kind, status=StepStatus.FAILED, error=error,
+                               finished_at=timezone.now())  # fmt: skip
+            return {"limit": error["message"]}
+        if op == "step_done" and original.get("key") in self.steps:
+            self.on_step_done({**original, "status": "failed", "error": error})
+        return None
 
     # --- what the worker refuses to record
 

@@ -227,9 +227,31 @@ class MessageReader:
             self.buffer += chunk
 
 
+def _refusal(line: bytes, exc: "strict_json.JsonValueError") -> dict | None:
+    """A well-formed message holding a value that cannot be stored (NaN, a NUL, a lone
+    surrogate, deep nesting) becomes a "refused" message naming what it was for, so that the
+    worker can fail that step clearly; None when the line is not even a message."""
+    try:
+        original = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(original, dict) or not isinstance(original.get("op"), str):
+        return None
+    names = {k: original.get(k) for k in ("op", "key", "name", "kind")}
+    return {
+        "op": "refused",
+        "reason": exc.message,
+        "original": {k: v for k, v in names.items() if isinstance(v, str) and _storable(v)},
+    }
+
+
+def _storable(text: str) -> bool:
+    return len(text) <= 300 and strict_json.SURROGATE.search(text) is None and "\x00" not in text
+
+
 def _parse(line: bytes) -> dict:
     """A message from an execution, refused unless every value in it can be stored."""
-    message = strict_json.parse(line, field="message")
+    message = strict_json.parse(line)
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise ValueError("a message must be an object with an 'op'")
     return message
@@ -336,8 +358,10 @@ class Zygote:
             try:
                 message = _parse(line)
             except strict_json.JsonValueError as exc:
-                info.protocol_error = f"The execution sent a malformed message: {exc.message}"
-                break
+                message = _refusal(line, exc)
+                if message is None:
+                    info.protocol_error = f"The execution sent a malformed message: {exc.message}"
+                    break
             except ValueError:
                 info.protocol_error = "The execution sent a malformed message"
                 break
