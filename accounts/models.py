@@ -1,11 +1,31 @@
 import hashlib
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
 from loops_project import ids
+
+# A concurrency limit (of an organization or of one loop) is how many of its runs may be
+# `running` at once: 1 to this many, or none. Runs over it stay `pending` until others end; a
+# `waiting` run (sleep, event, person, child) holds no slot. The engine's claim reads it.
+CONCURRENCY_LIMIT_MAX = 10_000
+CONCURRENCY_LIMIT_VALIDATORS = [MinValueValidator(1), MaxValueValidator(CONCURRENCY_LIMIT_MAX)]
+
+
+def concurrency_limit_in_range(name: str) -> models.CheckConstraint:
+    """The database's guard of a nullable `concurrency_limit` column: null or 1 to the max."""
+    return models.CheckConstraint(
+        condition=models.Q(concurrency_limit__isnull=True)
+        | models.Q(concurrency_limit__gte=1, concurrency_limit__lte=CONCURRENCY_LIMIT_MAX),
+        name=name,
+        violation_error_message=(
+            f"The concurrency limit is a whole number from 1 to {CONCURRENCY_LIMIT_MAX:,}, "
+            "or empty for none."
+        ),
+    )
 
 
 class OrganizationQuerySet(models.QuerySet):
@@ -19,15 +39,30 @@ class Organization(models.Model):
     id = ids.PublicIdField(ids.org_id)
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=200)
+    concurrency_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=CONCURRENCY_LIMIT_VALIDATORS,
+        help_text="At most this many runs of the organization at once, over all its loops. "
+        "Empty: the LOOPS_ORG_CONCURRENCY_LIMIT setting. Runs over the limit wait as pending and "
+        "start as others end; waiting runs hold no slot.",
+    )  # fmt: skip
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     objects = OrganizationQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
+        constraints = [concurrency_limit_in_range("org_concurrency_limit_range")]
 
     def __str__(self) -> str:
         return self.name
+
+    def effective_concurrency_limit(self) -> int | None:
+        """How many of the organization's runs may be running at once; None for no limit.
+        Its own override when set, else the LOOPS_ORG_CONCURRENCY_LIMIT setting (0: none)."""
+        if self.concurrency_limit is not None:
+            return self.concurrency_limit
+        default = settings.LOOPS_ORG_CONCURRENCY_LIMIT
+        return default if default > 0 else None
 
 
 class Role(models.TextChoices):

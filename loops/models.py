@@ -3,7 +3,11 @@ from django.db import models
 from django.urls import reverse
 from django.utils.timezone import now
 
-from accounts.models import Organization
+from accounts.models import (
+    CONCURRENCY_LIMIT_VALIDATORS,
+    Organization,
+    concurrency_limit_in_range,
+)
 from loops_project import ids
 
 
@@ -22,6 +26,11 @@ class Loop(models.Model):
         "loops.LoopVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     paused = models.BooleanField(default=False)
+    concurrency_limit = models.PositiveIntegerField(
+        null=True, blank=True, validators=CONCURRENCY_LIMIT_VALIDATORS,
+        help_text="At most this many runs of the loop at once; empty for no limit of its own. "
+        "Runs over the limit wait as pending and start as others end; waiting runs hold no slot.",
+    )  # fmt: skip
     created_at = models.DateTimeField(default=now, editable=False)
     updated_at = models.DateTimeField(default=now)
 
@@ -30,6 +39,7 @@ class Loop(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["organization", "slug"], name="unique_loop_slug"),
+            concurrency_limit_in_range("loop_concurrency_limit_range"),
         ]
         ordering = ["name"]
 

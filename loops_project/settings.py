@@ -284,6 +284,7 @@ LOOPS_MEMORY_MB = env_int("LOOPS_MEMORY_MB", 512)
 # memory and CPU limits then hold per process (SECURITY.md).
 LOOPS_MAX_PROCESSES = env_int("LOOPS_MAX_PROCESSES", 1)
 LOOPS_LEASE_GRACE_SECONDS = env_int("LOOPS_LEASE_GRACE_SECONDS", 30)
+LOOPS_ORG_CONCURRENCY_LIMIT = env_int("LOOPS_ORG_CONCURRENCY_LIMIT", 0)  # running, per org; 0: none
 LOOPS_MAX_INPUT_BYTES = env_int("LOOPS_MAX_INPUT_BYTES", 1024 * 1024)
 LOOPS_MAX_STEP_OUTPUT_BYTES = env_int("LOOPS_MAX_STEP_OUTPUT_BYTES", 8 * 1024 * 1024)
 # What run() may return, and everything one run may store (step inputs and outputs, logs,
