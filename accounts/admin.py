@@ -28,10 +28,26 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "id", "member_count", "loop_count", "created_at"]
+    list_display = [
+        "name",
+        "slug",
+        "id",
+        "member_count",
+        "loop_count",
+        "effective_concurrency_limit",
+        "created_at",
+    ]
+    list_filter = [("concurrency_limit", admin.EmptyFieldListFilter)]
     search_fields = ["=id", "slug", "name"]
-    readonly_fields = ["id", "created_at"]
-    fields = ["id", "slug", "name", "created_at"]
+    readonly_fields = ["id", "effective_concurrency_limit", "created_at"]
+    fields = [
+        "id",
+        "slug",
+        "name",
+        "concurrency_limit",
+        "effective_concurrency_limit",
+        "created_at",
+    ]
     inlines = [MembershipInline]
 
     def get_queryset(self, request: HttpRequest):
@@ -49,6 +65,14 @@ class OrganizationAdmin(admin.ModelAdmin):
     @admin.display(description="Loops", ordering="n_loops")
     def loop_count(self, obj: Organization) -> int:
         return obj.n_loops
+
+    @admin.display(description="Effective concurrency limit")
+    def effective_concurrency_limit(self, obj: Organization) -> str:
+        limit = obj.effective_concurrency_limit()
+        shown = "no limit" if limit is None else f"{limit:,} running at once"
+        if obj.concurrency_limit is not None:
+            return f"{shown} (this organization's override)"
+        return f"{shown} (LOOPS_ORG_CONCURRENCY_LIMIT setting)"
 
 
 @admin.register(Membership)

@@ -75,7 +75,7 @@ class ScheduleInline(admin.TabularInline):
 class LoopForm(forms.ModelForm):
     class Meta:
         model = Loop
-        fields = ["organization", "slug", "name", "description", "paused"]
+        fields = ["organization", "slug", "name", "description", "paused", "concurrency_limit"]
         widgets = {"description": forms.Textarea(attrs={"rows": 3})}
 
     def clean_slug(self) -> str:
@@ -94,10 +94,15 @@ class LoopAdmin(admin.ModelAdmin):
         "organization",
         "version_number",
         "state",
+        "concurrency",
         "updated_at",
         "created_at",
     ]
-    list_filter = ["paused", "organization"]
+    list_filter = [
+        "paused",
+        ("concurrency_limit", admin.EmptyFieldListFilter),
+        "organization",
+    ]
     list_select_related = ["organization", "active_version"]
     search_fields = ["=id", "slug", "name", "organization__slug", "organization__name"]
     autocomplete_fields = ["organization"]
@@ -109,6 +114,7 @@ class LoopAdmin(admin.ModelAdmin):
         "name",
         "description",
         "paused",
+        "concurrency_limit",
         "active_version",
         "created_at",
         "updated_at",
@@ -124,13 +130,20 @@ class LoopAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Loop, form, change: bool) -> None:
         if change:
-            loop_update(loop=obj, name=obj.name, description=obj.description, paused=obj.paused)
+            loop_update(
+                loop=obj,
+                name=obj.name,
+                description=obj.description,
+                paused=obj.paused,
+                concurrency_limit=obj.concurrency_limit,
+            )
             return
         loop = loop_create(
             organization=obj.organization,
             slug=obj.slug,
             name=obj.name,
             description=obj.description,
+            concurrency_limit=obj.concurrency_limit,
         )
         if obj.paused:
             loop_update(loop=loop, paused=True)
@@ -145,6 +158,10 @@ class LoopAdmin(admin.ModelAdmin):
     @admin.display(description="State", ordering="paused")
     def state(self, obj: Loop) -> str:
         return "paused" if obj.paused else "active"
+
+    @admin.display(description="Concurrency limit", ordering="concurrency_limit")
+    def concurrency(self, obj: Loop) -> str:
+        return "none" if obj.concurrency_limit is None else f"{obj.concurrency_limit:,}"
 
     @admin.action(description="Roll back to the previous version", permissions=["change"])
     def rollback_to_previous(self, request: HttpRequest, queryset) -> None:

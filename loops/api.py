@@ -84,6 +84,7 @@ def create_loop(request, payload: LoopIn):
     loop = services.loop_create(
         organization=request.auth.organization, slug=payload.slug, name=payload.name,
         description=payload.description, code=payload.code, author_name=_author(request),
+        concurrency_limit=payload.concurrencyLimit,
     )  # fmt: skip
     loop = get_loop_for(request.auth.organization, loop.pk)
     return Status(201, {"data": loop_payload(loop, request)})
@@ -97,12 +98,15 @@ def get_loop(request, loop: str):
 
 @router.patch("/loops/{loop}", response={200: LoopEnvelope, **ERRORS_FULL})
 def patch_loop(request, loop: str, payload: LoopPatch):
-    """Change name, description or paused (a paused loop answers triggers with 409)."""
+    """Change name, description, paused (a paused loop answers triggers with 409) or
+    concurrencyLimit (null clears it)."""
     require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
+    limit_given = "concurrencyLimit" in payload.model_fields_set
     services.loop_update(
-        loop=target, name=payload.name, description=payload.description, paused=payload.paused
-    )
+        loop=target, name=payload.name, description=payload.description, paused=payload.paused,
+        concurrency_limit=payload.concurrencyLimit if limit_given else services.UNCHANGED,
+    )  # fmt: skip
     return {"data": loop_payload(target, request)}
 
 

@@ -3,6 +3,7 @@ from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput, JSONString
 from django_ace import AceWidget
 
+from accounts.models import CONCURRENCY_LIMIT_MAX
 from loops.demo import GREETING_CODE
 from loops.models import Loop
 from loops.schedules import zone
@@ -74,6 +75,15 @@ class LoopCreateForm(CodeForm):
     )  # fmt: skip
 
     field_order = ["name", "slug", "description", "code", "note"]
+
+
+class LoopSettingsForm(forms.Form):
+    concurrency_limit = forms.IntegerField(
+        required=False, min_value=1, max_value=CONCURRENCY_LIMIT_MAX, label="Concurrency limit",
+        widget=forms.NumberInput(attrs={"placeholder": "No limit"}),
+        help_text="At most this many runs of the loop at once; empty for no limit. Runs over the "
+        "limit wait as pending and start as others end; waiting runs hold no slot.",
+    )  # fmt: skip
 
 
 class TestRunForm(forms.Form):

@@ -1,8 +1,9 @@
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from ninja import Field, Schema
 
+from accounts.models import CONCURRENCY_LIMIT_MAX
 from loops.models import Loop, LoopVersion, Schedule
 
 
@@ -12,6 +13,9 @@ class LoopOut(Schema):
     name: str
     description: str
     paused: bool
+    concurrencyLimit: int | None = Field(
+        ..., description="At most this many runs of the loop at once (null: no limit of its own)."
+    )
     activeVersion: int | None
     triggerUrl: str
     createdAt: datetime
@@ -20,6 +24,15 @@ class LoopOut(Schema):
 
 NAME_MAX = Loop._meta.get_field("name").max_length
 DESCRIPTION_MAX = Loop._meta.get_field("description").max_length
+# Strict: "5", 5.0 and true are not limits (422), as a lax int would take them.
+ConcurrencyLimit = Annotated[
+    int,
+    Field(
+        strict=True, ge=1, le=CONCURRENCY_LIMIT_MAX,
+        description="At most this many runs of the loop at once; runs over it stay pending and "
+        "start as others end; waiting runs hold no slot. null: no limit of the loop's own.",
+    ),
+]  # fmt: skip
 
 
 class LoopIn(Schema):
@@ -27,12 +40,14 @@ class LoopIn(Schema):
     name: str = Field("", max_length=NAME_MAX)
     description: str = Field("", max_length=DESCRIPTION_MAX)
     code: str | None = None
+    concurrencyLimit: ConcurrencyLimit | None = None
 
 
 class LoopPatch(Schema):
     name: str | None = Field(None, max_length=NAME_MAX)
     description: str | None = Field(None, max_length=DESCRIPTION_MAX)
     paused: bool | None = None
+    concurrencyLimit: ConcurrencyLimit | None = None  # null clears it; absent keeps it
 
 
 class VersionOut(Schema):
@@ -87,6 +102,7 @@ def loop_payload(loop: Loop, request=None) -> dict:
         "name": loop.name,
         "description": loop.description,
         "paused": loop.paused,
+        "concurrencyLimit": loop.concurrency_limit,
         "activeVersion": loop.active_version.number if loop.active_version_id else None,
         "triggerUrl": request.build_absolute_uri(path) if request is not None else path,
         "createdAt": loop.created_at,

@@ -1,11 +1,14 @@
-"""Writes of loops and versions: create, deploy, rollback, pause."""
+"""Writes of loops and versions: create, deploy, rollback, pause, concurrency limit."""
+
+import enum
+from typing import Literal
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.models import Organization
+from accounts.models import CONCURRENCY_LIMIT_MAX, Organization
 from loops.models import Loop, LoopVersion
 from loops.validation import validate_code
 from loops_project.errors import Conflict, Invalid, NotFound
@@ -20,6 +23,31 @@ def _check_length(field: str, value: str) -> None:
     if len(value) > limit:
         raise Invalid(f"{field} is at most {limit} characters ({len(value)} given)",
                       code=f"invalid_{field}", details={"field": field})  # fmt: skip
+
+
+class _Unchanged(enum.Enum):
+    UNCHANGED = "unchanged"
+
+
+# loop_update's "leave it as it is" for a field whose None means something (no limit).
+UNCHANGED = _Unchanged.UNCHANGED
+Unchanged = Literal[_Unchanged.UNCHANGED]
+
+
+def _check_concurrency_limit(value: int | None) -> None:
+    if value is None:
+        return
+    # bool is an int to Python, never a limit.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 1 <= value <= CONCURRENCY_LIMIT_MAX
+    ):
+        raise Invalid(
+            f"concurrency limit must be a whole number from 1 to {CONCURRENCY_LIMIT_MAX:,}, "
+            "or empty for no limit", code="invalid_concurrency_limit",
+            details={"field": "concurrency_limit"},
+        )  # fmt: skip
 
 
 def _author_name(author) -> str:
@@ -37,6 +65,7 @@ def loop_create(
     author=None,
     author_name: str = "",
     note: str = "",
+    concurrency_limit: int | None = None,
 ) -> Loop:
     if code is not None:
         validate_code(code)  # before anything is saved
@@ -47,6 +76,7 @@ def loop_create(
         )  # fmt: skip
     _check_length("name", name)
     _check_length("description", description)
+    _check_concurrency_limit(concurrency_limit)
     if slug in RESERVED_SLUGS:
         raise Invalid(f"'{slug}' is reserved; choose another slug", code="invalid_slug",
                       details={"field": "slug"})  # fmt: skip
@@ -55,8 +85,9 @@ def loop_create(
     try:
         with transaction.atomic():
             loop = Loop.objects.create(
-                organization=organization, slug=slug, name=name or slug, description=description
-            )
+                organization=organization, slug=slug, name=name or slug, description=description,
+                concurrency_limit=concurrency_limit,
+            )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken") from None
     if code is not None:
@@ -104,8 +135,10 @@ def loop_rollback(*, loop: Loop, number: int) -> Loop:
 
 def loop_update(
     *, loop: Loop, name: str | None = None, description: str | None = None,
-    paused: bool | None = None,
+    paused: bool | None = None, concurrency_limit: int | Unchanged | None = UNCHANGED,
 ) -> Loop:  # fmt: skip
+    """Change what is given. None leaves name, description and paused as they are; for
+    concurrency_limit, None clears it (no limit of the loop's own) and UNCHANGED keeps it."""
     fields = []
     if name is not None:
         if not name.strip():
@@ -120,6 +153,10 @@ def loop_update(
     if paused is not None:
         loop.paused = paused
         fields.append("paused")
+    if concurrency_limit is not UNCHANGED:
+        _check_concurrency_limit(concurrency_limit)
+        loop.concurrency_limit = concurrency_limit
+        fields.append("concurrency_limit")
     if fields:
         loop.updated_at = timezone.now()
         loop.save(update_fields=[*fields, "updated_at"])

@@ -10,6 +10,7 @@ urlpatterns = [
     path("<slug:slug>/", views.overview, name="overview"),
     path("<slug:slug>/trigger/", views.trigger, name="trigger"),
     path("<slug:slug>/pause/", views.pause, name="pause"),
+    path("<slug:slug>/settings/", views.loop_settings, name="settings"),
     path("<slug:slug>/editor/", views.editor, name="editor"),
     path("<slug:slug>/test/", views.test_run, name="test"),
     path("<slug:slug>/versions/", views.versions, name="versions"),

@@ -19,6 +19,7 @@ from loops.forms import (
     CodeForm,
     CronPreviewForm,
     LoopCreateForm,
+    LoopSettingsForm,
     ScheduleForm,
     TestRunForm,
     TriggerForm,
@@ -81,11 +82,8 @@ def loop_new(request: HttpRequest) -> HttpResponse:
     return render(request, "loops/new.html", {"form": form, "error": error})
 
 
-@login_required
-@require_http_methods(["GET"])
-def overview(request: HttpRequest, slug: str) -> HttpResponse:
-    org = current_org(request)
-    loop = get_loop_for(org, slug)
+def _overview_context(request: HttpRequest, loop: Loop, **extra) -> dict:
+    org = loop.organization
     trigger_url = request.build_absolute_uri(f"/api/loop/{org.slug}/{loop.slug}")
     curl = (
         f"curl -X POST {trigger_url} \\\n"
@@ -95,14 +93,47 @@ def overview(request: HttpRequest, slug: str) -> HttpResponse:
     )
     recent = without_values(loop.runs.select_related("version")).order_by("-created_at")
     runs = decorate(list(recent[:10]))
-    return render(request, "loops/overview.html", {
+    return {
         **_tabs(loop, "overview"), "runs": runs, "trigger_url": trigger_url, "curl": curl,
         "chart": runs_per_day(loop),
         "percentiles": {k: fmt_ms(v) if k != "count" else v
                         for k, v in duration_percentiles(loop).items()},
         "trigger_form": TriggerForm(), "versions_count": loop.versions.count(),
         "schedules": loop.schedules.all(),
-    })  # fmt: skip
+        "settings_form": LoopSettingsForm(initial={"concurrency_limit": loop.concurrency_limit}),
+        "org_limit": org.effective_concurrency_limit(),
+        "can_edit": current_membership(request).allows(Role.EDITOR), **extra,
+    }  # fmt: skip
+
+
+@login_required
+@require_http_methods(["GET"])
+def overview(request: HttpRequest, slug: str) -> HttpResponse:
+    loop = get_loop_for(current_org(request), slug)
+    return render(request, "loops/overview.html", _overview_context(request, loop))
+
+
+@login_required
+@require_http_methods(["POST"])
+def loop_settings(request: HttpRequest, slug: str) -> HttpResponse:
+    """The loop's settings card on its overview page; errors show on the page (422)."""
+    org = require_role(request, Role.EDITOR)
+    loop = get_loop_for(org, slug)
+    form = LoopSettingsForm(request.POST)
+    if form.is_valid():
+        try:
+            loop_update(loop=loop, concurrency_limit=form.cleaned_data["concurrency_limit"])
+        except DomainError as exc:
+            form.add_error("concurrency_limit", exc.message)
+        else:
+            limit = loop.concurrency_limit
+            if limit is None:
+                messages.success(request, f"{loop.name} has no concurrency limit of its own.")
+            else:
+                messages.success(request, f"{loop.name} runs at most {limit:,} at once.")
+            return redirect(loop)
+    context = _overview_context(request, loop, settings_form=form)
+    return render(request, "loops/overview.html", context, status=422)
 
 
 @login_required
