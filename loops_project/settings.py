@@ -30,6 +30,16 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {raw!r}")
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
+
+
 def env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -59,11 +69,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
-    "django_q",
     "django_ace",
     "accounts",
     "loops",
-    "runs",
+    "runs",  # before django_q: its `qcluster` command (with the clock) is the one that runs
+    "django_q",
 ]
 
 MIDDLEWARE = [
@@ -249,14 +259,25 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = LOOPS_MAX_REQUEST_BYTES
 REDIS_URL = env_str("REDIS_URL", "")
 LOOPS_WORKERS = env_int("LOOPS_WORKERS", 2)
 LOOPS_WALL_SECONDS = env_int("LOOPS_WALL_SECONDS", 60)
+# A worker's turn (runs.tasks.work) claims runs one after the other for this long, then hands
+# the turn on; its last run may start just before and take its whole wall clock.
+LOOPS_TURN_SECONDS = env_int("LOOPS_TURN_SECONDS", 20)
+# A running run's lease, renewed every LOOPS_HEARTBEAT_SECONDS by its worker: a run whose
+# worker died is queued again once its lease has run out.
+LOOPS_LEASE_SECONDS = env_int("LOOPS_LEASE_SECONDS", 15)
+LOOPS_HEARTBEAT_SECONDS = env_int("LOOPS_HEARTBEAT_SECONDS", 5)
+# The clock of each cluster (runs.clock) looks at what is due at least this often.
+LOOPS_CLOCK_SECONDS = env_float("LOOPS_CLOCK_SECONDS", 0.25)
 Q_CLUSTER = {
     "name": "loops",
     # Clusters with the same cluster_name share one queue; another LOOPS_QUEUE isolates one.
     "cluster_name": env_str("LOOPS_QUEUE", "loops"),
     "workers": LOOPS_WORKERS,
-    # An execution is bounded by LOOPS_WALL_SECONDS in the engine; this is only the backstop.
-    "timeout": LOOPS_WALL_SECONDS + 60,
-    "retry": LOOPS_WALL_SECONDS + 120,
+    # A turn is bounded by the engine (LOOPS_TURN_SECONDS, then LOOPS_WALL_SECONDS for its last
+    # run); this is only the backstop. A turn whose worker died is not worth retrying soon:
+    # turns are interchangeable, and the run it held is taken up when its lease runs out.
+    "timeout": LOOPS_TURN_SECONDS + LOOPS_WALL_SECONDS + 30,
+    "retry": LOOPS_TURN_SECONDS + LOOPS_WALL_SECONDS + 60,
     "max_attempts": 3,
     "save_limit": -1,
     "ack_failures": True,
@@ -283,7 +304,6 @@ LOOPS_MEMORY_MB = env_int("LOOPS_MEMORY_MB", 512)
 # process is a limit of the execution. More allows forks (up to this many processes), but
 # memory and CPU limits then hold per process (SECURITY.md).
 LOOPS_MAX_PROCESSES = env_int("LOOPS_MAX_PROCESSES", 1)
-LOOPS_LEASE_GRACE_SECONDS = env_int("LOOPS_LEASE_GRACE_SECONDS", 30)
 LOOPS_ORG_CONCURRENCY_LIMIT = env_int("LOOPS_ORG_CONCURRENCY_LIMIT", 0)  # running, per org; 0: none
 LOOPS_MAX_INPUT_BYTES = env_int("LOOPS_MAX_INPUT_BYTES", 1024 * 1024)
 LOOPS_MAX_STEP_OUTPUT_BYTES = env_int("LOOPS_MAX_STEP_OUTPUT_BYTES", 8 * 1024 * 1024)

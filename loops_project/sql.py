@@ -71,9 +71,9 @@ def execute(sql: str, params: list, *, health_check: bool = True) -> int:
         return cursor.rowcount
 
 
-def fetch_one(sql: str, params: list) -> tuple | None:
+def fetch_one(sql: str, params: list, *, health_check: bool = True) -> tuple | None:
     db = connections[DEFAULT_DB_ALIAS]
-    cursor, options = _cursor(db)
+    cursor, options = _cursor(db, health_check)
     with db.wrap_database_errors, cursor:
         cursor.execute(sql, params, **options)
         return cursor.fetchone()
@@ -124,6 +124,21 @@ def _insert_sql(shapes: tuple[tuple[type[Model], tuple[Field, ...]], ...]) -> st
     return f"WITH {ctes} {last}" if ctes else last
 
 
+def insert_statement(obj: Model) -> tuple[str, list]:
+    """The INSERT of one new instance and its parameters, for a statement of the caller's."""
+    db = connections[DEFAULT_DB_ALIAS]
+    fields = _insert_fields(obj)
+    return _insert_sql(((type(obj), fields),)), [
+        f.get_db_prep_save(f.pre_save(obj, True), db) for f in fields
+    ]
+
+
+def saved(obj: Model) -> None:
+    """Mark an instance written by a statement of the caller's as saved."""
+    obj._state.adding = False
+    obj._state.db = DEFAULT_DB_ALIAS
+
+
 def insert(*objs: Model) -> None:
     """INSERT new instances, in one statement (so one round trip and, outside a transaction,
     one commit for all of them) on PostgreSQL; one after the other in a transaction elsewhere.
@@ -141,5 +156,4 @@ def insert(*objs: Model) -> None:
             for shape, values in zip(shapes, params, strict=True):
                 execute(_insert_sql((shape,)), values)
     for obj in objs:
-        obj._state.adding = False
-        obj._state.db = DEFAULT_DB_ALIAS
+        saved(obj)

@@ -125,8 +125,10 @@ class Run(models.Model):
     depth = models.PositiveSmallIntegerField(default=0)
     # NULL (not "") for "no key", so the partial index holds only keyed runs.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
-    # The queued execution (django-q2 task name); answered as workflowInstanceId.
+    # The name of the run's execution, answered as workflowInstanceId.
     task_id = models.CharField(max_length=40, blank=True)
+    # The worker clusters that take it (LOOPS_QUEUE): clusters of another queue never claim it.
+    queue = models.CharField(max_length=100, default="loops")
     # Crash safety: a running run whose lease has expired is taken up again.
     execution_id = models.CharField(max_length=40, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -151,7 +153,19 @@ class Run(models.Model):
             models.Index(
                 fields=["organization", "trigger_type", "-created_at"], name="run_org_trigger"
             ),
-            models.Index(fields=["status", "lease_expires_at"], name="run_status_lease"),
+            # The queue: pending runs, oldest first within a loop (the fair claim, runs.state).
+            models.Index(
+                fields=["queue", "loop", "created_at", "id"],
+                name="run_pending",
+                condition=Q(status="pending"),
+            ),
+            # Running runs: the slots they hold, and their leases (taken up when they expire).
+            models.Index(
+                fields=["organization", "loop"], name="run_running", condition=Q(status="running")
+            ),
+            models.Index(
+                fields=["lease_expires_at"], name="run_lease", condition=Q(status="running")
+            ),
             models.Index(
                 fields=["loop", "idempotency_key", "created_at"],
                 name="run_idempotency",
@@ -396,3 +410,38 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → {self.webhook}"
+
+
+class TimerKind(models.TextChoices):
+    STEP = "step", "A step's time"  # a sleep ends, a wait times out, a retry is due
+    WEBHOOK = "webhook", "Webhook retry"
+
+
+class Timer(models.Model):
+    """Something due at a time. The clock of every worker cluster (runs.clock) fires each
+    timer once, within a second of its due time; a fired timer is deleted."""
+
+    id = models.BigAutoField(primary_key=True)
+    due_at = models.DateTimeField()
+    kind = models.CharField(max_length=16, choices=TimerKind.choices)
+    target = models.CharField(max_length=40)  # the step's or the delivery's id
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["due_at"], name="timer_due"),
+            models.Index(fields=["target"], name="timer_target"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target} at {self.due_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Turn(models.Model):
+    """When an organization or a loop (by its public id) last had a run started: of the runs
+    that may start, the fair claim serves the scope that has waited longest (runs.state)."""
+
+    scope = models.CharField(max_length=40, primary_key=True)
+    claimed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.scope} at {self.claimed_at:%Y-%m-%d %H:%M:%S}"

@@ -1,19 +1,19 @@
-"""Writes of runs: trigger, respond, events, scans, cancel, resume, restart."""
+"""Writes of runs: trigger, respond, events, scans, cancel, resume, restart, batches. Each
+checks what it is given, makes its change through runs.state and hands the change to
+runs.reactions."""
 
 from contextlib import nullcontext
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken
 from loops.models import Loop
 from loops.validation import validate_code
-from loops_project import sql, strict_json
-from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
+from loops_project.errors import Conflict, DomainError, Invalid
+from runs import dispatch, reactions, state
 from runs.batches import insert_runs, new_run_ids
-from runs.engine.waits import lock_run, resolve_step
 from runs.models import (
     Batch,
     Run,
@@ -25,32 +25,9 @@ from runs.models import (
     Step,
     StepStatus,
     TriggerType,
+    Webhook,
 )
-from runs.notify import run_status_changed
-from runs.queue import enqueue_execution, enqueue_executions, new_task_id, queue_row
-
-
-def check_input(value, *, field: str = "input") -> str:
-    """The value's JSON text, once it is storable (loops_project.strict_json: finite numbers,
-    no NUL or lone surrogate, not nested too deeply) and within LOOPS_MAX_INPUT_BYTES. Every
-    JSON value a run takes in passes here: inputs, answers, events, scan results."""
-    text = strict_json.dumps(value, field=field)
-    size, limit = len(text.encode()), settings.LOOPS_MAX_INPUT_BYTES
-    if size > limit:
-        raise TooLarge(
-            f"{field} is {size} bytes; the limit is {limit} bytes",
-            code="input_too_large",
-            details={"field": field},
-        )
-    return text
-
-
-def check_triggerable(loop: Loop) -> None:
-    if loop.paused:
-        raise Conflict(f"Loop '{loop.slug}' is paused", code="loop_paused")
-    if loop.active_version_id is None:
-        raise Conflict(f"Loop '{loop.slug}' has no deployed version", code="no_active_version")
-
+from runs.rules import check_input, check_triggerable
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
@@ -95,7 +72,7 @@ def run_trigger(
     """
     # A keyed trigger looks for the key's run and creates its own in one transaction (holding
     # the loop's row); an unkeyed one needs no transaction of its own: on PostgreSQL with the
-    # ORM broker, the run and its queue row are one prepared statement (loops_project.sql).
+    # ORM broker, the run and its worker's turn are one statement (runs.state.run_insert).
     with transaction.atomic() if idempotency_key else nullcontext():
         if idempotency_key:
             existing = _idempotent_run(loop, idempotency_key)
@@ -121,12 +98,9 @@ def run_trigger(
             idempotency_key=idempotency_key,
             parent_step_id=parent_step_id,
             depth=depth,
-            task_id=new_task_id(),
+            task_id=dispatch.new_execution_name(),
         )
-        row = queue_row(run.id, run.task_id)
-        sql.insert(run, *([row] if row is not None else []))
-        if row is None:
-            enqueue_execution(run.id, run.task_id)  # pushed to the other broker after commit
+        reactions.after(state.run_insert(run))
     return run
 
 
@@ -148,7 +122,7 @@ def _waiting_step(run: Run, kind: str) -> Step | None:
 def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
                 reason: str | None = None, actor: str = "") -> Run:  # fmt: skip
     """Answer a run waiting for a person: an `ask` answer, or an approval decision."""
-    run = lock_run(run.pk)
+    run = state.lock_run(run.pk)
     pending = run.pending or {}
     if run.status != RunStatus.WAITING or pending.get("kind") not in PERSON_KINDS:
         raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
@@ -171,11 +145,11 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
         raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
     if action == "input":
         check_input(value, field="input")
-        resolve_step(step, status=StepStatus.SUCCEEDED, output=value)
+        reactions.after(state.step_resolve(step, status=StepStatus.SUCCEEDED, output=value))
     else:
         decision = {"approved": action == "approve", "reason": reason, "by": actor or None}
         status = StepStatus.SUCCEEDED if action == "approve" else StepStatus.REJECTED
-        resolve_step(step, status=status, output=decision)
+        reactions.after(state.step_resolve(step, status=status, output=decision))
     run.refresh_from_db()
     return run
 
@@ -183,7 +157,7 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
 @transaction.atomic
 def run_send_event(*, run: Run, type: str, payload=None) -> RunEvent:
     """Post an event to a run: it resumes a matching wait, or is kept for a later one."""
-    run = lock_run(run.pk)
+    run = state.lock_run(run.pk)
     if run.is_ended:
         raise Conflict(f"The run has ended ({run.status}).", code="run_ended")
     check_input(payload, field="payload")
@@ -192,13 +166,13 @@ def run_send_event(*, run: Run, type: str, payload=None) -> RunEvent:
         step = _waiting_step(run, "event")
         if step is not None:
             RunEvent.objects.filter(pk=event.pk).update(consumed_by=step)
-            resolve_step(step, status=StepStatus.SUCCEEDED, output=payload)
+            reactions.after(state.step_resolve(step, status=StepStatus.SUCCEEDED, output=payload))
     return event
 
 
 @transaction.atomic
 def scan_submit_result(*, scan: ScanRequest, result) -> ScanRequest:
-    lock_run(scan.run_id)
+    state.lock_run(scan.run_id)
     scan = ScanRequest.objects.select_related("step").get(pk=scan.pk)
     if scan.status != ScanStatus.PENDING:
         raise Conflict(f"This scan already has a result ({scan.status}).", code="scan_closed")
@@ -209,7 +183,7 @@ def scan_submit_result(*, scan: ScanRequest, result) -> ScanRequest:
     ScanRequest.objects.filter(pk=scan.pk).update(
         status=ScanStatus.COMPLETED, result=result, completed_at=timezone.now()
     )
-    resolve_step(scan.step, status=StepStatus.SUCCEEDED, output=result)
+    reactions.after(state.step_resolve(scan.step, status=StepStatus.SUCCEEDED, output=result))
     scan.refresh_from_db()
     return scan
 
@@ -219,35 +193,17 @@ def run_cancel(*, run: Run) -> Run:
     """Cancel a pending, running or waiting run, and every run below it that step.run_loop
     started (children, their children …) and that has not ended. A running execution stops
     at its next step boundary (it finds the run no longer running)."""
-    run = lock_run(run.pk)
+    run = state.lock_run(run.pk)
     if run.is_ended:
         raise Conflict(f"The run has already ended ({run.status}).", code="run_ended")
-    _cancel(run)
+    reactions.after(state.run_cancel(run))
     # Parents before children: a child's end resumes its parent, which is cancelled already.
     for child_id in _descendant_ids(run.pk):
-        child = lock_run(child_id)
+        child = state.lock_run(child_id)
         if child is not None and not child.is_ended:
-            _cancel(child)
+            reactions.after(state.run_cancel(child))
     run.refresh_from_db()
     return run
-
-
-def _cancel(run: Run) -> None:
-    now = timezone.now()
-    started = run.started_at or now
-    Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.CANCELLED,
-        completed_at=now,
-        duration_ms=max(int((now - started).total_seconds() * 1000), 0),
-        lease_expires_at=None,
-    )
-    Step.objects.filter(run=run, status__in=[StepStatus.WAITING, StepStatus.RUNNING]).update(
-        status=StepStatus.FAILED,
-        error={"message": "The run was cancelled", "type": "Cancelled"},
-        finished_at=now,
-    )
-    ScanRequest.objects.filter(run=run, status=ScanStatus.PENDING).update(status=ScanStatus.EXPIRED)
-    transaction.on_commit(lambda: run_status_changed(run.pk, RunStatus.CANCELLED))
 
 
 def _descendant_ids(run_id: str) -> list[str]:
@@ -267,27 +223,13 @@ def _descendant_ids(run_id: str) -> list[str]:
 @transaction.atomic
 def run_resume(*, run: Run) -> Run:
     """Continue a failed or cancelled run on its pinned version from its last checkpoint."""
-    run = lock_run(run.pk)
+    run = state.lock_run(run.pk)
     if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
         raise Conflict(
             f"Only a failed or cancelled run can be resumed; this one is {run.status}.",
             code="not_resumable",
         )
-    task_id = new_task_id()
-    Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.PENDING,
-        attempt=run.attempt + 1,
-        completed_at=None,
-        duration_ms=None,
-        output=None,
-        error_message="",
-        error_type="",
-        error_step="",
-        error_traceback="",
-        pending=None,
-        task_id=task_id,
-    )
-    enqueue_execution(run.pk, task_id)
+    reactions.after(state.run_resume(run))
     run.refresh_from_db()
     return run
 
@@ -317,8 +259,8 @@ def run_trigger_batch(
 ) -> Batch:
     """Create the runs of a batch in bulk and queue them in chunks, all before answering.
 
-    Each input is serialized once, for the size check and for the insert (COPY on PostgreSQL);
-    with the ORM broker the chunk tasks are written in the same transaction as the runs.
+    Each input is serialized once, for the size check and for the insert (COPY on PostgreSQL).
+    The runs wait in the queue (the runs table) and start in fair turns with everyone else's.
     """
     check_triggerable(loop)
     texts = [check_input(item, field=f"inputs[{index}]") for index, item in enumerate(inputs)]
@@ -333,8 +275,15 @@ def run_trigger_batch(
         triggered_by_token=token,
         batch_id=batch.pk,
         created_at=timezone.now(),
+        queue=dispatch.queue_key(),
     )
     run_ids = new_run_ids(len(inputs))
     insert_runs(template, run_ids, texts)
-    enqueue_executions(run_ids)
+    for _ in range(dispatch.turns_wanted()):
+        dispatch.wake_workers()
+    if Webhook.objects.filter(organization_id=loop.organization_id, active=True).exists():
+        reactions.after_all(
+            [state.Change(run_id, loop.organization_id, loop.pk, None, RunStatus.PENDING)
+             for run_id in run_ids]
+        )  # fmt: skip
     return batch

@@ -1,26 +1,35 @@
-"""django-q2 task entry points: they take ids, and call the engine or a service."""
+"""django-q2 task entry points: they take ids (or nothing) and call the engine or a service."""
 
-from runs import webhooks
-from runs.engine import executor, recovery, waits
+import time
+
+from django.conf import settings
+
+from runs import dispatch, state, webhooks
+from runs.engine import executor
+
+
+def work() -> int:
+    """A turn to work: claim runs, fairest first, and execute them one after the other until
+    none may start, then end. After LOOPS_TURN_SECONDS the turn is handed on (a new turn
+    queued), so that a task always ends well inside django-q2's timeout. Returns how many runs
+    it executed."""
+    deadline = time.monotonic() + settings.LOOPS_TURN_SECONDS
+    done = 0
+    while True:
+        if time.monotonic() >= deadline:
+            dispatch.wake_workers()
+            return done
+        claim = state.claim_next()
+        if claim is None:
+            return done
+        executor.execute(claim)
+        done += 1
 
 
 def execute_run(run_id: str) -> str:
+    """One run by its id (a task queued by an earlier version of Loops, or by hand)."""
     return executor.execute_run(run_id)
-
-
-def fire_timer(step_id: str) -> str:
-    return waits.fire_timer(step_id)
-
-
-def recover_runs() -> int:
-    return recovery.recover_stale_runs()
 
 
 def deliver_webhook(delivery_id: str) -> str:
     return webhooks.deliver(delivery_id)
-
-
-def fire_due_schedules() -> int:
-    from loops.schedules import fire_due_schedules
-
-    return fire_due_schedules()

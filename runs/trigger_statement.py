@@ -3,15 +3,15 @@
 `POST /api/loop/{org}/{loop}` with a bearer token, asynchronous and without an Idempotency-Key,
 is most of an integration's traffic. The API's operation (runs.api.trigger) answers it with four
 round trips (health check, token, loop, then the run with its queue row) and six model
-instances. Here the token check, the loop lookup with its checks, the run, its django-q2 queue
-row and the token's last-used time are one prepared statement, which writes the run only if
-every check of the operation passes: 1.9 million instructions of the web process per trigger
-instead of 3.9 million (callgrind; a 401 costs 1.0 million), and about 1.8 times the requests
-per second (bench/api_load.py). Anything else -- another backend or broker, a query string, an
-Idempotency-Key, a body that is not JSON or too large, a token over its rate, and every refusal
-(401, 404, 409) -- goes to the operation, which answers as it always does: this path either
-answers exactly what the operation would have (the same row, the same 202) or steps aside having
-written nothing but the token's last use.
+instances. Here the token check, the loop lookup with its checks, the run, a worker's turn (when
+too few are queued) and the token's last-used time are one prepared statement, which writes the
+run only if every check of the operation passes: 1.9 million instructions of the web process per
+trigger instead of 3.9 million (callgrind; a 401 costs 1.0 million), and about 1.8 times the
+requests per second (bench/api_load.py). Anything else -- another backend or broker, a query
+string, an Idempotency-Key, a body that is not JSON or too large, a token over its rate, and
+every refusal (401, 404, 409) -- goes to the operation, which answers as it always does: this
+path either answers exactly what the operation would have (the same row, the same 202) or steps
+aside having written nothing but the token's last use.
 """
 
 # ruff: noqa: S608 - table and column names from the models; every value is a parameter
@@ -23,7 +23,6 @@ from django.db import IntegrityError, InterfaceError, OperationalError, connecti
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django_q.models import OrmQ
 
 from accounts.models import ApiToken, Organization
 from accounts.services import LAST_USED_GRANULARITY, token_hash_of
@@ -33,9 +32,9 @@ from loops_project import ids, sql
 from loops_project.api import api, count_request
 from loops_project.api_base import json_body
 from loops_project.errors import DomainError
+from runs import dispatch
 from runs.models import Run, TriggerType
-from runs.queue import new_task_id, queue_row
-from runs.services import check_input
+from runs.rules import check_input
 
 RUN_FIELDS = sql.fields_of(Run)
 # The run's columns that come from the token's and the loop's rows.
@@ -47,9 +46,8 @@ FROM_ROWS = {
 }
 # The run's columns set per trigger; every other column takes its field's default, as in
 # runs.services.run_trigger.
-PER_TRIGGER = ("id", "created_at", "trigger_type", "input", "task_id")
+PER_TRIGGER = ("id", "created_at", "trigger_type", "input", "task_id", "queue")
 PARAMETER = object()
-QUEUE_FIELDS = tuple(OrmQ._meta.get_field(name) for name in ("key", "payload", "lock"))
 
 
 @csrf_exempt
@@ -84,22 +82,22 @@ def answer(request: HttpRequest, org: str, loop: str) -> HttpResponse | None:
     usage = count_request(request, token_hash)
     if usage is not None and usage["should_limit"]:
         return None
-    run_id, task_id, now = ids.run_id(), new_task_id(), timezone.now()
-    row = queue_row(run_id, task_id)
-    if row is None:
-        return None  # another broker: the task is pushed after the run commits
+    if not dispatch.orm_broker_in_database():
+        return None  # another broker: the turn is pushed after the run commits
+    run_id, task_id, now = ids.run_id(), dispatch.new_execution_name(), timezone.now()
     per_trigger = {
         "id": run_id,
         "created_at": now,
         "trigger_type": TriggerType.API_TOKEN,
         "input": value,
         "task_id": task_id,
+        "queue": dispatch.queue_key(),
     }
     params = [
         token_hash, now, org, org, loop, now, now - LAST_USED_GRANULARITY,
         *(sql.prep(f, per_trigger[f.name]) if f.name in per_trigger else default
           for f, written, default in _run_columns() if written is PARAMETER),
-        *(sql.prep(f, getattr(row, f.attname)) for f in QUEUE_FIELDS),
+        *dispatch.turn_params(now),
     ]  # fmt: skip
     if not _save(_statement(loop_lookup_field(loop)), params, run_id):
         return None
@@ -113,11 +111,11 @@ def _save(statement: str, params: list, run_id: str) -> bool:
     the run's id is in it, so a first attempt that did commit before the connection went makes
     the second fail on the run's primary key."""
     try:
-        return sql.execute(statement, params, health_check=False) == 1
+        return sql.fetch_one(statement, params, health_check=False) == (1,)
     except (OperationalError, InterfaceError):
         connection.close()
     try:
-        return sql.execute(statement, params) == 1
+        return sql.fetch_one(statement, params) == (1,)
     except IntegrityError:
         if Run.objects.filter(pk=run_id).exists():
             return True
@@ -175,7 +173,8 @@ def _statement(loop_field: str) -> str:
         f"WHERE {c(ApiToken, 'id')} = (SELECT id FROM {token}) "
         f"AND ({c(ApiToken, 'last_used_at')} IS NULL OR {c(ApiToken, 'last_used_at')} < %s)), "
         f"run AS (INSERT INTO {sql.table(Run)} ({', '.join(c(Run, f.name) for f in RUN_FIELDS)}) "
-        f"SELECT {values} FROM {loop} RETURNING 1) "
-        f"INSERT INTO {sql.table(OrmQ)} ({', '.join(sql.quote(f.column) for f in QUEUE_FIELDS)}) "
-        f"SELECT {', '.join(sql.cast(f) for f in QUEUE_FIELDS)} FROM run"
+        f"SELECT {values} FROM {loop} RETURNING 1), "
+        # A worker's turn, if too few are queued (runs.dispatch).
+        f"turn AS ({dispatch.turn_statement('run')}) "
+        "SELECT COUNT(*) FROM run"
     )

@@ -12,20 +12,17 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import URLValidator
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
-from django_q.models import Schedule as QSchedule
-from django_q.tasks import schedule as q_schedule
 
 from accounts.models import Organization
 from loops.models import Loop
 from loops_project.errors import Invalid
-from runs.engine import outbound
-from runs.models import DeliveryStatus, Run, RunStatus, Webhook, WebhookDelivery
-from runs.queue import enqueue_task
+from runs import dispatch, outbound
+from runs.models import DeliveryStatus, Run, RunStatus, TimerKind, Webhook, WebhookDelivery
+from runs.schemas import run_payload
+from runs.state import Change
 
 SIGNATURE_HEADER = "X-Loops-Signature"
-DELIVER_TASK = "runs.tasks.deliver_webhook"
 EVENT_NAMES = {f"run.{s}" for s in RunStatus.values}
 DELIVERY_TIMEOUT_SECONDS = 10
 
@@ -58,34 +55,34 @@ def webhook_create(
     )  # fmt: skip
 
 
-def queue_deliveries(run_id: str, status: str) -> None:
-    run = Run.objects.filter(pk=run_id).only("organization_id", "loop_id").first()
-    if run is None:
-        return
-    event = f"run.{status}"
-    hooks = [
-        hook
-        for hook in Webhook.objects.filter(
-            Q(loop__isnull=True) | Q(loop_id=run.loop_id),
-            organization_id=run.organization_id,
-            active=True,
-        )
-        if not hook.events or event in hook.events
+def queue_deliveries_of(changes: list[Change]) -> None:
+    """A delivery for each webhook subscribed to each change (run.<status>), queued."""
+    organizations = {change.organization_id for change in changes}
+    hooks = list(Webhook.objects.filter(organization_id__in=organizations, active=True))
+    wanted = [
+        (change, hook)
+        for change in changes
+        for hook in hooks
+        if hook.organization_id == change.organization_id
+        and hook.loop_id in (None, change.loop_id)
+        and (not hook.events or f"run.{change.status}" in hook.events)
     ]
-    if not hooks:
+    if not wanted:
         return
-    from runs.schemas import run_payload
-
-    run = Run.objects.select_related("loop", "version").get(pk=run_id)
-    # Stored as JSON the way the API writes it (timestamps as ISO 8601 strings).
-    payload = json.loads(
-        json.dumps({"event": event, "data": run_payload(run)}, cls=DjangoJSONEncoder)
-    )
-    for hook in hooks:
-        delivery = WebhookDelivery.objects.create(
-            webhook=hook, run_id=run_id, event=event, payload=payload
+    runs = Run.objects.select_related("loop", "version").in_bulk({c.run_id for c, _ in wanted})
+    deliveries = []
+    for change, hook in wanted:
+        event = f"run.{change.status}"
+        # Stored as JSON the way the API writes it (timestamps as ISO 8601 strings); the run as
+        # it is now, with the status of the change it announces.
+        data = {**run_payload(runs[change.run_id]), "status": change.status}
+        payload = json.loads(json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder))
+        deliveries.append(
+            WebhookDelivery(webhook=hook, run_id=change.run_id, event=event, payload=payload)
         )
-        enqueue_task(DELIVER_TASK, delivery.pk)
+    with transaction.atomic():
+        for delivery in WebhookDelivery.objects.bulk_create(deliveries):
+            dispatch.deliver_webhook(delivery.pk)
 
 
 def deliver(delivery_id: str) -> str:
@@ -138,11 +135,9 @@ def deliver(delivery_id: str) -> str:
                 webhook=delivery.webhook, run_id=delivery.run_id, event=delivery.event,
                 payload=delivery.payload, attempt=attempt,
             )  # fmt: skip
-            q_schedule(
-                DELIVER_TASK, retry.pk, name=f"webhook:{retry.pk}",
-                schedule_type=QSchedule.ONCE, repeats=-1,
-                next_run=timezone.now() + timedelta(seconds=delay),
-            )  # fmt: skip
+            dispatch.set_timer(
+                TimerKind.WEBHOOK, retry.pk, timezone.now() + timedelta(seconds=delay)
+            )
     return "delivered" if ok else f"attempt {attempt} failed"
 
 
@@ -151,5 +146,5 @@ def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         status=DeliveryStatus.PENDING, delivered_at=None
     )
-    enqueue_task(DELIVER_TASK, delivery.pk)
+    dispatch.deliver_webhook(delivery.pk)
     return delivery

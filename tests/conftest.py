@@ -14,7 +14,7 @@ from django.db import connection
 from django_q.brokers import get_broker
 
 from accounts.models import Role
-from runs import queue
+from runs import dispatch
 from tests.factories import (
     LoopFactory,
     MembershipFactory,
@@ -162,7 +162,7 @@ def worker(_session_cluster, transactional_db, monkeypatch):
     """The real django-q2 worker cluster (shared by the session) on the test database; what
     this test queues goes to it."""
     assert _session_cluster.proc.poll() is None, "the qcluster process died"
-    monkeypatch.setattr(queue, "_broker", lambda: _session_cluster.broker)
+    monkeypatch.setattr(dispatch, "broker", lambda: _session_cluster.broker)
     return _session_cluster
 
 

@@ -6,9 +6,13 @@ program really runs in the sandbox; only the queue is skipped.
 
 import textwrap
 
+from django.test import TestCase
+from django.utils import timezone
+
 from loops.services import loop_create
+from runs.clock import fire_due_timers
 from runs.engine.executor import execute_run
-from runs.models import Run, TriggerType
+from runs.models import Run, Step, Timer, TriggerType
 from runs.services import run_trigger
 
 
@@ -32,7 +36,10 @@ def trigger(loop, input=None) -> Run:
 
 
 def execute(run: Run) -> Run:
-    execute_run(run.pk)
+    # What follows the execution (a parent carries on, webhooks) happens after commit: run it
+    # at the end, as if the test's transaction had committed.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        execute_run(run.pk)
     run.refresh_from_db()
     return run
 
@@ -40,3 +47,11 @@ def execute(run: Run) -> Run:
 def run_program(org, body: str, input=None, imports: str = "", slug: str = "subject") -> Run:
     loop = deploy(org, program(body, imports), slug=slug)
     return execute(trigger(loop, input))
+
+
+def fire_timer_of(step) -> int:
+    """Make the step's timer due now and let the clock fire what is due (runs.clock)."""
+    now = timezone.now()
+    Step.objects.filter(pk=step.pk).update(wake_at=now)
+    Timer.objects.filter(target=step.pk).update(due_at=now)
+    return fire_due_timers()

@@ -2,11 +2,8 @@
 each step's output, and everything a run stores over all its executions."""
 
 import pytest
-from django.utils import timezone
 
-from runs.engine.waits import fire_timer
-from runs.models import Step
-from tests.engine_helpers import execute, run_program
+from tests.engine_helpers import execute, fire_timer_of, run_program
 
 pytestmark = pytest.mark.django_db
 
@@ -92,9 +89,7 @@ def test_what_a_run_stores_is_counted_over_all_its_executions(org, settings):
     run = run_program(org, body)
     assert run.status == "waiting"
     assert run.stored_bytes >= 60_000
-    nap = run.steps.get(name="Nap")
-    Step.objects.filter(pk=nap.pk).update(wake_at=timezone.now())
-    assert fire_timer(nap.pk) == "slept"
+    assert fire_timer_of(run.steps.get(name="Nap")) == 1
     run = execute(run)
     assert run.status == "failed"
     assert "exceeded the limit of 80000 bytes stored per run" in run.error_message

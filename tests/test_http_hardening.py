@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from runs import webhooks
-from runs.engine import outbound
+from runs import outbound
 from runs.models import Webhook, WebhookDelivery
 from tests.engine_helpers import run_program
 

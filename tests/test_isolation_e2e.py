@@ -9,7 +9,7 @@ import httpx
 import pytest
 from django_q.brokers import get_broker
 
-from runs import queue
+from runs import dispatch
 from tests.conftest import Cluster, wait_until
 from tests.factories import make_token
 from tests.test_isolation import DAEMON, LOOK_AROUND, host_processes_named
@@ -27,7 +27,7 @@ def plain_python_worker(transactional_db, monkeypatch, settings):
         {"LOOPS_QUEUE": queue_name, "LOOPS_PYTHON_GUARDS": "0", "LOOPS_MAX_PROCESSES": "8"}
     )
     cluster.broker = get_broker(queue_name)
-    monkeypatch.setattr(queue, "_broker", lambda: cluster.broker)
+    monkeypatch.setattr(dispatch, "broker", lambda: cluster.broker)
     yield cluster
     cluster.stop()
 

@@ -11,14 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
-from django_q.models import Schedule as QSchedule
 
 from loops.schedules import fire_due_schedules, schedule_create
 from loops.services import loop_deploy
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
-from runs.engine import outbound
-from runs.engine.waits import fire_timer
-from runs.models import LogEntry, Run, RunEvent, ScanRequest, Step
+from runs import outbound
+from runs.clock import fire_due_timers
+from runs.models import LogEntry, Run, RunEvent, ScanRequest, Step, Timer
 from runs.services import (
     run_cancel,
     run_respond,
@@ -27,7 +26,7 @@ from runs.services import (
     run_send_event,
     scan_submit_result,
 )
-from tests.engine_helpers import deploy, execute, program, run_program, trigger
+from tests.engine_helpers import deploy, execute, fire_timer_of, program, run_program, trigger
 
 pytestmark = pytest.mark.django_db
 
@@ -49,13 +48,17 @@ def test_sleep_suspends_without_a_worker_and_a_timer_wakes_it(org):
     assert run.pending["stepName"] == "Nap"
     nap = run.steps.get()
     assert (nap.kind, nap.status) == ("sleep", "waiting")
-    timer = QSchedule.objects.get(name=f"timer:{nap.pk}")
-    assert timer.schedule_type == QSchedule.ONCE
-    assert abs((timer.next_run - (timezone.now() + timedelta(seconds=120))).total_seconds()) < 5
-    assert fire_timer(nap.pk) == "rescheduled"  # not due yet: fired early, tries again
+    timer = Timer.objects.get(kind="step", target=nap.pk)
+    assert abs((timer.due_at - (timezone.now() + timedelta(seconds=120))).total_seconds()) < 5
+    assert fire_due_timers() == 0  # not due
+    # A timer that fires early (another clock's time is ahead) is set again for the wake time.
+    Timer.objects.filter(pk=timer.pk).update(due_at=timezone.now())
+    assert fire_due_timers() == 1
+    assert Run.objects.get(pk=run.pk).status == "waiting"
+    assert Timer.objects.get(target=nap.pk).due_at == nap.wake_at
 
-    Step.objects.filter(pk=nap.pk).update(wake_at=timezone.now())
-    assert fire_timer(nap.pk) == "slept"
+    assert fire_timer_of(nap) == 1
+    assert not Timer.objects.exists()
     run.refresh_from_db()
     assert run.status == "pending"
     run = execute(run)
@@ -123,8 +126,7 @@ def test_a_wait_that_times_out_raises_step_timeout(org):
     )
     run = execute(trigger(loop))
     wait = run.steps.get()
-    Step.objects.filter(pk=wait.pk).update(wake_at=timezone.now())
-    assert fire_timer(wait.pk) == "timed out"
+    assert fire_timer_of(wait) == 1
     run = execute(Run.objects.get(pk=run.pk))
     assert run.status == "succeeded"
     assert "timed out" in run.output["timedOut"]

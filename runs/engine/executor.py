@@ -6,25 +6,23 @@ Every write is conditional on this execution still owning the run, so a cancelle
 run taken over after its lease expired is never written by a stale execution.
 """
 
+import dataclasses
 import json
 import signal
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from loops_project import ids, strict_json
-from runs.engine import checkpoints, lifecycle
-from runs.engine.programs import compiled_program
+from runs import reactions, state
+from runs.engine import http, waits
+from runs.engine.heartbeat import heartbeat
+from runs.engine.programs import Program, program_of
 from runs.engine.sandbox.runtime import CodeError
 from runs.engine.zygote import ExitInfo, get_zygote
-from runs.models import LogEntry, LogLevel, Run, RunStatus, Step, StepKind, StepStatus
+from runs.models import LogEntry, LogLevel, RunStatus, Step, StepKind, StepStatus
 
 LOG_LEVELS = set(LogLevel.values)
 FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKIPPED}
@@ -32,37 +30,20 @@ FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKI
 STORING_OPS = {"log", "step", "step_done", "wait", "http", "done"}
 
 
-def lease_duration() -> timedelta:
-    # An execution never outlives its wall-clock limit, so a lease that outlasts it needs
-    # no renewal: if it expires, the worker holding it is gone.
-    return timedelta(seconds=settings.LOOPS_WALL_SECONDS + settings.LOOPS_LEASE_GRACE_SECONDS)
+@dataclass
+class Entry:
+    """A step of the run as the execution knows it (no need to ask the database again)."""
 
-
-def claim(run_id: str) -> Run | None:
-    """Take a pending run, or a running one whose lease expired (its worker died)."""
-    now = timezone.now()
-    execution_id = uuid.uuid4().hex
-    claimed = (
-        Run.objects.filter(pk=run_id)
-        .filter(Q(status=RunStatus.PENDING) | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now))
-        .update(
-            status=RunStatus.RUNNING,
-            execution_id=execution_id,
-            lease_expires_at=now + lease_duration(),
-            executions=F("executions") + 1,
-            started_at=Coalesce("started_at", now),
-            pending=None,
-        )
-    )
-    if not claimed:
-        return None
-    return Run.objects.select_related("loop", "version", "organization").get(pk=run_id)
+    id: str
+    status: str
+    order: int
+    name: str
 
 
 @dataclass
 class Execution:
-    run: Run
-    steps: dict = field(default_factory=dict)  # key -> [id, status, order]
+    claim: state.Claim
+    steps: dict = field(default_factory=dict)  # key -> Entry
     next_order: int = 0
     logs: list = field(default_factory=list)
     log_count: int = 0
@@ -77,13 +58,16 @@ class Execution:
     # run stops at its next step and fails with this error, whatever the sandbox reports.
     refused: dict | None = None
 
-    # --- ownership
+    @property
+    def run(self):
+        return self.claim.run
 
-    def owned(self) -> Q:
-        return Q(pk=self.run.pk, status=RunStatus.RUNNING, execution_id=self.run.execution_id)
+    @property
+    def owner(self) -> state.Owner:
+        return self.claim.owner
 
     def still_owned(self) -> bool:
-        return Run.objects.filter(self.owned()).exists()
+        return self.owner.holds()
 
     # --- messages from the sandbox
 
@@ -100,13 +84,9 @@ class Execution:
             self.on_step_done(message)
             return None
         if op == "wait":
-            from runs.engine import waits
-
             self.flush_logs()
             return waits.handle_wait(self, message)
         if op == "http":
-            from runs.engine import http
-
             reply = http.handle_http(self, message)
             if "output" in reply:
                 self.charge(len(json.dumps(reply["output"])))
@@ -187,7 +167,7 @@ class Execution:
         return LogEntry(
             run_id=self.run.pk,
             loop_id=self.run.loop_id,
-            step_id=step[0] if step else None,
+            step_id=step.id if step else None,
             level=level,
             message=text,
             time=timezone.now(),
@@ -204,55 +184,53 @@ class Execution:
             return f"The run exceeded the limit of {limit} steps"
         return None
 
-    def open_step(
-        self, message: dict, *, kind: str, status: str, guarded: bool = False, **fields
-    ) -> str | None:
-        """Insert the step, or take over its row from an earlier execution; returns its id.
-
-        With `guarded`, a new row is only inserted while this execution still owns the run
-        (one statement instead of a check and an insert); None means it no longer does."""
+    def open_step(self, message: dict, *, kind: str, status: str, **fields) -> str | None:
+        """Insert the step, or take over its row from an earlier execution; returns its id, or
+        None when this execution no longer owns the run (one statement does both)."""
         key = str(message["key"])[:300]
-        parent = self.steps.get(message.get("parent"))
         existing = self.steps.get(key)
-        now = timezone.now()
         values = {
             "status": status,
-            "started_at": now,
+            "started_at": timezone.now(),
             "finished_at": None,
             "error": None,
             "run_attempt": self.run.attempt,
             **fields,
         }
         if existing is not None:
-            if guarded and not self.still_owned():
+            if not state.step_update(self.owner, existing.id, values):
                 return None
-            Step.objects.filter(pk=existing[0]).update(**values)
-            existing[1] = status
-            return existing[0]
+            existing.status = status
+            return existing.id
+        parent = self.steps.get(message.get("parent"))
+        name = str(message.get("name", key))[:200]
         row = {
             "id": ids.step_id(),
             "run_id": self.run.pk,
             "key": key,
-            "name": str(message.get("name", key))[:200],
+            "name": name,
             "kind": kind,
             "order": self.next_order,
             "attempts": 0,
-            "parent_id": parent[0] if parent else None,
+            "parent_id": parent.id if parent else None,
             "line": _int_or_none(message.get("line")),
             "iteration": _int_or_none(message.get("iteration")),
             "iteration_item": message.get("item"),
             **values,
         }
-        if guarded:
-            if not checkpoints.insert_step_if_owned(
-                row, run_id=self.run.pk, execution_id=self.run.execution_id
-            ):
-                return None
-        else:
-            Step.objects.create(**row)
-        self.steps[key] = [row["id"], status, self.next_order]
+        if not state.step_insert(self.owner, row):
+            return None
+        self.steps[key] = Entry(row["id"], status, self.next_order, name)
         self.next_order += 1
         return row["id"]
+
+    def close_step(self, key: str, values: dict) -> None:
+        """A step of this execution ends (or waits) with `values`."""
+        entry = self.steps[key]
+        if state.step_update(self.owner, entry.id, values):
+            entry.status = values["status"]
+        if self.current_step == key:
+            self.current_step = None
 
     def stop_reply(self) -> dict | None:
         if not self.still_owned():
@@ -272,7 +250,6 @@ class Execution:
             message,
             kind=kind,
             status=StepStatus.RUNNING,
-            guarded=True,
             input=message.get("input"),
             metadata=message.get("metadata") if isinstance(message.get("metadata"), dict) else None,
         )
@@ -295,8 +272,8 @@ class Execution:
         except ValueError as exc:
             # The runtime checks this too; the worker decides (the sandbox may be lying).
             status, output, error = StepStatus.FAILED, None, self.refuse(*exc.args)
-        checkpoints.update_step(
-            entry[0],
+        self.close_step(
+            message["key"],
             {
                 "status": status,
                 "output": output,
@@ -306,8 +283,6 @@ class Execution:
                 "duration_ms": _int_or_none(message.get("duration_ms")),
             },
         )
-        entry[1] = status
-        self.current_step = None
 
     @staticmethod
     def storable_output(output_json, what: str, limit: int):
@@ -330,27 +305,46 @@ class Execution:
     # --- the end of the execution
 
     def finish(self, exit_info: ExitInfo) -> str:
+        """Record how the execution ended, in one statement where it can be."""
         self.flush_logs()
         outcome = self.checked_outcome(exit_info)
         op = outcome.get("op")
-        with transaction.atomic():
-            Run.objects.filter(pk=self.run.pk).update(
-                cpu_time_ms=F("cpu_time_ms") + exit_info.cpu_ms,
-                total_steps=len(self.steps),
-                stored_bytes=F("stored_bytes") + self.stored,
-            )
-            if op == "done":
-                ended = lifecycle.run_succeed(self, output=outcome["output"])
-            elif op == "stopped":
-                ended = lifecycle.run_succeed(self, output=None)
-            elif op == "suspended":
-                ended = lifecycle.run_suspend(self)
-            elif op == "cancelled":
-                ended = lifecycle.run_abandon(self)
-            else:
-                error = _error_dict(outcome.get("error")) or self.crash_error(exit_info)
-                ended = lifecycle.run_fail(self, error=error)
-        return ended
+        cost = {"cpu_ms": exit_info.cpu_ms, "total_steps": len(self.steps), "stored": self.stored}
+        if op in {"done", "stopped"}:
+            output = outcome.get("output") if op == "done" else None
+            change = state.run_end(self.owner, self.run, RunStatus.SUCCEEDED, output=output,
+                                   **cost)  # fmt: skip
+        elif op == "suspended":
+            change = state.run_suspend(self.owner, self.run, **cost)
+        elif op == "cancelled":  # the run was cancelled or taken over: its cost, nothing else
+            change = state.run_end(self.owner, self.run, RunStatus.CANCELLED, **cost)
+        else:
+            error = _error_dict(outcome.get("error")) or self.crash_error(exit_info)
+            change = self.fail(error, cost)
+        if change is None:
+            return "abandoned"
+        reactions.after(dataclasses.replace(change, has_webhooks=self.claim.has_webhooks))
+        return change.status
+
+    def fail(self, error: dict, cost: dict) -> state.Change | None:
+        entry = self.steps.get(error.get("step") or "")
+        step_name = entry.name if entry is not None else (error.get("step") or "")
+        if any(e.status == StepStatus.RUNNING for e in self.steps.values()):
+            state.steps_in_progress_fail(self.owner, error)
+        kind = error.get("type")
+        message = error["message"]
+        detail = (
+            f"{kind}: {message}"
+            if kind not in (None, "", "RuntimeError", "Exception") and not message.startswith(kind)
+            else message
+        )
+        text = f"Step '{step_name}' failed: {detail}" if step_name else detail
+        return state.run_end(
+            self.owner, self.run, RunStatus.FAILED,
+            error_message=text[:10000], error_type=str(kind or "")[:200],
+            error_step=step_name[:200], error_traceback=str(error.get("traceback") or ""),
+            **cost,
+        )  # fmt: skip
 
     def checked_outcome(self, exit_info: ExitInfo) -> dict:
         """What the execution reported, unless the worker knows better: a broken protocol,
@@ -422,32 +416,35 @@ def _error_dict(error) -> dict | None:
     return clean
 
 
-def build_request(execution: Execution, program: str) -> dict:
-    """Everything the execution learns, sent over its own socket once it is sealed."""
+def build_request(execution: Execution, program: Program) -> dict:
+    """Everything the execution learns, sent over its own socket once it is sealed. A run on
+    its first execution has no steps yet: nothing to ask the database."""
     run = execution.run
     saved = {}
-    for key, status, output, error, run_attempt, order, pk in Step.objects.filter(
-        run_id=run.pk
-    ).values_list("key", "status", "output", "error", "run_attempt", "order", "id"):
-        execution.steps[key] = [pk, status, order]
-        if status in FINAL_STEP_STATUSES or status == StepStatus.FAILED:
-            saved[key] = {
-                "status": status,
-                "output": output,
-                "error": error,
-                "run_attempt": run_attempt,
-            }
-    execution.next_order = max((s[2] for s in execution.steps.values()), default=-1) + 1
+    if run.executions > 1 or run.attempt > 1:
+        rows = Step.objects.filter(run_id=run.pk).values_list(
+            "key", "status", "output", "error", "run_attempt", "order", "id", "name"
+        )
+        for key, status, output, error, run_attempt, order, pk, name in rows:
+            execution.steps[key] = Entry(pk, status, order, name)
+            if status in FINAL_STEP_STATUSES or status == StepStatus.FAILED:
+                saved[key] = {
+                    "status": status,
+                    "output": output,
+                    "error": error,
+                    "run_attempt": run_attempt,
+                }
+    execution.next_order = max((e.order for e in execution.steps.values()), default=-1) + 1
     return {
         "op": "exec",
-        "code": run.code,
-        "program": program,
+        "code": program.code,
+        "program": program.compiled,
         "guards": settings.LOOPS_PYTHON_GUARDS,
         "event": {
             "body": run.input,
             "run_id": run.pk,
-            "loop": run.loop.slug,
-            "version": run.version.number if run.version_id else None,
+            "loop": program.loop_slug,
+            "version": program.version_number,
             "trigger_type": run.trigger_type,
             "mode": run.mode,
             "attempt": run.attempt,
@@ -470,26 +467,33 @@ def sandbox_limits(execution: Execution) -> dict:
     }
 
 
-def execute_run(run_id: str) -> str:
-    """Claim and execute a run once. Returns what happened, for the task log."""
-    run = claim(run_id)
-    if run is None:
-        return "not claimed"
-    execution = Execution(run=run)
+def execute(claim: state.Claim) -> str:
+    """Execute a claimed run once. Returns what became of it, for the task log."""
+    reactions.after(claim.change)
+    execution = Execution(claim=claim)
     try:
-        program = compiled_program(organization_id=run.organization_id, code=run.code)
+        program = program_of(claim.run)
     except CodeError as exc:
         execution.outcome = {"op": "failed", "error": {"message": str(exc), "type": "CodeError"}}
         return execution.finish(ExitInfo())
     request = build_request(execution, program)
     zygote = get_zygote()
-    try:
-        exit_info = zygote.execute(
-            request, execution.handle, limits=sandbox_limits(execution),
-            deadline=execution.deadline,
-        )  # fmt: skip
-    except BaseException:
-        # Whatever the program was waiting for will never come: start a fresh sandbox.
-        zygote.stop()
-        raise
-    return execution.finish(exit_info)
+    with heartbeat.watching(claim.owner):
+        try:
+            exit_info = zygote.execute(
+                request, execution.handle, limits=sandbox_limits(execution),
+                deadline=execution.deadline,
+            )  # fmt: skip
+        except BaseException:
+            # Whatever the program was waiting for will never come: start a fresh sandbox.
+            zygote.stop()
+            raise
+        return execution.finish(exit_info)
+
+
+def execute_run(run_id: str) -> str:
+    """Claim this run (pending, or its worker dead) and execute it once."""
+    claim = state.claim(run_id)
+    if claim is None:
+        return "not claimed"
+    return execute(claim)

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from loops_project import strict_json
-from runs.engine import outbound
-from runs.models import Step, StepStatus
+from runs import outbound
+from runs.models import StepStatus
 
 MAX_PAGES = 100
 MAX_TIMEOUT_SECONDS = 120.0
@@ -128,17 +128,18 @@ def handle_http(execution, message: dict) -> dict:
     duration = int((now - started).total_seconds() * 1000)
     output = records if pages > 1 else (records[0] if records else None)
     status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
-    Step.objects.filter(pk=entry[0]).update(
-        status=status,
-        output=output,
-        error=error,
-        attempts=1,
-        finished_at=now,
-        duration_ms=duration,
-        page=len(records) if pages > 1 else None,
+    execution.close_step(
+        message["key"],
+        {
+            "status": status,
+            "output": output,
+            "error": error,
+            "attempts": 1,
+            "finished_at": now,
+            "duration_ms": duration,
+            "page": len(records) if pages > 1 else None,
+        },
     )
-    entry[1] = status
-    execution.current_step = None
     if error:
         return {"error": error}
     return {"output": output}

@@ -1,0 +1,94 @@
+"""The clock of a worker cluster: what is due now happens now, within a second.
+
+It runs in the `qcluster` process (runs/management/commands/qcluster.py), beside django-q2's
+workers, and on every machine that runs one; each round claims its work with row locks
+(SKIP LOCKED on PostgreSQL; SQLite serializes writers), so no timer fires twice. Each round:
+
+- timers that are due fire (a sleep ends, a wait times out, a webhook's next attempt);
+- cron schedules that are due start their runs;
+- runs whose worker died (lease expired) go back to the queue;
+- if runs may start and no turn is queued for them, a turn is (runs.dispatch).
+
+Between rounds it sleeps LOOPS_CLOCK_SECONDS at most, less when a timer is due sooner.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, transaction
+from django.utils import timezone
+
+from loops.schedules import fire_due_schedules
+from runs import dispatch, reactions, state
+from runs.models import Timer, TimerKind
+
+logger = logging.getLogger(__name__)
+BATCH = 100
+
+
+def fire_due_timers(now: datetime | None = None) -> int:
+    """Fire every timer due at `now`; returns how many fired."""
+    now = now or timezone.now()
+    fired = 0
+    while True:
+        with transaction.atomic():
+            due = list(
+                Timer.objects.select_for_update(skip_locked=True)
+                .filter(due_at__lte=now)
+                .order_by("due_at")[:BATCH]
+            )
+            for timer in due:
+                _fire(timer)
+            Timer.objects.filter(pk__in=[t.pk for t in due]).delete()
+        fired += len(due)
+        if len(due) < BATCH:
+            return fired
+
+
+def _fire(timer: Timer) -> None:
+    """One timer, in a savepoint of its own: one that fails is logged and dropped, not fired
+    again and again."""
+    try:
+        with transaction.atomic():
+            if timer.kind == TimerKind.STEP:
+                reactions.after(state.step_time_up(timer.target))
+            elif timer.kind == TimerKind.WEBHOOK:
+                dispatch.deliver_webhook(timer.target)
+    except DatabaseError:
+        logger.exception("timer %s failed", timer)
+
+
+def next_due(now: datetime) -> float | None:
+    """Seconds until the next timer is due, if one is."""
+    due_at = Timer.objects.order_by("due_at").values_list("due_at", flat=True).first()
+    return None if due_at is None else (due_at - now).total_seconds()
+
+
+def round_(now: datetime | None = None) -> float:
+    """One round of the clock; returns how long to sleep before the next."""
+    now = now or timezone.now()
+    fire_due_timers(now)
+    fire_due_schedules(now)
+    for run_id in state.release_expired():
+        logger.warning("run %s: its worker died; queued again", run_id)
+    if state.may_start():
+        dispatch.wake_workers()
+    wait = settings.LOOPS_CLOCK_SECONDS
+    soonest = next_due(timezone.now())
+    return max(0.0, min(wait, soonest)) if soonest is not None else wait
+
+
+def run(until: Callable[[], bool]) -> None:
+    """Rounds until `until()` says stop. A database error ends a round, not the clock."""
+    while not until():
+        try:
+            pause = round_()
+        except DatabaseError:
+            logger.exception("clock round failed")
+            pause = settings.LOOPS_CLOCK_SECONDS
+        finally:
+            close_old_connections()
+        time.sleep(pause)

@@ -1,0 +1,520 @@
+"""Every change of a run's or a step's status, and who may make it.
+
+A run is owned by the execution that claimed it: status `running` and that execution's id.
+Every write an execution makes is conditional on still owning the run (`Owner`), so a run that
+was cancelled, or taken over after its worker died, is never written by a stale execution.
+A change returns what it was (`Change`); the caller hands it to runs.reactions, which does what
+follows (a parent woken, webhooks) after the transaction commits. Nothing here sends anything;
+a run put back in the queue tells idle workers through runs.dispatch.
+
+Runs start in fair turns (`claim_next`): of the runs that may start (pending, within their
+loop's and their organization's concurrency limits), the one of the organization with the
+fewest runs going, then the one that has waited longest for a turn; within it, the loop the
+same way; within the loop, the oldest run. Waiting runs hold no slot.
+"""
+
+# ruff: noqa: S608 - table and column names from the models; every value is a parameter
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Organization
+from loops.models import Loop
+from loops_project import sql
+from runs import dispatch
+from runs.models import (
+    Run,
+    RunStatus,
+    ScanRequest,
+    ScanStatus,
+    Step,
+    StepStatus,
+    TimerKind,
+    Turn,
+    Webhook,
+)
+
+CLAIM_LOCK = 7_270_011  # pg_advisory_xact_lock key: one claim at a time, so limits hold exactly
+CANCELLED_ERROR = {"message": "The run was cancelled", "type": "Cancelled"}
+
+
+def lease_expiry(now: datetime) -> datetime:
+    """A running run's lease; its worker renews it (runs.engine.heartbeat) until it ends."""
+    return now + timedelta(seconds=settings.LOOPS_LEASE_SECONDS)
+
+
+def duration_ms(started_at: datetime | None, now: datetime) -> int:
+    return max(int((now - (started_at or now)).total_seconds() * 1000), 0)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The execution that holds a run."""
+
+    run_id: str
+    execution_id: str
+
+    def runs(self):
+        return Run.objects.filter(
+            pk=self.run_id, status=RunStatus.RUNNING, execution_id=self.execution_id
+        )
+
+    def holds(self) -> bool:
+        return self.runs().exists()
+
+
+def lock_run(run_id: str) -> Run | None:
+    """The run's row, locked until the transaction ends: whatever resolves a wait or changes
+    the run's status takes it first, so two of them never miss each other's write."""
+    return Run.objects.select_for_update().filter(pk=run_id).first()
+
+
+# --- Claiming ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    """A run an execution now owns, with what the execution needs to know of it."""
+
+    run: Run
+    owner: Owner
+    has_webhooks: bool
+
+    @property
+    def change(self) -> "Change":
+        return change_of(self.run, RunStatus.RUNNING, self.has_webhooks)
+
+
+def claim_next() -> Claim | None:
+    """Take the run that should start next (see the module's docstring), or None."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            sql.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK])
+        chosen = sql.fetch_one(_choice_sql(), _choice_params())
+        if chosen is None:
+            return None
+        run_id, loop_id, organization_id = chosen
+        claim = _take(run_id, or_expired=False)
+        if claim is not None:
+            now = timezone.now()
+            sql.execute(_turn_sql(), [organization_id, now, loop_id, now])
+    return claim
+
+
+def claim(run_id: str) -> Claim | None:
+    """Take this run, if it is pending or its worker died (lease expired)."""
+    return _take(run_id, or_expired=True)
+
+
+RUN_FIELDS = sql.fields_of(Run)
+
+
+def _take(run_id: str, *, or_expired: bool) -> Claim | None:
+    """One statement: the run becomes this execution's, and comes back whole, with whether
+    its organization has webhooks (so that nothing needs asking again)."""
+    now = timezone.now()
+    owner = Owner(run_id, uuid.uuid4().hex)
+    row = sql.fetch_one(
+        _take_sql(or_expired),
+        [owner.execution_id, lease_expiry(now), now, run_id, *([now] if or_expired else [])],
+    )
+    if row is None:
+        return None
+    run = sql.instance(Run, RUN_FIELDS, row[:-1])
+    return Claim(run=run, owner=owner, has_webhooks=bool(row[-1]))
+
+
+@cache
+def _take_sql(or_expired: bool) -> str:
+    c = lambda name: sql.column(Run, name)  # noqa: E731
+    run, hook = sql.table(Run), sql.table(Webhook)
+    condition = f"{c('status')} = '{RunStatus.PENDING}'"
+    if or_expired:
+        condition = (
+            f"({condition} OR ({c('status')} = '{RunStatus.RUNNING}' "
+            f"AND {c('lease_expires_at')} < %s))"
+        )
+    returning = ", ".join(f"{run}.{sql.quote(f.column)}" for f in RUN_FIELDS)
+    return (
+        f"UPDATE {run} SET {c('status')} = '{RunStatus.RUNNING}', {c('execution_id')} = %s, "
+        f"{c('lease_expires_at')} = %s, {c('executions')} = {c('executions')} + 1, "
+        f"{c('started_at')} = COALESCE({c('started_at')}, %s), {c('pending')} = NULL "
+        f"WHERE {c('id')} = %s AND {condition} "
+        f"RETURNING {returning}, EXISTS (SELECT 1 FROM {hook} w "
+        f"WHERE w.{sql.column(Webhook, 'organization')} = {run}.{c('organization')} "
+        f"AND w.{sql.column(Webhook, 'active')})"
+    )
+
+
+def _choice_params() -> list:
+    return [dispatch.queue_key(), settings.LOOPS_ORG_CONCURRENCY_LIMIT or 0]
+
+
+@cache
+def _choice_sql() -> str:
+    """The run that should start next, of this cluster's queue: loops with pending runs found
+    by a loose scan of the partial index run_pending; for each, its oldest run, the runs going
+    in it and in its organization, and when each was last served; the limits applied; the
+    fairest first."""
+    run, loop, org = sql.table(Run), sql.table(Loop), sql.table(Organization)
+    r = lambda name: sql.column(Run, name)  # noqa: E731
+    lc = lambda name: sql.column(Loop, name)  # noqa: E731
+    pending = f"{r('status')} = '{RunStatus.PENDING}' AND {r('queue')} = (SELECT queue FROM p)"
+    running = f"{r('status')} = '{RunStatus.RUNNING}'"
+    loop_id, org_id = r("loop"), r("organization")
+    return f"""
+WITH RECURSIVE p(queue, org_limit) AS (SELECT CAST(%s AS VARCHAR(100)), CAST(%s AS INTEGER)),
+waiting(loop_id) AS (
+    SELECT * FROM (SELECT {loop_id} FROM {run} WHERE {pending} ORDER BY {loop_id} LIMIT 1) AS s
+    UNION ALL
+    SELECT (SELECT {loop_id} FROM {run} WHERE {pending} AND {loop_id} > waiting.loop_id
+            ORDER BY {loop_id} LIMIT 1)
+    FROM waiting WHERE waiting.loop_id IS NOT NULL
+),
+going AS (
+    SELECT {org_id} AS organization_id, {loop_id} AS loop_id, COUNT(*) AS n
+    FROM {run} WHERE {running} GROUP BY {org_id}, {loop_id}
+),
+candidates AS (
+    SELECT waiting.loop_id, l.{lc("organization")} AS organization_id,
+        (SELECT {r("id")} FROM {run} WHERE {pending} AND {loop_id} = waiting.loop_id
+         ORDER BY {r("created_at")}, {r("id")} LIMIT 1) AS run_id,
+        COALESCE((SELECT SUM(n) FROM going
+                  WHERE going.organization_id = l.{lc("organization")}), 0) AS org_going,
+        COALESCE((SELECT n FROM going WHERE going.loop_id = waiting.loop_id), 0) AS loop_going,
+        l.{lc("concurrency_limit")} AS loop_limit,
+        COALESCE(o.{sql.column(Organization, "concurrency_limit")}, (SELECT org_limit FROM p))
+            AS org_limit,
+        (SELECT t.{sql.column(Turn, "claimed_at")} FROM {sql.table(Turn)} t
+         WHERE t.{sql.column(Turn, "scope")} = l.{lc("organization")}) AS org_turn,
+        (SELECT t.{sql.column(Turn, "claimed_at")} FROM {sql.table(Turn)} t
+         WHERE t.{sql.column(Turn, "scope")} = waiting.loop_id) AS loop_turn
+    FROM waiting
+    JOIN {loop} l ON l.{lc("id")} = waiting.loop_id
+    JOIN {org} o ON o.{sql.column(Organization, "id")} = l.{lc("organization")}
+    WHERE waiting.loop_id IS NOT NULL
+)
+SELECT run_id, loop_id, organization_id FROM candidates
+WHERE run_id IS NOT NULL
+  AND (loop_limit IS NULL OR loop_going < loop_limit)
+  AND (org_limit = 0 OR org_going < org_limit)
+ORDER BY org_going, org_turn IS NOT NULL, org_turn, loop_going, loop_turn IS NOT NULL, loop_turn
+LIMIT 1
+"""
+
+
+@cache
+def _turn_sql() -> str:
+    turn = sql.table(Turn)
+    scope, at = sql.column(Turn, "scope"), sql.column(Turn, "claimed_at")
+    return (
+        f"INSERT INTO {turn} ({scope}, {at}) VALUES (%s, %s), (%s, %s) "
+        f"ON CONFLICT ({scope}) DO UPDATE SET {at} = excluded.{at}"
+    )
+
+
+def renew_lease(owner: Owner) -> bool:
+    """The owning execution is alive: its lease runs on. False if it no longer owns the run."""
+    return bool(owner.runs().update(lease_expires_at=lease_expiry(timezone.now())))
+
+
+def release_expired(limit: int = 500) -> list[str]:
+    """Runs whose worker died (lease expired) go back to pending, to be claimed again; the
+    step that was in progress is re-run by the next execution, finished ones are replayed."""
+    now = timezone.now()
+    expired = list(
+        Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).values_list(
+            "pk", flat=True
+        )[:limit]
+    )
+    released = []
+    for run_id in expired:
+        with transaction.atomic():
+            if Run.objects.filter(
+                pk=run_id, status=RunStatus.RUNNING, lease_expires_at__lt=now
+            ).update(status=RunStatus.PENDING, execution_id="", lease_expires_at=None):
+                dispatch.wake_workers()
+                released.append(run_id)
+    return released
+
+
+# --- What a change was, for runs.reactions -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """A run's new status, with what its reactions need (so they ask nothing again)."""
+
+    run_id: str
+    organization_id: str
+    loop_id: str
+    parent_step_id: str | None
+    status: str
+    has_webhooks: bool | None = None  # None: not known, reactions look it up
+
+
+def change_of(run: Run, status: str, has_webhooks: bool | None = None) -> Change:
+    return Change(run.pk, run.organization_id, run.loop_id, run.parent_step_id, status,
+                  has_webhooks)  # fmt: skip
+
+
+# --- New runs ----------------------------------------------------------------------------------
+
+
+def run_insert(run: Run) -> Change:
+    """A new run, pending: saved, and idle workers told. With the ORM broker on PostgreSQL the
+    run and its turn are one statement (one round trip, and they commit together)."""
+    run.queue = dispatch.queue_key()
+    if connection.vendor == "postgresql" and dispatch.orm_broker_in_database():
+        statement, params = sql.insert_statement(run)
+        sql.execute(
+            f"WITH i AS ({statement}) {dispatch.turn_statement()}",
+            [*params, *dispatch.turn_params(timezone.now())],
+        )
+        sql.saved(run)
+    else:
+        sql.insert(run)
+        dispatch.wake_workers()
+    return change_of(run, RunStatus.PENDING)
+
+
+# --- Steps ---------------------------------------------------------------------------------------
+
+
+@cache
+def _step_insert_sql(columns: tuple[str, ...], vendor: str, relaxed: bool) -> str:
+    """A step's row, inserted only while its execution owns the run. The start of a step is
+    committed without waiting for the WAL flush (PostgreSQL): losing it in a crash loses
+    nothing, the step had not finished; its end is committed durably."""
+    fields = [Step._meta.get_field(name) for name in columns]
+    names = ", ".join(sql.quote(field.column) for field in fields)
+    values = ", ".join(sql.cast(field) for field in fields)
+    owned = _owned_sql()
+    if vendor == "postgresql" and relaxed:
+        return (
+            "WITH durability AS (SELECT set_config('synchronous_commit', 'off', true)) "
+            f"INSERT INTO {sql.table(Step)} ({names}) SELECT {values} FROM durability "
+            f"WHERE {owned}"
+        )
+    return f"INSERT INTO {sql.table(Step)} ({names}) SELECT {values} WHERE {owned}"
+
+
+@cache
+def _owned_sql() -> str:
+    c = lambda name: sql.column(Run, name)  # noqa: E731
+    return (
+        f"EXISTS (SELECT 1 FROM {sql.table(Run)} WHERE {c('id')} = %s "
+        f"AND {c('status')} = '{RunStatus.RUNNING}' AND {c('execution_id')} = %s)"
+    )
+
+
+@cache
+def _step_update_sql(columns: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{sql.column(Step, name)} = %s" for name in columns)
+    return (
+        f"UPDATE {sql.table(Step)} SET {assignments} "
+        f"WHERE {sql.column(Step, 'id')} = %s AND {_owned_sql()}"
+    )
+
+
+def _step_params(values: dict, columns: tuple[str, ...]) -> list:
+    return [sql.prep(Step._meta.get_field(name), values[name]) for name in columns]
+
+
+def step_insert(owner: Owner, row: dict) -> bool:
+    """A new step (running, waiting, or already ended); False if the run is no longer the
+    execution's."""
+    columns = tuple(name for name, value in row.items() if value is not None)
+    statement = _step_insert_sql(columns, connection.vendor, not connection.in_atomic_block)
+    params = [*_step_params(row, columns), owner.run_id, owner.execution_id]
+    return sql.execute(statement, params) == 1
+
+
+def step_update(owner: Owner, step_id: str, values: dict) -> bool:
+    """A step of the execution's run changes (it starts again, ends, waits); False if the run
+    is no longer the execution's."""
+    columns = tuple(values)
+    params = [*_step_params(values, columns), step_id, owner.run_id, owner.execution_id]
+    return sql.execute(_step_update_sql(columns), params) == 1
+
+
+def step_wake_at(step_id: str, when: datetime) -> None:
+    """The waiting step ends (sleep) or times out at `when`: a timer of the clock's."""
+    Step.objects.filter(pk=step_id).update(wake_at=when)
+    dispatch.set_timer(TimerKind.STEP, step_id, when)
+
+
+def step_resolve(step: Step, *, status: str, output=None, error=None) -> Change | None:
+    """Close a waiting step (an answer, an event, a scan, a child's end, a timer) and wake its
+    run when nothing else keeps it waiting. Call inside a transaction holding the run's lock."""
+    now = timezone.now()
+    closed = Step.objects.filter(pk=step.pk, status=StepStatus.WAITING).update(
+        status=status,
+        output=output,
+        error=error,
+        finished_at=now,
+        duration_ms=duration_ms(step.started_at, now),
+        attempts=1,
+    )
+    if not closed:
+        return None
+    dispatch.clear_timer(TimerKind.STEP, step.pk)
+    return run_wake(step.run_id)
+
+
+# --- The ends of an execution --------------------------------------------------------------------
+
+
+def run_end(owner: Owner, run: Run, status: str, *, cpu_ms: int, total_steps: int,
+            stored: int, **fields) -> Change | None:  # fmt: skip
+    """The execution ends the run (succeeded or failed), recording what it cost. None when
+    the run is no longer the execution's (cancelled, taken over): then only the cost."""
+    now = timezone.now()
+    cost = {"cpu_time_ms": F("cpu_time_ms") + cpu_ms, "total_steps": total_steps,
+            "stored_bytes": F("stored_bytes") + stored}  # fmt: skip
+    ended = owner.runs().update(
+        status=status,
+        completed_at=now,
+        duration_ms=duration_ms(run.started_at, now),
+        lease_expires_at=None,
+        pending=None,
+        **cost,
+        **fields,
+    )
+    if not ended:
+        Run.objects.filter(pk=owner.run_id).update(**cost)
+        return None
+    return change_of(run, status)
+
+
+def steps_in_progress_fail(owner: Owner, error: dict) -> None:
+    """The step in progress when an execution died fails with the run's error."""
+    Step.objects.filter(run_id=owner.run_id, status=StepStatus.RUNNING).update(
+        status=StepStatus.FAILED, error=error, finished_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def run_suspend(owner: Owner, run: Run, *, cpu_ms: int, total_steps: int,
+                stored: int) -> Change | None:  # fmt: skip
+    """The program waits. The run goes to `waiting` (no worker held) unless what it waits for
+    has arrived meanwhile; then it goes straight back to the queue."""
+    locked = owner.runs().select_for_update().first()
+    cost = {"cpu_time_ms": F("cpu_time_ms") + cpu_ms, "total_steps": total_steps,
+            "stored_bytes": F("stored_bytes") + stored}  # fmt: skip
+    if locked is None:
+        Run.objects.filter(pk=owner.run_id).update(**cost)
+        return None
+    if Step.objects.filter(run_id=owner.run_id, status=StepStatus.WAITING).exists():
+        Run.objects.filter(pk=owner.run_id).update(
+            status=RunStatus.WAITING, lease_expires_at=None, **cost
+        )
+        return change_of(run, RunStatus.WAITING)
+    Run.objects.filter(pk=owner.run_id).update(**cost)
+    return _requeue(locked)
+
+
+def _requeue(run: Run) -> Change:
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.PENDING, pending=None, lease_expires_at=None, execution_id=""
+    )
+    dispatch.wake_workers()
+    return change_of(run, RunStatus.PENDING)
+
+
+def run_wake(run_id: str) -> Change | None:
+    """Queue the next execution of a waiting run once nothing it waits for is open. Call
+    inside a transaction that holds the run's lock."""
+    run = Run.objects.filter(pk=run_id, status=RunStatus.WAITING).first()
+    if run is None or Step.objects.filter(run_id=run_id, status=StepStatus.WAITING).exists():
+        return None
+    return _requeue(run)
+
+
+def run_waits_for(run_id: str, pending: dict) -> None:
+    """What a waiting run waits for (API: pending)."""
+    Run.objects.filter(pk=run_id).update(pending=pending)
+
+
+# --- Operators' changes ----------------------------------------------------------------------
+
+
+def run_cancel(run: Run) -> Change:
+    """Cancel a pending, running or waiting run (locked by the caller). An execution in
+    flight stops at its next step boundary: it no longer owns the run."""
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.CANCELLED,
+        completed_at=now,
+        duration_ms=duration_ms(run.started_at, now),
+        lease_expires_at=None,
+    )
+    waiting = list(
+        Step.objects.filter(
+            run=run, status__in=[StepStatus.WAITING, StepStatus.RUNNING]
+        ).values_list("pk", flat=True)
+    )
+    Step.objects.filter(pk__in=waiting).update(
+        status=StepStatus.FAILED, error=CANCELLED_ERROR, finished_at=now
+    )
+    for step_id in waiting:
+        dispatch.clear_timer(TimerKind.STEP, step_id)
+    ScanRequest.objects.filter(run=run, status=ScanStatus.PENDING).update(status=ScanStatus.EXPIRED)
+    return change_of(run, RunStatus.CANCELLED)
+
+
+def run_resume(run: Run) -> Change:
+    """A failed or cancelled run (locked by the caller) continues from its last checkpoint."""
+    Run.objects.filter(pk=run.pk).update(
+        status=RunStatus.PENDING,
+        attempt=run.attempt + 1,
+        completed_at=None,
+        duration_ms=None,
+        output=None,
+        error_message="",
+        error_type="",
+        error_step="",
+        error_traceback="",
+        pending=None,
+        execution_id="",
+        task_id=dispatch.new_execution_name(),
+    )
+    dispatch.wake_workers()
+    return change_of(run, RunStatus.PENDING)
+
+
+def step_time_up(step_id: str) -> Change | None:
+    """A waiting step's time has come (runs.clock, in a transaction): a sleep ends, a wait
+    for an event, an answer or a scan times out (StepTimeout)."""
+    step = Step.objects.filter(pk=step_id).first()
+    if step is None:
+        return None
+    lock_run(step.run_id)
+    step.refresh_from_db()
+    if step.status != StepStatus.WAITING:
+        return None
+    now = timezone.now()
+    if step.wake_at and step.wake_at > now + timedelta(seconds=1):
+        dispatch.set_timer(TimerKind.STEP, step.pk, step.wake_at)  # fired early: again then
+        return None
+    if step.kind == "sleep":
+        return step_resolve(step, status=StepStatus.SUCCEEDED)
+    waited = int((now - step.started_at).total_seconds())
+    error = {"message": f"Step '{step.name}' timed out after {waited} s", "type": "StepTimeout"}
+    if step.kind == "scan":
+        ScanRequest.objects.filter(step=step, status=ScanStatus.PENDING).update(
+            status=ScanStatus.EXPIRED
+        )
+    return step_resolve(step, status=StepStatus.FAILED, error=error)
+
+
+def may_start() -> bool:
+    """Whether a run may start now (one is pending, within its limits)."""
+    return sql.fetch_one(_choice_sql(), _choice_params()) is not None
