@@ -186,6 +186,8 @@ candidates AS (
     SELECT waiting.loop_id, l.{lc("organization")} AS organization_id,
         (SELECT {r("id")} FROM {run} WHERE {pending} AND {loop_id} = waiting.loop_id
          ORDER BY {r("created_at")}, {r("id")} LIMIT 1) AS run_id,
+        (SELECT {r("created_at")} FROM {run} WHERE {pending} AND {loop_id} = waiting.loop_id
+         ORDER BY {r("created_at")}, {r("id")} LIMIT 1) AS run_created,
         COALESCE((SELECT SUM(n) FROM going
                   WHERE going.organization_id = l.{lc("organization")}), 0) AS org_going,
         COALESCE((SELECT n FROM going WHERE going.loop_id = waiting.loop_id), 0) AS loop_going,
@@ -205,7 +207,8 @@ SELECT run_id, loop_id, organization_id FROM candidates
 WHERE run_id IS NOT NULL
   AND (loop_limit IS NULL OR loop_going < loop_limit)
   AND (org_limit = 0 OR org_going < org_limit)
-ORDER BY org_going, org_turn IS NOT NULL, org_turn, loop_going, loop_turn IS NOT NULL, loop_turn
+ORDER BY org_going, org_turn IS NOT NULL, org_turn, loop_going, loop_turn IS NOT NULL, loop_turn,
+    run_created
 LIMIT 1
 """
 

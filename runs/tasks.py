@@ -10,20 +10,18 @@ from runs.engine import executor
 
 def work() -> int:
     """A turn to work: claim runs, fairest first, and execute them one after the other until
-    none may start, then end. After LOOPS_TURN_SECONDS the turn is handed on (a new turn
-    queued), so that a task always ends well inside django-q2's timeout. Returns how many runs
-    it executed."""
+    none may start. After LOOPS_TURN_SECONDS the turn is handed on (a new turn queued), so
+    that a task always ends well inside django-q2's timeout. Returns how many runs it
+    executed."""
     deadline = time.monotonic() + settings.LOOPS_TURN_SECONDS
     done = 0
-    while True:
-        if time.monotonic() >= deadline:
-            dispatch.wake_workers()
-            return done
-        claim = state.claim_next()
-        if claim is None:
-            return done
+    while (claim := state.claim_next()) is not None:
         executor.execute(claim)
         done += 1
+        if time.monotonic() >= deadline:
+            dispatch.wake_workers()
+            break
+    return done
 
 
 def execute_run(run_id: str) -> str:

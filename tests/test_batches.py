@@ -1,4 +1,5 @@
-"""Batches: runs created in bulk, pending and queued in chunks before the answer; executed."""
+"""Batches: runs created in bulk and pending before the answer, with turns queued for the
+workers; executed."""
 
 import pytest
 from django.test import Client
@@ -10,7 +11,7 @@ from accounts.models import ApiToken
 from loops.models import Loop
 from loops_project import ids
 from loops_project.errors import Invalid, TooLarge
-from runs import queue
+from runs import dispatch, tasks
 from runs.batches import new_run_ids
 from runs.models import Batch, Run, RunStatus, TriggerType
 from runs.services import run_trigger, run_trigger_batch
@@ -18,11 +19,11 @@ from tests.conftest import wait_until
 from tests.factories import RunFactory
 
 
-def queued_chunks() -> list[list[str]]:
-    """The run ids of every queued chunk task, decoded with django-q2's own signing."""
+def queued_turns() -> int:
+    """How many turns to work are queued, decoded with django-q2's own signing."""
     tasks = [SignedPackage.loads(p) for p in OrmQ.objects.values_list("payload", flat=True)]
-    assert all(t["func"] == queue.EXECUTE_CHUNK_TASK for t in tasks), tasks
-    return [list(t["args"][0]) for t in tasks]
+    assert all(t["func"] == dispatch.WORK_TASK and not t["args"] for t in tasks), tasks
+    return len(tasks)
 
 
 def fresh(loop) -> Loop:
@@ -50,10 +51,9 @@ def test_a_batch_of_1000_inputs_creates_1000_pending_runs_all_queued(loop, token
     assert run.trigger_type == TriggerType.API_TOKEN
     assert run.triggered_by_token_id == api_token.pk
     assert run.mode == "live"
-    chunks = queued_chunks()
-    queued = [run_id for chunk in chunks for run_id in chunk]
-    assert sorted(queued) == sorted(runs.values_list("pk", flat=True)), "each run queued once"
-    assert 1 < len(chunks) <= 1000 // 2, "runs are handed out in chunks, not one per task"
+    assert set(runs.values_list("queue", flat=True)) == {dispatch.queue_key()}
+    # The runs table is the queue: workers get turns (one each), not a task per run.
+    assert queued_turns() == dispatch.turns_wanted()
 
 
 @pytest.mark.django_db
@@ -100,17 +100,17 @@ def test_a_batch_of_100000_through_the_api_answers_202_with_its_runs_pending_and
     assert data["count"] == 100_000
     counts = client.get(f"/api/v1/batches/{data['batchId']}").json()["data"]["counts"]
     assert counts["pending"] == 100_000
-    queued = {run_id for chunk in queued_chunks() for run_id in chunk}
-    assert queued == set(Run.objects.filter(batch_id=data["batchId"]).values_list("pk", flat=True))
+    assert queued_turns() == dispatch.turns_wanted()
 
 
 @pytest.mark.django_db
-def test_a_chunk_over_its_time_budget_queues_the_rest(loop):
+def test_a_turn_over_its_time_hands_the_turn_on(loop, settings):
+    settings.LOOPS_TURN_SECONDS = 0
     loop = fresh(loop)
     runs = [RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": n}) for n in "ABC"]
     run_ids = [r.pk for r in runs]
 
-    done = queue.execute_chunk(run_ids, budget=0)
+    done = tasks.work()
 
     assert done == 1
     assert Run.objects.get(pk=run_ids[0]).output == {"greeting": "Hello, A!"}
@@ -118,15 +118,17 @@ def test_a_chunk_over_its_time_budget_queues_the_rest(loop):
         RunStatus.PENDING,
         RunStatus.PENDING,
     ]
-    assert queued_chunks() == [run_ids[1:]]
+    assert queued_turns() == 1
 
 
-def test_chunk_sizes_spread_a_batch_over_the_workers(settings):
-    settings.LOOPS_WORKERS = 2
-    assert queue.chunk_size(20) == 3
-    assert queue.chunk_size(1000) == 125
-    assert queue.chunk_size(100_000) == queue.MAX_CHUNK
-    assert [len(c) for c in queue.chunks([str(i) for i in range(20)])] == [3] * 6 + [2]
+@pytest.mark.django_db
+def test_a_turn_executes_runs_until_none_is_left(loop):
+    loop = fresh(loop)
+    for name in "ABC":
+        RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": name})
+    assert tasks.work() == 3
+    assert set(Run.objects.values_list("status", flat=True)) == {RunStatus.SUCCEEDED}
+    assert tasks.work() == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -158,11 +160,10 @@ def test_batch_run_ids_are_time_sortable_ulids_like_the_apps_ids():
 
 
 @pytest.mark.django_db
-def test_a_single_trigger_queues_its_task_in_the_same_transaction(loop):
-    run = run_trigger(loop=fresh(loop), input={"name": "Ana"}, trigger_type=TriggerType.USER)
-
-    (payload,) = OrmQ.objects.values_list("payload", flat=True)
-    task = SignedPackage.loads(payload)
-    assert task["func"] == queue.EXECUTE_TASK
-    assert task["args"] == (run.pk,)
-    assert task["name"] == run.task_id, "the answer's workflowInstanceId names the queued task"
+def test_a_single_trigger_queues_a_turn_in_the_same_transaction(loop):
+    run_trigger(loop=fresh(loop), input={"name": "Ana"}, trigger_type=TriggerType.USER)
+    assert queued_turns() == 1
+    # More triggers queue turns only until every worker has one.
+    for name in "BCDEF":
+        run_trigger(loop=fresh(loop), input={"name": name}, trigger_type=TriggerType.USER)
+    assert queued_turns() == dispatch.turns_wanted()

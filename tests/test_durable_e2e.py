@@ -4,15 +4,9 @@ import os
 import signal
 
 import pytest
-from django_q.brokers import get_broker
-from django_q.scheduler import scheduler
-from django_q.tasks import async_task
 
 from loops.schedules import schedule_create
-from runs.engine.recovery import recover_stale_runs
 from runs.models import Run, Step
-from runs.queue import EXECUTE_TASK
-from runs.system import ensure_system_schedules
 from tests.conftest import Cluster, wait_until
 from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
@@ -131,12 +125,12 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
         ),
         slug="crashy",
     )
-    env = {"LOOPS_WALL_SECONDS": "10", "LOOPS_LEASE_GRACE_SECONDS": "1"}
+    env = {"LOOPS_WALL_SECONDS": "10", "LOOPS_LEASE_SECONDS": "2", "LOOPS_HEARTBEAT_SECONDS": "1",
+           "LOOPS_QUEUE": "crash"}  # fmt: skip
     # A cluster on a queue of its own, so that the execution surely runs in the process we kill.
-    cluster = Cluster({**env, "LOOPS_QUEUE": "crash"})
+    cluster = Cluster(env)
     try:
-        run = RunFactory(loop=crashy, status="pending", input={})
-        async_task(EXECUTE_TASK, run.pk, broker=get_broker("crash"))
+        run = RunFactory(loop=crashy, status="pending", input={}, queue="crash")
         slow = wait_until(
             lambda: Step.objects.filter(run=run, name="Slow", status="running").first(), timeout=60
         )
@@ -147,15 +141,11 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
         cluster.stop()
     assert _status(run.pk) == "running"
 
+    # The next cluster's clock finds the lease run out, queues the run again, and a worker
+    # takes it up: only the step that was in flight runs again.
     second = Cluster(env)
     try:
-        # Once the dead execution's lease has expired, the sweeper (django-q2 runs it every
-        # minute; called here to save the wait) queues the run again.
-        def recovered():
-            recover_stale_runs()
-            return _status(run.pk) == "succeeded"
-
-        wait_until(recovered, timeout=90, interval=0.5)
+        wait_until(lambda: _status(run.pk) == "succeeded", timeout=60, interval=0.2)
     finally:
         second.stop()
     run.refresh_from_db()
@@ -175,19 +165,11 @@ def test_sigkill_mid_step_loses_no_finished_step(org, transactional_db):
 
 
 def test_a_scheduled_loop_produces_system_runs(worker, org, loop):
-    ensure_system_schedules()
     schedule = schedule_create(loop=loop, cron="* * * * *", input={"name": "cron"})
+    # Due now: the cluster's clock starts its run within a second, and a worker executes it.
     type(schedule).objects.filter(pk=schedule.pk).update(
         next_run_at=schedule.next_run_at.replace(year=2020)
     )
-    # django-q2's scheduler (run here instead of waiting for its 30 s cycle) queues the
-    # platform's "fire due schedules" task; the cluster runs it and then the loop's run.
-    from django_q.models import Schedule as QSchedule
-
-    QSchedule.objects.filter(name="loops:fire-schedules").update(
-        next_run=schedule.next_run_at.replace(year=2020)
-    )
-    scheduler(broker=worker.broker)
     run = wait_until(lambda: Run.objects.filter(loop=loop, status="succeeded").first(), timeout=60)
     assert run.trigger_type == "system"
     assert run.output == {"greeting": "Hello, cron!"}
