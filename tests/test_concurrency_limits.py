@@ -181,6 +181,8 @@ def test_loop_page_sets_and_clears_the_limit(owner_client, loop):
     page = owner_client.get(loop.get_absolute_url()).content.decode()
     assert HELP in page
     assert 'name="concurrency_limit"' in page
+    assert 'min="1"' in page
+    assert 'max="10000"' in page  # the browser checks the range before sending it
     assert "Acme: no limit over all its loops" in page
 
     url = reverse("loops:settings", args=[loop.slug])
