@@ -56,13 +56,19 @@ class Organization(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def effective_concurrency_limit(self) -> int | None:
-        """How many of the organization's runs may be running at once; None for no limit.
-        Its own override when set, else the LOOPS_ORG_CONCURRENCY_LIMIT setting (0: none)."""
-        if self.concurrency_limit is not None:
-            return self.concurrency_limit
+    @staticmethod
+    def default_concurrency_limit() -> int | None:
+        """The limit of an organization without an override: the LOOPS_ORG_CONCURRENCY_LIMIT
+        setting, where 0 (or less) means none."""
         default = settings.LOOPS_ORG_CONCURRENCY_LIMIT
         return default if default > 0 else None
+
+    def effective_concurrency_limit(self) -> int | None:
+        """How many of the organization's runs may be running at once; None for no limit.
+        Its own override when set, else default_concurrency_limit()."""
+        if self.concurrency_limit is not None:
+            return self.concurrency_limit
+        return self.default_concurrency_limit()
 
 
 class Role(models.TextChoices):

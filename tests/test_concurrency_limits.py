@@ -153,8 +153,10 @@ def test_org_effective_limit_is_the_setting_unless_overridden(org, settings):
     assert org.effective_concurrency_limit() is None
     settings.LOOPS_ORG_CONCURRENCY_LIMIT = -1  # below zero is no limit too, never "none may run"
     assert org.effective_concurrency_limit() is None
+    assert Organization.default_concurrency_limit() is None
     settings.LOOPS_ORG_CONCURRENCY_LIMIT = 25
     assert org.effective_concurrency_limit() == 25
+    assert Organization.default_concurrency_limit() == 25
 
     org.concurrency_limit = 3  # the override wins, below the setting ...
     org.save(update_fields=["concurrency_limit"])
