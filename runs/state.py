@@ -206,7 +206,7 @@ candidates AS (
 SELECT run_id, loop_id, organization_id FROM candidates
 WHERE run_id IS NOT NULL
   AND (loop_limit IS NULL OR loop_going < loop_limit)
-  AND (org_limit = 0 OR org_going < org_limit)
+  AND (org_limit <= 0 OR org_going < org_limit)
 ORDER BY org_going, org_turn IS NOT NULL, org_turn, loop_going, loop_turn IS NOT NULL, loop_turn,
     run_created
 LIMIT 1

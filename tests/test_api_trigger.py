@@ -7,6 +7,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from runs import dispatch
 from runs.models import Batch, Run, RunStatus
 from tests.factories import LoopFactory, RunFactory
 
@@ -19,19 +20,13 @@ class HealthLoop(Loop):
 """
 
 
-def queued_run_ids() -> set[str]:
-    queued = set()
-    for entry in OrmQ.objects.all():
-        for arg in entry.task["args"]:
-            queued |= set(arg) if isinstance(arg, list) else {arg}
-    return queued
-
-
 def assert_queued(runs) -> None:
-    """Every run is in the queue, or a worker already took it."""
-    queued = queued_run_ids()
+    """Every run is pending in this process's queue (or a worker already took it), and a turn
+    to work is queued for the workers."""
     for run in runs:
-        assert run.pk in queued or run.status != RunStatus.PENDING, run.pk
+        run.refresh_from_db()
+        assert run.status != RunStatus.PENDING or run.queue == dispatch.queue_key(), run.pk
+    assert {e.task["func"] for e in OrmQ.objects.all()} == {dispatch.WORK_TASK}
 
 
 def test_one_input_answers_202_with_the_pending_run(api, loop):

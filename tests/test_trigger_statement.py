@@ -15,7 +15,7 @@ from django_q.models import OrmQ
 from accounts.models import ApiToken
 from accounts.services import token_create
 from loops_project import sql
-from runs import trigger_statement
+from runs import dispatch, trigger_statement
 from runs.models import Run
 from tests.conftest import database_url_for_subprocess
 from tests.factories import LoopFactory, make_token
@@ -57,16 +57,10 @@ def test_the_statement_saves_the_run_and_task_the_operation_saves(api, token, lo
     assert first["triggered_by_token_id"] == ApiToken.objects.get().pk
     for run, answer in zip(runs, (quick, general), strict=True):
         assert run.task_id == answer.json()["workflowInstanceId"]
-    tasks = {row.task["args"][0]: row for row in OrmQ.objects.all()}
-    assert tasks.keys() == {run.pk for run in runs}
-    for run in runs:
-        task = tasks[run.pk].task
-        assert (task["func"], task["name"], task["args"]) == (
-            "runs.tasks.execute_run",
-            run.task_id,
-            (run.pk,),
-        )
-    assert tasks[runs[0].pk].key == tasks[runs[1].pk].key
+    # Each queued a worker's turn (until every worker has one), on the same queue.
+    turns = list(OrmQ.objects.all())
+    assert [(t.task["func"], t.task["args"]) for t in turns] == [(dispatch.WORK_TASK, ())] * 2
+    assert {t.key for t in turns} == {dispatch.queue_key()}
     assert ApiToken.objects.get().last_used_at is not None
 
 
@@ -159,7 +153,7 @@ def test_the_common_case_is_one_statement_on_postgresql(token, loop):
     assert response.content == (
         f'{{"runId": "{run.pk}", "workflowInstanceId": "{run.task_id}"}}'.encode()
     )
-    assert OrmQ.objects.get().task["args"] == (run.pk,)
+    assert OrmQ.objects.get().task["func"] == dispatch.WORK_TASK
 
 
 @postgresql_only
@@ -180,17 +174,17 @@ def test_a_connection_lost_since_the_last_request_is_replaced(token, loop):
 def test_a_trigger_whose_answer_was_lost_with_the_connection_is_saved_once(
     token, loop, monkeypatch
 ):
-    execute = sql.execute
+    fetch_one = sql.fetch_one
     calls = []
 
     def commit_then_lose_the_connection(statement, params, **options):
         calls.append(options)
-        rows = execute(statement, params, **options)
+        row = fetch_one(statement, params, **options)
         if len(calls) == 1:
             raise OperationalError("server closed the connection unexpectedly")
-        return rows
+        return row
 
-    monkeypatch.setattr(sql, "execute", commit_then_lose_the_connection)
+    monkeypatch.setattr(sql, "fetch_one", commit_then_lose_the_connection)
     response = trigger_statement.answer(trigger_request(token), "acme", "greeting")
 
     assert response.status_code == 202

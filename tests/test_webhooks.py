@@ -4,17 +4,17 @@ import hashlib
 import hmac
 import json
 import threading
-from ast import literal_eval
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
-from django_q.models import Schedule as QSchedule
 
-from runs import tasks, webhooks
+from runs import dispatch, tasks
+from runs.clock import fire_due_timers
 from runs.engine.executor import execute_run
-from runs.models import DeliveryStatus, Run, Webhook, WebhookDelivery
+from runs.models import DeliveryStatus, Run, Step, Timer, Webhook, WebhookDelivery
+from tests.engine_helpers import deploy, fire_timer_of, program
 from tests.factories import LoopFactory, RunFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -120,7 +120,10 @@ def in_process_deliveries(monkeypatch):
     """This test is the worker for deliveries: the queued tasks are collected here, not left to
     a worker cluster of the session (that one runs without LOOPS_HTTP_ALLOW_PRIVATE)."""
     queued = []
-    monkeypatch.setattr(webhooks, "enqueue_task", lambda func, *args: queued.append((func, args)))
+    monkeypatch.setattr(
+        dispatch, "deliver_webhook",
+        lambda delivery_id: queued.append(("runs.tasks.deliver_webhook", (delivery_id,))),
+    )  # fmt: skip
     return queued
 
 
@@ -153,13 +156,15 @@ def test_a_status_change_posts_the_signed_run_and_retries_a_failing_receiver(
     assert first.response_excerpt == "boom"
     assert first.delivered_at is not None
 
-    # the retry is a new delivery, scheduled on django-q2 after the backoff
+    # the retry is a new delivery, on a timer of the clock's after the backoff
     retry = WebhookDelivery.objects.exclude(pk=first.pk).get()
     assert retry.status == DeliveryStatus.PENDING
-    schedule = QSchedule.objects.get(name=f"webhook:{retry.pk}")
-    assert schedule.func == "runs.tasks.deliver_webhook"
-    assert abs(schedule.next_run - (timezone.now() + timedelta(seconds=7))) < timedelta(seconds=5)
-    assert tasks.deliver_webhook(*literal_eval(schedule.args)) == "delivered"
+    timer = Timer.objects.get(kind="webhook", target=retry.pk)
+    assert abs(timer.due_at - (timezone.now() + timedelta(seconds=7))) < timedelta(seconds=5)
+    assert fire_due_timers() == 0  # not yet
+    assert fire_due_timers(timer.due_at) == 1
+    assert in_process_deliveries[-1] == ("runs.tasks.deliver_webhook", (retry.pk,))
+    assert tasks.deliver_webhook(retry.pk) == "delivered"
     retry.refresh_from_db()
     assert (retry.status, retry.status_code, retry.attempt) == ("succeeded", 200, 2)
     assert retry.response_excerpt == "thanks"
@@ -224,3 +229,43 @@ def test_hooks_of_another_loop_or_event_are_not_called(
     api.post("/api/v1/webhooks", json={"url": target.url, "events": ["failed"]})
     succeeded_run(loop, in_process_deliveries)
     assert not WebhookDelivery.objects.exists()
+
+
+def events_of(run_id: str) -> list[str]:
+    return list(
+        WebhookDelivery.objects.filter(run_id=run_id).order_by("pk").values_list("event", flat=True)
+    )
+
+
+def test_every_status_change_is_announced_once(api, org, in_process_deliveries):
+    napper = deploy(org, program('step.sleep("Nap", 60)\nreturn "rested"'), slug="napper")
+    api.post("/api/v1/webhooks", json={"url": "https://hooks.example.com/loops"})
+    run_id = api.post(f"/api/loop/{org.slug}/{napper.slug}", json={}).json()["runId"]
+    assert events_of(run_id) == ["run.pending"]
+
+    execute_run(run_id)  # runs, then waits for its sleep
+    assert events_of(run_id) == ["run.pending", "run.running", "run.waiting"]
+
+    assert fire_timer_of(Step.objects.get(run_id=run_id)) == 1  # woken: back in the queue
+    execute_run(run_id)
+    assert events_of(run_id) == [
+        "run.pending", "run.running", "run.waiting", "run.pending", "run.running",
+        "run.succeeded",
+    ]  # fmt: skip
+    payloads = WebhookDelivery.objects.filter(run_id=run_id).order_by("pk")
+    assert [d.payload["data"]["status"] for d in payloads] == [
+        e.removeprefix("run.") for e in events_of(run_id)
+    ]
+    assert len(in_process_deliveries) == 6
+
+
+def test_failures_and_cancellations_are_announced(api, org, loop, in_process_deliveries):
+    breaks = deploy(org, program("raise ValueError('no')"), slug="breaks")
+    api.post("/api/v1/webhooks", json={"url": "https://hooks.example.com/loops"})
+    failed = api.post(f"/api/loop/{org.slug}/{breaks.slug}", json={}).json()["runId"]
+    execute_run(failed)
+    assert events_of(failed) == ["run.pending", "run.running", "run.failed"]
+
+    cancelled = api.post(f"/api/loop/{org.slug}/{loop.slug}", json={}).json()["runId"]
+    assert api.post(f"/api/v1/runs/{cancelled}/cancel").status_code == 202
+    assert events_of(cancelled) == ["run.pending", "run.cancelled"]
