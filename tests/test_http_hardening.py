@@ -17,8 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from runs import webhooks
-from runs import outbound
+from runs import outbound, webhooks
 from runs.models import Webhook, WebhookDelivery
 from tests.engine_helpers import run_program
 
