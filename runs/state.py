@@ -509,6 +509,11 @@ def step_time_up(step_id: str) -> Change | None:
         return None
     if step.kind == "sleep":
         return step_resolve(step, status=StepStatus.SUCCEEDED)
+    if step.kind == "do":  # a retry's delay is over: the step is tried again
+        Step.objects.filter(pk=step.pk, status=StepStatus.WAITING).update(
+            status=StepStatus.RUNNING, wake_at=None
+        )
+        return run_wake(step.run_id)
     waited = int((now - step.started_at).total_seconds())
     error = {"message": f"Step '{step.name}' timed out after {waited} s", "type": "StepTimeout"}
     if step.kind == "scan":

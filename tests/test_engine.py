@@ -2,12 +2,13 @@
 the worker's code path in the real sandbox."""
 
 import pytest
+from django.utils import timezone
 
 from loops.services import loop_deploy
 from loops_project.errors import Invalid
-from runs.models import LogEntry, Step
+from runs.models import LogEntry, Run, Step, Timer
 from runs.services import run_resume
-from tests.engine_helpers import deploy, execute, program, run_program, trigger
+from tests.engine_helpers import deploy, execute, fire_timer_of, program, run_program, trigger
 
 pytestmark = pytest.mark.django_db
 
@@ -30,13 +31,11 @@ def test_step_that_raises_twice_then_succeeds_records_three_attempts(org):
     run = run_program(
         org,
         """
-        calls = []
         def flaky():
-            calls.append(1)
-            if len(calls) < 3:
+            if step.attempt < 3:
                 raise ValueError("not yet")
-            return len(calls)
-        return {"calls": step.do("Flaky", flaky, retries=Retry(limit=3, delay=0.01))}
+            return step.attempt
+        return {"calls": step.do("Flaky", flaky, retries=Retry(limit=3, delay=0))}
         """,
     )
     assert run.status == "succeeded"
@@ -46,6 +45,41 @@ def test_step_that_raises_twice_then_succeeds_records_three_attempts(org):
     warnings = LogEntry.objects.filter(run=run, level="warning").values_list("message", flat=True)
     assert len(warnings) == 2
     assert "attempt 1 failed: ValueError: not yet" in warnings[0]
+
+
+def test_a_retry_delay_holds_no_worker_and_a_timer_ends_it(org):
+    loop = deploy(
+        org,
+        program(
+            """
+            def flaky():
+                if step.attempt < 3:
+                    raise ValueError(f"attempt {step.attempt}")
+                return step.attempt
+            return step.do("Flaky", flaky, retries=Retry(limit=3, delay=30, backoff=2))
+            """
+        ),
+    )
+    run = execute(trigger(loop))
+    assert run.status == "waiting"  # the execution ended: no worker waits the 30 s
+    assert run.pending["kind"] == "retry"
+    assert run.pending["attempt"] == 2
+    flaky = run.steps.get()
+    assert (flaky.status, flaky.attempts, flaky.error["message"]) == ("waiting", 1, "attempt 1")
+    timer = Timer.objects.get(target=flaky.pk)
+    assert 25 < (timer.due_at - timezone.now()).total_seconds() <= 30
+
+    assert fire_timer_of(flaky) == 1
+    run = execute(Run.objects.get(pk=run.pk))
+    assert run.status == "waiting"
+    assert run.steps.get().attempts == 2
+    assert 55 < (Timer.objects.get().due_at - timezone.now()).total_seconds() <= 60  # backoff
+
+    assert fire_timer_of(flaky) == 1
+    run = execute(Run.objects.get(pk=run.pk))
+    assert (run.status, run.output) == ("succeeded", 3)
+    assert (run.steps.get().status, run.steps.get().attempts) == ("succeeded", 3)
+    assert run.executions == 3
 
 
 def test_failing_step_fails_the_run_with_its_message_and_step_name(org):

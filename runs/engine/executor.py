@@ -11,6 +11,7 @@ import json
 import signal
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -27,7 +28,7 @@ from runs.models import LogEntry, LogLevel, RunStatus, Step, StepKind, StepStatu
 LOG_LEVELS = set(LogLevel.values)
 FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKIPPED}
 # Messages whose content the run keeps, counted against LOOPS_MAX_RUN_BYTES by their size.
-STORING_OPS = {"log", "step", "step_done", "wait", "http", "done"}
+STORING_OPS = {"log", "step", "step_done", "retry", "wait", "http", "done"}
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Execution:
         if op == "step_done":
             self.on_step_done(message)
             return None
+        if op == "retry":
+            return self.on_retry(message)
         if op == "wait":
             self.flush_logs()
             return waits.handle_wait(self, message)
@@ -302,6 +305,49 @@ class Execution:
         except strict_json.JsonValueError as exc:
             raise ValueError(f"{what} cannot be stored: {exc.message}", "InvalidValue") from None
 
+    def on_retry(self, message: dict) -> dict:
+        """An attempt of a step failed and the step will be tried again after a delay. The
+        run waits for it without holding the worker: a timer wakes it, and the next execution
+        replays up to this step and tries again."""
+        self.flush_logs()
+        entry = self.steps.get(message.get("key"))
+        if entry is None:
+            return {"limit": "a step was retried before it started"}
+        attempts = _int_or_none(message.get("attempts")) or 1
+        error = _error_dict(message.get("error")) or {"message": "failed", "type": "Exception"}
+        delay = message.get("delay")
+        if not isinstance(delay, int | float) or isinstance(delay, bool):
+            delay = 0.0
+        delay = min(max(float(delay), 0.0), settings.LOOPS_MAX_WAIT_SECONDS)
+        note = (
+            f"Step '{entry.name}' attempt {attempts} failed: {error.get('type')}: "
+            f"{error['message']}; retrying in {delay:g} s"
+        )
+        self.logs.append(self._log_entry("warning", note, message["key"]))
+        if delay <= 0:
+            self.close_step(message["key"], {"status": StepStatus.RUNNING, "attempts": attempts,
+                                             "error": error})  # fmt: skip
+            self.current_step = message["key"]
+            return {"ok": True}
+        until = timezone.now() + timedelta(seconds=delay)
+        values = {"status": StepStatus.WAITING, "attempts": attempts, "error": error,
+                  "wake_at": until}  # fmt: skip
+        if not state.step_update(self.owner, entry.id, values):
+            return {"cancelled": True}
+        entry.status = StepStatus.WAITING
+        self.current_step = None
+        state.step_wake_at(entry.id, until)
+        state.run_waits_for(
+            self.run.pk,
+            {
+                "stepName": entry.name,
+                "kind": "retry",
+                "until": until.isoformat(),
+                "attempt": attempts + 1,
+            },
+        )
+        return {"suspend": True}
+
     # --- the end of the execution
 
     def finish(self, exit_info: ExitInfo) -> str:
@@ -420,13 +466,15 @@ def build_request(execution: Execution, program: Program) -> dict:
     """Everything the execution learns, sent over its own socket once it is sealed. A run on
     its first execution has no steps yet: nothing to ask the database."""
     run = execution.run
-    saved = {}
+    saved, tried = {}, {}
     if run.executions > 1 or run.attempt > 1:
         rows = Step.objects.filter(run_id=run.pk).values_list(
-            "key", "status", "output", "error", "run_attempt", "order", "id", "name"
+            "key", "status", "output", "error", "run_attempt", "order", "id", "name", "attempts"
         )
-        for key, status, output, error, run_attempt, order, pk, name in rows:
+        for key, status, output, error, run_attempt, order, pk, name, attempts in rows:
             execution.steps[key] = Entry(pk, status, order, name)
+            if status == StepStatus.RUNNING and run_attempt == run.attempt and attempts:
+                tried[key] = attempts  # a retry's delay is over: attempts go on from here
             if status in FINAL_STEP_STATUSES or status == StepStatus.FAILED:
                 saved[key] = {
                     "status": status,
@@ -450,6 +498,7 @@ def build_request(execution: Execution, program: Program) -> dict:
             "attempt": run.attempt,
         },
         "saved": saved,
+        "tried": tried,
         "limits": {
             "step_output_bytes": settings.LOOPS_MAX_STEP_OUTPUT_BYTES,
             "output_bytes": settings.LOOPS_MAX_OUTPUT_BYTES,

@@ -609,9 +609,10 @@ class _Timer:
 class Step:
     """The `step` argument of run(). Each method is one recorded, checkpointed step."""
 
-    def __init__(self, channel, saved, run_attempt, limits):
+    def __init__(self, channel, saved, run_attempt, limits, tried=None):
         self._channel = channel
         self._saved = saved
+        self._tried = tried or {}
         self._run_attempt = run_attempt
         self._limits = limits
         self._seen = {}
@@ -622,6 +623,7 @@ class Step:
         self._suspended = False
         self._current = None
         self._failed = None  # (step name, exception) of the last failed step
+        self.attempt = None  # the attempt of the step.do in progress (1, 2, …), for its fn
 
     # --- bookkeeping
 
@@ -717,9 +719,10 @@ class Step:
         )
         self._begin(key, name, "do", metadata=metadata)
         started = time.monotonic()
-        attempt = 0
+        attempt = self._tried.get(key, 0)  # attempts before a retry's delay (an earlier run)
         while True:
             attempt += 1
+            self.attempt = attempt
             try:
                 with _Timer(timeout, name):
                     result = fn()
@@ -734,12 +737,9 @@ class Step:
                 raise
             except Exception as exc:
                 if attempt <= policy.limit and not isinstance(exc, TypeError | MemoryError):
-                    self._channel.send(
-                        {"op": "log", "level": "warning", "time": _utcnow_iso(), "step": key,
-                         "message": f"Step '{name}' attempt {attempt} failed: "
-                                    f"{type(exc).__name__}: {exc}; retrying"}
-                    )  # fmt: skip
-                    time.sleep(policy.wait_before(attempt))
+                    # The delay holds no worker: the run waits for it (a timer) and the next
+                    # execution tries again.
+                    self._retry_after(key, attempt, policy.wait_before(attempt), exc)
                     continue
                 self._finish(
                     key, "failed", error=_error_info(exc), attempts=attempt, started=started
@@ -748,6 +748,19 @@ class Step:
                 raise
             self._finish(key, "succeeded", output=encoded, attempts=attempt, started=started)
             return json.loads(encoded)
+
+    def _retry_after(self, key, attempt, delay, exc):
+        reply = self._channel.request(
+            {"op": "retry", "key": key, "attempts": attempt, "delay": delay,
+             "error": _error_info(exc)}
+        )  # fmt: skip
+        if reply.get("cancelled"):
+            raise _Cancelled()
+        if reply.get("limit"):
+            raise _LimitExceeded(reply["limit"])
+        if reply.get("suspend"):
+            self._suspended = True
+            raise _Suspend()
 
     def _wait(self, name, kind, **params):
         """A step that may suspend the run until something arrives."""
@@ -955,7 +968,8 @@ def execute(code_obj, request, channel, *, guards=True):
         namespace = make_globals(emit, guards=guards)
         exec(code_obj, namespace)  # noqa: S102 - compiled by RestrictedPython under our policy
         loop_class = find_loop_class(namespace)
-        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1), limits)
+        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1), limits,
+                    request.get("tried"))  # fmt: skip
         result = loop_class().run(Event(request["event"]), step)
         if step._suspended:
             channel.send({"op": "suspended"})
