@@ -130,6 +130,31 @@ class Cluster:
         ).stdout
         return [int(line.split()[0]) for line in out.splitlines() if line.strip()]
 
+    def descendants(self) -> list[int]:
+        """Every process below the qcluster process (sentinel, workers, their sandboxes)."""
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            found += map(int, children)
+            todo += map(int, children)
+        return found
+
+    def sandboxed_workers(self) -> list[int]:
+        """The worker processes that have started a sandbox (their zygote's bubblewrap)."""
+        workers = []
+        for pid in self.descendants():
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            if _comm(pid) != "bwrap" and any(_comm(int(child)) == "bwrap" for child in children):
+                workers.append(pid)
+        return workers
+
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             try:
@@ -164,6 +189,21 @@ def worker(_session_cluster, transactional_db, monkeypatch):
     assert _session_cluster.proc.poll() is None, "the qcluster process died"
     monkeypatch.setattr(dispatch, "broker", lambda: _session_cluster.broker)
     return _session_cluster
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
