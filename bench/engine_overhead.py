@@ -69,8 +69,8 @@ from loops.models import Loop  # noqa: E402
 from loops.services import loop_create  # noqa: E402
 from runs.engine.executor import execute_run  # noqa: E402
 from runs.engine.programs import compiled_program  # noqa: E402
-from runs.engine.sandbox import runtime  # noqa: E402
-from runs.engine.zygote import get_zygote, sandbox_mode  # noqa: E402
+from runs.engine.sandbox import policy, runtime  # noqa: E402
+from runs.engine.zygote_client import get_zygote, sandbox_mode  # noqa: E402
 from runs.models import Run  # noqa: E402
 
 
@@ -134,7 +134,7 @@ def bench_sandbox() -> tuple[float, float, float]:
     def run_before():
         before.execute(old_request, reply, 10)
 
-    code_obj = runtime.compile_loop(GREETING_CODE)
+    code_obj = policy.compile_loop(GREETING_CODE)
 
     def run_in_process():
         runtime.execute(code_obj, old_request, MemoryChannel())

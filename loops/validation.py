@@ -1,7 +1,7 @@
 from django.conf import settings
 
 from loops_project.errors import Invalid
-from runs.engine.sandbox.runtime import CodeError, compile_loop
+from runs.engine.sandbox.policy import CodeError, compile_loop
 
 MAX_CODE_BYTES = 256 * 1024
 

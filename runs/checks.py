@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from runs.engine.zygote import SandboxError, bwrap_works, sandbox_identity, sandbox_mode
+from runs.engine.zygote_client import SandboxError, bwrap_works, sandbox_identity, sandbox_mode
 
 
 @register(Tags.security, deploy=False)

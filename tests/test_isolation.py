@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runs.engine.zygote import get_zygote, sandbox_identity
+from runs.engine.zygote_client import get_zygote, sandbox_identity
 from tests.engine_helpers import run_program
 
 pytestmark = [

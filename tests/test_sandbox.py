@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from loops_project.errors import Invalid
-from runs.engine.zygote import get_zygote, sandbox_identity, sandbox_mode
+from runs.engine.zygote_client import get_zygote, sandbox_identity, sandbox_mode
 from tests.engine_helpers import deploy, execute, run_program, trigger
 
 pytestmark = pytest.mark.django_db

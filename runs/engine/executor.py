@@ -21,14 +21,18 @@ from runs import reactions, state
 from runs.engine import http, waits
 from runs.engine.heartbeat import heartbeat
 from runs.engine.programs import Program, program_of
-from runs.engine.sandbox.runtime import CodeError
-from runs.engine.zygote import ExitInfo, get_zygote
+from runs.engine.sandbox import protocol
+from runs.engine.sandbox.policy import CodeError
+from runs.engine.zygote_client import ExitInfo, get_zygote
 from runs.models import LogEntry, LogLevel, RunStatus, Step, StepKind, StepStatus
 
 LOG_LEVELS = set(LogLevel.values)
 FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKIPPED}
 # Messages whose content the run keeps, counted against LOOPS_MAX_RUN_BYTES by their size.
-STORING_OPS = {"log", "step", "step_done", "retry", "wait", "http", "done"}
+STORING_OPS = {
+    protocol.LOG, protocol.STEP, protocol.STEP_DONE, protocol.RETRY, protocol.WAIT,
+    protocol.HTTP, protocol.DONE,
+}  # fmt: skip
 
 
 @dataclass
@@ -76,27 +80,27 @@ class Execution:
         op = message.get("op")
         if op in STORING_OPS and not self.charge(size):
             return self.refuse_storage(op, message)
-        if op == "log":
+        if op == protocol.LOG:
             self.on_log(message)
             return None
-        if op == "step":
+        if op == protocol.STEP:
             return self.on_step(message)
-        if op == "step_done":
+        if op == protocol.STEP_DONE:
             self.on_step_done(message)
             return None
-        if op == "retry":
+        if op == protocol.RETRY:
             return self.on_retry(message)
-        if op == "wait":
+        if op == protocol.WAIT:
             self.flush_logs()
             return waits.handle_wait(self, message)
-        if op == "http":
+        if op == protocol.HTTP:
             reply = http.handle_http(self, message)
             if "output" in reply:
                 self.charge(len(json.dumps(reply["output"])))
             return reply
-        if op == "refused":
+        if op == protocol.REFUSED:
             return self.on_refused(message)
-        if op in {"done", "failed", "suspended", "cancelled", "stopped"}:
+        if op in protocol.OUTCOMES:
             self.outcome = message
             return None
         return None  # unknown messages from the sandbox are ignored
@@ -110,16 +114,16 @@ class Execution:
         reason = str(message["reason"])
         reason = "it" + reason[4:] if reason.startswith("body ") else reason
         text = f"Step '{name}' was given a value Loops cannot store: {reason}"
-        error = self.refuse(text if name else reason, "InvalidValue")
+        error = self.refuse(text if name else reason, protocol.INVALID_VALUE)
         op = original.get("op")
-        if op in {"step", "wait", "http"}:
+        if op in {protocol.STEP, protocol.WAIT, protocol.HTTP}:
             if original.get("key") and original["key"] not in self.steps:
                 kind = original.get("kind") if original.get("kind") in StepKind.values else op
                 kind = kind if kind in StepKind.values else StepKind.DO
                 self.open_step(original, kind=kind, status=StepStatus.FAILED, error=error,
                                finished_at=timezone.now())  # fmt: skip
             return {"limit": error["message"]}
-        if op == "step_done" and original.get("key") in self.steps:
+        if op == protocol.STEP_DONE and original.get("key") in self.steps:
             self.on_step_done({**original, "status": "failed", "error": error})
         return None
 
@@ -135,16 +139,18 @@ class Execution:
         limit = settings.LOOPS_MAX_RUN_BYTES
         if self.run.stored_bytes + self.stored <= limit:
             return True
-        self.refuse(f"The run exceeded the limit of {limit} bytes stored per run", "LimitExceeded")
+        self.refuse(
+            f"The run exceeded the limit of {limit} bytes stored per run", protocol.LIMIT_EXCEEDED
+        )
         return False
 
     def refuse_storage(self, op: str, message: dict) -> dict | None:
         error = self.refused
-        if op in {"step", "wait"}:
+        if op in {protocol.STEP, protocol.WAIT}:
             return {"limit": error["message"]}
-        if op == "http":
+        if op == protocol.HTTP:
             return {"error": error}
-        if op == "step_done":
+        if op == protocol.STEP_DONE:
             self.on_step_done({**message, "status": "failed", "error": error, "output_json": None})
         return None  # a log line over the bound is dropped; the outcome is the refusal
 
@@ -294,16 +300,18 @@ class Execution:
         if output_json is None:
             return None
         if not isinstance(output_json, str):
-            raise ValueError(f"{what} is missing", "ProtocolError")
+            raise ValueError(f"{what} is missing", protocol.PROTOCOL_ERROR)
         if len(output_json) > limit:
             raise ValueError(
                 f"{what} is {len(output_json)} bytes, over the limit of {limit} bytes",
-                "LimitExceeded",
+                protocol.LIMIT_EXCEEDED,
             )
         try:
             return strict_json.parse(output_json, field="output")
         except strict_json.JsonValueError as exc:
-            raise ValueError(f"{what} cannot be stored: {exc.message}", "InvalidValue") from None
+            raise ValueError(
+                f"{what} cannot be stored: {exc.message}", protocol.INVALID_VALUE
+            ) from None
 
     def on_retry(self, message: dict) -> dict:
         """An attempt of a step failed and the step will be tried again after a delay. The
@@ -356,13 +364,15 @@ class Execution:
         outcome = self.checked_outcome(exit_info)
         op = outcome.get("op")
         cost = {"cpu_ms": exit_info.cpu_ms, "total_steps": len(self.steps), "stored": self.stored}
-        if op in {"done", "stopped"}:
-            output = outcome.get("output") if op == "done" else None
+        if op in {protocol.DONE, protocol.STOPPED}:
+            output = outcome.get("output") if op == protocol.DONE else None
             change = state.run_end(self.owner, self.run, RunStatus.SUCCEEDED, output=output,
                                    **cost)  # fmt: skip
-        elif op == "suspended":
+        elif op == protocol.SUSPENDED:
             change = state.run_suspend(self.owner, self.run, **cost)
-        elif op == "cancelled":  # the run was cancelled or taken over: its cost, nothing else
+        elif (
+            op == protocol.CANCELLED
+        ):  # the run was cancelled or taken over: its cost, nothing else
             change = state.run_end(self.owner, self.run, RunStatus.CANCELLED, **cost)
         else:
             error = _error_dict(outcome.get("error")) or self.crash_error(exit_info)
@@ -397,12 +407,12 @@ class Execution:
         a bound overstepped or a value it cannot store is the outcome, whatever the sandbox
         said. A "done" outcome comes back with its `output` value."""
         if exit_info.protocol_error:
-            return {"op": "failed", "error": {"message": exit_info.protocol_error,
-                                              "type": "ProtocolError"}}  # fmt: skip
+            return {"op": protocol.FAILED, "error": {"message": exit_info.protocol_error,
+                                              "type": protocol.PROTOCOL_ERROR}}  # fmt: skip
         outcome = self.outcome or {}
-        if self.refused and outcome.get("op") != "cancelled":
-            return {"op": "failed", "error": self.refused}
-        if outcome.get("op") == "done":
+        if self.refused and outcome.get("op") != protocol.CANCELLED:
+            return {"op": protocol.FAILED, "error": self.refused}
+        if outcome.get("op") == protocol.DONE:
             output_json = outcome.get("output_json")
             try:
                 output = self.storable_output(
@@ -410,8 +420,11 @@ class Execution:
                     "The run's output", settings.LOOPS_MAX_OUTPUT_BYTES,
                 )  # fmt: skip
             except ValueError as exc:
-                return {"op": "failed", "error": {"message": exc.args[0], "type": exc.args[1]}}
-            return {"op": "done", "output": output}
+                return {
+                    "op": protocol.FAILED,
+                    "error": {"message": exc.args[0], "type": exc.args[1]},
+                }
+            return {"op": protocol.DONE, "output": output}
         return outcome
 
     def crash_error(self, exit_info: ExitInfo) -> dict:
@@ -484,7 +497,7 @@ def build_request(execution: Execution, program: Program) -> dict:
                 }
     execution.next_order = max((e.order for e in execution.steps.values()), default=-1) + 1
     return {
-        "op": "exec",
+        "op": protocol.EXEC,
         "code": program.code,
         "program": program.compiled,
         "guards": settings.LOOPS_PYTHON_GUARDS,
@@ -523,7 +536,10 @@ def execute(claim: state.Claim) -> str:
     try:
         program = program_of(claim.run)
     except CodeError as exc:
-        execution.outcome = {"op": "failed", "error": {"message": str(exc), "type": "CodeError"}}
+        execution.outcome = {
+            "op": protocol.FAILED,
+            "error": {"message": str(exc), "type": protocol.CODE_ERROR},
+        }
         return execution.finish(ExitInfo())
     request = build_request(execution, program)
     zygote = get_zygote()

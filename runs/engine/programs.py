@@ -15,7 +15,7 @@ from functools import lru_cache
 from django.conf import settings
 
 from loops.models import Loop, LoopVersion
-from runs.engine.sandbox.runtime import compile_loop
+from runs.engine.sandbox.policy import compile_loop
 from runs.models import Run
 
 
@@ -29,7 +29,7 @@ class Program:
 
 def program_of(run: Run) -> Program:
     """The program a run executes: its pinned version's, or its draft (a test run). Raises
-    runtime.CodeError."""
+    policy.CodeError."""
     guards = settings.LOOPS_PYTHON_GUARDS
     if run.version_id:
         return _version_program(run.organization_id, run.version_id, guards)

@@ -1,12 +1,12 @@
-"""What a loop program sees: Loop, the step API, and the RestrictedPython policy.
+"""What a loop program sees as it runs, inside the sandbox: Loop, the step API, and the guards.
 
-This module runs inside the sandbox, so it imports only the standard library and
-RestrictedPython; deploy-time validation imports it too, so the rules are the same at
-deploy and at run time. Everything a program should not reach is behind a leading
-underscore, which RestrictedPython refuses to let user code touch.
+Runs in an execution's process (imported by the zygote before any organization's code exists),
+so it imports only the standard library, RestrictedPython and its siblings: the policy (what a
+program may be, policy.py) and the messages it exchanges with its worker (protocol.py).
+Everything a program should not reach is behind a leading underscore, which RestrictedPython
+refuses to let user code touch, or refused by the guards below.
 """
 
-import ast
 import base64
 import builtins
 import json
@@ -21,7 +21,7 @@ import traceback
 import types
 from datetime import UTC, datetime
 
-from RestrictedPython import compile_restricted_exec, limited_builtins, safe_builtins
+from RestrictedPython import limited_builtins, safe_builtins
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import (
     full_write_guard,
@@ -31,19 +31,7 @@ from RestrictedPython.Guards import (
 from RestrictedPython.transformer import INSPECT_ATTRIBUTES
 from RestrictedPython.Utilities import utility_builtins
 
-ALLOWED_MODULES = frozenset(
-    {
-        "json", "math", "re", "datetime", "time", "random", "statistics", "decimal",
-        "itertools", "functools", "collections", "string", "textwrap", "hashlib", "base64",
-        "uuid", "logging",
-    }
-)  # fmt: skip
-FILENAME = "<loop>"
-# Builtins a loop cannot have; naming one is refused at deploy with its line.
-FORBIDDEN_NAMES = frozenset(
-    {"open", "globals", "locals", "vars", "input", "breakpoint", "compile", "memoryview", "help"}
-)
-
+from . import policy, protocol
 
 # --- What a program can name -----------------------------------------------------------------
 
@@ -146,29 +134,6 @@ class _LimitExceeded(BaseException):
 # --- Policy: the RestrictedPython globals -----------------------------------------------------
 
 
-# Module attributes that lead back to unrestricted attribute access, and from there to any
-# module's globals: string.Formatter resolves "{0.attr[key]}" fields with the real getattr;
-# functools' wrappers copy attributes named by the caller with it (update_wrapper can pour a
-# runtime function's __globals__ into the program's own); singledispatch evaluates string
-# annotations with plain eval.
-_BLOCKED_MODULE_NAMES = {
-    "string": frozenset({"Formatter"}),
-    "functools": frozenset(
-        {
-            "update_wrapper",
-            "wraps",
-            "singledispatch",
-            "singledispatchmethod",
-            "WRAPPER_ASSIGNMENTS",
-            "WRAPPER_UPDATES",
-        }
-    ),
-}
-# str.format and str.format_map walk "{0.attr}" fields with the real getattr, however they are
-# reached: a str, a str subclass through super(), collections.UserString, the unbound method.
-_FORMAT_METHODS = frozenset({"format", "format_map"})
-
-
 class _ModuleProxy:
     """Exposes a module's public, non-module attributes only: `uuid.os` must not lead to os.
 
@@ -179,7 +144,7 @@ class _ModuleProxy:
 
     def __getattr__(self, name):
         module = object.__getattribute__(self, "_module")
-        if name.startswith("_") or name in _BLOCKED_MODULE_NAMES.get(module.__name__, ()):
+        if name.startswith("_") or name in policy.BLOCKED_MODULE_NAMES.get(module.__name__, ()):
             raise AttributeError(f"'{module.__name__}.{name}' is not available in a loop")
         value = getattr(module, name)
         if isinstance(value, types.ModuleType):
@@ -196,7 +161,7 @@ class _ModuleProxy:
 def _defined_in_program(value) -> bool:
     func = getattr(value, "__func__", value)
     code = getattr(func, "__code__", None)
-    return code is not None and code.co_filename == FILENAME
+    return code is not None and code.co_filename == policy.FILENAME
 
 
 def _is_formatter(value) -> bool:
@@ -222,7 +187,7 @@ def guarded_getattr(obj, name, default=_RAISE):
         if default is _RAISE:
             raise
         return default
-    if name in _FORMAT_METHODS and not _defined_in_program(value):
+    if name in policy.FORMAT_METHODS and not _defined_in_program(value):
         raise NotImplementedError(
             f"{name}() is not available in a loop (it reads attributes unchecked): use an f-string"
         )
@@ -300,10 +265,10 @@ def _make_import(emit_log):
     cache = {}
 
     def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level != 0 or name not in ALLOWED_MODULES:
+        if level != 0 or name not in policy.ALLOWED_MODULES:
             raise ImportError(
                 f"Importing '{name}' is not allowed in a loop. "
-                f"Allowed modules: {', '.join(sorted(ALLOWED_MODULES))}."
+                f"Allowed modules: {', '.join(sorted(policy.ALLOWED_MODULES))}."
             )
         if name not in cache:
             if name == "logging":
@@ -410,116 +375,6 @@ def make_globals(emit_log, *, guards: bool = True):
 # --- Compile and validate ---------------------------------------------------------------------
 
 
-class CodeError(Exception):
-    def __init__(self, line, message):
-        super().__init__(f"Line {line}: {message}")
-        self.line = line
-        self.message = message
-
-
-def _first_line_number(text):
-    # RestrictedPython reports "Line 3: …"
-    if text.startswith("Line "):
-        head = text[5:].split(":", 1)[0]
-        if head.isdigit():
-            return int(head), text.split(":", 1)[1].strip()
-    return 1, text
-
-
-def compile_loop(code, *, guards=True):
-    """Check a program and compile it (under the RestrictedPython policy unless `guards` is
-    off). Raises CodeError naming the line, and nothing else, whatever the text."""
-    if not isinstance(code, str):
-        raise CodeError(1, "the program must be text")
-    if "\0" in code:
-        raise CodeError(
-            code.count("\n", 0, code.index("\0")) + 1, "the program contains a null byte"
-        )
-    try:
-        code.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CodeError(
-            code.count("\n", 0, exc.start) + 1,
-            "the program contains a character that is not valid Unicode (a lone surrogate)",
-        ) from None
-    try:
-        return _compile(code, guards)
-    except SyntaxError as exc:
-        raise CodeError(exc.lineno or 1, f"syntax error: {exc.msg}") from None
-    except (RecursionError, MemoryError):
-        raise CodeError(1, "the program is nested too deeply or too large to compile") from None
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise CodeError(1, f"the program cannot be compiled: {exc}") from None
-
-
-def _compile(code, guards):
-    tree = ast.parse(code, filename=FILENAME)
-    if guards:
-        _check_names(tree)
-    _check_shape(tree)
-    if not guards:
-        return compile(tree, FILENAME, "exec", dont_inherit=True)
-    result = compile_restricted_exec(code, filename=FILENAME)
-    if result.errors:
-        line, message = _first_line_number(result.errors[0])
-        raise CodeError(line, message)
-    return result.code
-
-
-_BLOCKED_ATTRIBUTES = frozenset().union(*_BLOCKED_MODULE_NAMES.values())
-
-
-def _check_names(tree):
-    """What can be refused before the program runs is refused here, with its line; the
-    guards refuse the rest (names built at run time) as the program runs."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name not in ALLOWED_MODULES:
-                    raise CodeError(node.lineno, f"importing '{alias.name}' is not allowed")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level or node.module not in ALLOWED_MODULES:
-                raise CodeError(node.lineno, f"importing from '{node.module}' is not allowed")
-            for alias in node.names:
-                if alias.name in _BLOCKED_MODULE_NAMES.get(node.module, ()):
-                    raise CodeError(
-                        node.lineno, f"'{node.module}.{alias.name}' is not available in a loop"
-                    )
-        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
-            raise CodeError(node.lineno, f"'{node.id}' is not available in a loop")
-        elif isinstance(node, ast.Attribute) and node.attr in _BLOCKED_ATTRIBUTES:
-            raise CodeError(node.lineno, f"'{node.attr}' is not available in a loop")
-        elif (
-            isinstance(node, ast.Attribute)
-            and node.attr in _FORMAT_METHODS
-            and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str)
-        ):
-            raise CodeError(
-                node.lineno, f"str.{node.attr}() is not available in a loop: use an f-string"
-            )
-
-
-def _check_shape(tree):
-    loop_classes = [
-        node
-        for node in tree.body
-        if isinstance(node, ast.ClassDef)
-        and any(isinstance(b, ast.Name) and b.id == "Loop" for b in node.bases)
-    ]
-    if not loop_classes:
-        raise CodeError(1, "the program must define one subclass of Loop")
-    if len(loop_classes) > 1:
-        raise CodeError(loop_classes[1].lineno, "the program must define exactly one Loop subclass")
-    cls = loop_classes[0]
-    run = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "run"), None)
-    if run is None:
-        raise CodeError(cls.lineno, f"class {cls.name} must define run(self, event, step)")
-    names = [a.arg for a in run.args.posonlyargs + run.args.args]
-    if len(names) != 3 or run.args.vararg or run.args.kwonlyargs:
-        raise CodeError(run.lineno, "run must take exactly (self, event, step)")
-
-
 def find_loop_class(namespace):
     classes = [
         v
@@ -554,7 +409,7 @@ def _user_line():
     """The line of the loop program that called into the step API."""
     frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_code.co_filename == FILENAME:
+        if frame.f_code.co_filename == policy.FILENAME:
             return frame.f_lineno
         frame = frame.f_back
     return None
@@ -563,7 +418,7 @@ def _user_line():
 def _error_info(exc):
     info = {"message": _text(str(exc) or type(exc).__name__), "type": type(exc).__name__}
     # Only the program's own frames: the runtime's are noise to the person reading it.
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == FILENAME]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == policy.FILENAME]
     tb = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
     tb += traceback.format_exception_only(type(exc), exc)
     info["traceback"] = _text("".join(tb)[-20000:])
@@ -643,7 +498,7 @@ class Step:
         if saved is None:
             return None
         status = saved["status"]
-        if status in ("succeeded", "rejected", "skipped"):
+        if status in protocol.FINAL:
             return saved
         if status == "failed" and saved.get("run_attempt") == self._run_attempt:
             return saved
@@ -655,7 +510,7 @@ class Step:
 
     def _begin(self, key, name, kind, **extra):
         msg = {
-            "op": "step",
+            "op": protocol.STEP,
             "key": key,
             "name": name,
             "kind": kind,
@@ -687,7 +542,7 @@ class Step:
         return encoded
 
     def _finish(self, key, status, *, output=None, error=None, attempts=1, started=None):
-        msg = {"op": "step_done", "key": key, "status": status, "attempts": attempts}
+        msg = {"op": protocol.STEP_DONE, "key": key, "status": status, "attempts": attempts}
         if output is not None:
             msg["output_json"] = output
         if error is not None:
@@ -751,7 +606,7 @@ class Step:
 
     def _retry_after(self, key, attempt, delay, exc):
         reply = self._channel.request(
-            {"op": "retry", "key": key, "attempts": attempt, "delay": delay,
+            {"op": protocol.RETRY, "key": key, "attempts": attempt, "delay": delay,
              "error": _error_info(exc)}
         )  # fmt: skip
         if reply.get("cancelled"):
@@ -769,7 +624,7 @@ class Step:
         saved = self._final(key)
         if saved is None:
             reply = self._channel.request(
-                {"op": "wait", "key": key, "name": name, "kind": kind, "line": _user_line(),
+                {"op": protocol.WAIT, "key": key, "name": name, "kind": kind, "line": _user_line(),
                  "parent": self._parent, "iteration": self._iteration, "item": self._item,
                  "params": params}
             )  # fmt: skip
@@ -853,7 +708,7 @@ class Step:
             "pages": int(pages),
         }  # fmt: skip
         self._begin(key, name, "http", input=request)
-        reply = self._channel.request({"op": "http", "key": key, "request": request})
+        reply = self._channel.request({"op": protocol.HTTP, "key": key, "request": request})
         if reply.get("error"):
             exc = _rebuild_error(reply["error"])
             self._failed = (name, exc)
@@ -955,14 +810,14 @@ def execute(code_obj, request, channel, *, guards=True):
 
     def emit(level, message):
         channel.send(
-            {"op": "log", "level": level, "message": _text(message, 10000), "time": _utcnow_iso(),
-             "step": step._current if step is not None else None}
+            {"op": protocol.LOG, "level": level, "message": _text(message, 10000),
+             "time": _utcnow_iso(), "step": step._current if step is not None else None}
         )  # fmt: skip
 
     import linecache
 
     code = request.get("code", "")
-    linecache.cache[FILENAME] = (len(code), None, code.splitlines(True), FILENAME)
+    linecache.cache[policy.FILENAME] = (len(code), None, code.splitlines(True), policy.FILENAME)
     limits = request.get("limits", {})
     try:
         namespace = make_globals(emit, guards=guards)
@@ -972,34 +827,35 @@ def execute(code_obj, request, channel, *, guards=True):
                     request.get("tried"))  # fmt: skip
         result = loop_class().run(Event(request["event"]), step)
         if step._suspended:
-            channel.send({"op": "suspended"})
+            channel.send({"op": protocol.SUSPENDED})
             return
-        channel.send({"op": "done", "output_json": _encode_output(result, limits)})
+        channel.send({"op": protocol.DONE, "output_json": _encode_output(result, limits)})
     except _Suspend:
-        channel.send({"op": "suspended"})
+        channel.send({"op": protocol.SUSPENDED})
     except _Cancelled:
-        channel.send({"op": "cancelled"})
+        channel.send({"op": protocol.CANCELLED})
     except _StopRun:
-        channel.send({"op": "stopped"})
+        channel.send({"op": protocol.STOPPED})
     except _LimitExceeded as exc:
-        channel.send({"op": "failed", "error": {"message": exc.message, "type": "LimitExceeded"}})
+        error = {"message": exc.message, "type": protocol.LIMIT_EXCEEDED}
+        channel.send({"op": protocol.FAILED, "error": error})
     except (TypeError, ValueError) as exc:
         if step is not None and step._suspended:
-            channel.send({"op": "suspended"})
+            channel.send({"op": protocol.SUSPENDED})
             return
         info = _error_info(exc)
         if step is not None and step._failed and step._failed[1] is exc:
             info["step"] = step._failed[0]
         elif "JSON" in str(exc) or "serializable" in str(exc):
             info["message"] = f"run() returned a value that is not JSON-serializable: {exc}"
-        channel.send({"op": "failed", "error": info})
+        channel.send({"op": protocol.FAILED, "error": info})
     except BaseException as exc:
         if step is not None and step._suspended:
-            channel.send({"op": "suspended"})
+            channel.send({"op": protocol.SUSPENDED})
             return
         info = _error_info(exc)
         if step is not None and step._failed and step._failed[1] is exc:
             info["step"] = step._failed[0]
         elif step is not None and step._current:
             info["step"] = step._current
-        channel.send({"op": "failed", "error": info})
+        channel.send({"op": protocol.FAILED, "error": info})

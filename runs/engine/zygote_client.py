@@ -1,11 +1,11 @@
-"""The worker's side of the sandbox: starts the zygote runner and speaks to each execution.
+"""The worker's side of the sandbox: starts the zygote and speaks to each execution.
 
 The runner is a separate program started with an empty environment and no inherited
 descriptors but its control socket (never a fork of this DB-connected worker), inside
 bubblewrap where available. Each worker process owns one zygote and runs one execution at a
 time through it. Every execution gets a socket pair made for it alone: one end travels to the
 zygote as SCM_RIGHTS and on to the sealed execution; the program and its input are written
-into the other end only after the execution has sealed itself (sandbox/runner.py). Every
+into the other end only after the execution has sealed itself (sandbox/zygote.py). Every
 message read from an execution is bounded by LOOPS_MAX_MESSAGE_BYTES.
 """
 
@@ -29,6 +29,7 @@ import RestrictedPython
 from django.conf import settings
 
 from loops_project import strict_json
+from runs.engine.sandbox import protocol
 
 try:
     import pyseccomp
@@ -164,11 +165,11 @@ def bwrap_command(identity: tuple[int, int] | None) -> list[str]:
     cmd += ["--ro-bind", "/usr", "/usr", *_root_entries(), *_bind(prefix, prefix)]
     for source, target in _runner_libraries():
         cmd += _bind(source, target)
-    cmd += [*_bind(str(SANDBOX_DIR), "/sandbox/engine"), "--dev", "/dev", "--tmpfs", "/tmp",
+    cmd += [*_bind(str(SANDBOX_DIR), "/loops/sandbox"), "--dev", "/dev", "--tmpfs", "/tmp",
             "--chdir", "/"]  # fmt: skip
     if not python.startswith(prefix) and not python.startswith("/usr/"):
         cmd += _bind(python, python)
-    cmd += ["--", python, "-I", "-S", "-B", "/sandbox/engine/runner.py", "--lib", "/sandbox/lib",
+    cmd += ["--", python, "-I", "-S", "-B", "/loops/sandbox/zygote.py", "--lib", "/sandbox/lib",
             "--seccomp"]  # fmt: skip
     if identity is not None:
         cmd += ["--uid", str(identity[0]), "--gid", str(identity[1])]
@@ -177,7 +178,7 @@ def bwrap_command(identity: tuple[int, int] | None) -> list[str]:
 
 def process_command(identity: tuple[int, int] | None) -> list[str]:
     lib = str(Path(RestrictedPython.__file__).resolve().parent.parent)
-    cmd = [_interpreter(), "-I", "-S", "-B", str(SANDBOX_DIR / "runner.py"), "--lib", lib,
+    cmd = [_interpreter(), "-I", "-S", "-B", str(SANDBOX_DIR / "zygote.py"), "--lib", lib,
            "--seccomp", "--best-effort"]  # fmt: skip
     if identity is not None:
         cmd += ["--uid", str(identity[0]), "--gid", str(identity[1])]
@@ -239,7 +240,7 @@ def _refusal(line: bytes, exc: "strict_json.JsonValueError") -> dict | None:
         return None
     names = {k: original.get(k) for k in ("op", "key", "name", "kind")}
     return {
-        "op": "refused",
+        "op": protocol.REFUSED,
         "reason": exc.message,
         "original": {k: v for k, v in names.items() if isinstance(v, str) and _storable(v)},
     }
@@ -278,7 +279,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cmd, stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 env={}, close_fds=True, preexec_fn=preexec, cwd="/",
             )  # fmt: skip
         finally:
@@ -286,9 +287,11 @@ class Zygote:
         self.control = ours
         self.owner_pid = os.getpid()
         message = self._receive(time.monotonic() + START_TIMEOUT)
-        if not message or message.get("op") != "ready":
+        if not message or message.get("op") != protocol.READY:
+            proc = self.proc
             self.stop()
-            raise SandboxError(f"the sandbox runner did not start ({self.mode} mode)")
+            why = proc.stderr.read()[-2000:].decode(errors="replace").strip() or "no message"
+            raise SandboxError(f"the sandbox did not start ({self.mode} mode): {why}")
         self.info = message
 
     def stop(self) -> None:
@@ -300,6 +303,8 @@ class Zygote:
             self.proc.wait()
         if self.control is not None and self.owner_pid == os.getpid():
             self.control.close()
+            if self.proc is not None and self.proc.stderr is not None and self.info:
+                self.proc.stderr.close()
         self.proc = None
         self.control = None
 
@@ -324,7 +329,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours:
             try:
-                order = json.dumps({"op": "exec", "limits": limits}).encode()
+                order = json.dumps({"op": protocol.EXEC, "limits": limits}).encode()
                 socket.send_fds(self.control, [order], [theirs.fileno()])
             except OSError:
                 self.stop()
@@ -365,10 +370,10 @@ class Zygote:
             except ValueError:
                 info.protocol_error = "The execution sent a malformed message"
                 break
-            if message["op"] == "sealed":
+            if message["op"] == protocol.SEALED:
                 info.sealed = message
                 continue
-            if message["op"] == "sealfailed":
+            if message["op"] == protocol.SEAL_FAILED:
                 info.seal_error = str(message.get("message", ""))[:1000]
                 continue
             reply = on_message(message, len(line))
@@ -382,7 +387,7 @@ class Zygote:
 
     def _kill(self) -> None:
         try:
-            self.control.send(b'{"op":"kill"}')
+            self.control.send(json.dumps({"op": protocol.KILL}).encode())
         except OSError:
             self.stop()
 
@@ -391,7 +396,7 @@ class Zygote:
             info.crashed = True
             return info
         message = self._receive(max(backstop, time.monotonic() + EXIT_GRACE))
-        if not message or message.get("op") != "exit":
+        if not message or message.get("op") != protocol.EXIT:
             self.stop()
             info.crashed = True
             return info

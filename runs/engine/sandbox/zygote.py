@@ -1,5 +1,5 @@
-"""The zygote: started once per worker process inside the sandbox; forks a sealed process per
-execution.
+"""The zygote, inside the sandbox: started once per worker process; makes a sealed process
+for each execution.
 
 It is launched with an empty environment and one inherited descriptor, its control socket to
 the worker (a SOCK_SEQPACKET unix socket on fd 0). When bubblewrap runs as root it starts as
@@ -27,7 +27,9 @@ import signal
 import socket
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# This file runs as a script; its siblings are imported as the package `sandbox` (the folder
+# above it is bound at /loops in bubblewrap), so that they import each other relatively.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _option(name: str) -> str | None:
@@ -37,8 +39,7 @@ def _option(name: str) -> str | None:
 if _option("--lib"):
     sys.path.insert(1, _option("--lib"))
 
-import runtime  # noqa: E402
-import seal  # noqa: E402
+from sandbox import policy, protocol, runtime, seal  # noqa: E402
 
 CONTROL_FD = 0
 MAX_CONTROL_BYTES = 65536
@@ -108,7 +109,7 @@ def execution(sock: socket.socket, filters: dict, namespaces: bool, error: str |
             error = str(exc)
     if error is not None:
         with contextlib.suppress(OSError):
-            exec_sock.sendall(_line({"op": "sealfailed", "message": error}))
+            exec_sock.sendall(_line({"op": protocol.SEAL_FAILED, "message": error}))
         return EXIT_SEAL_FAILED
     rfile = exec_sock.makefile("rb")
     wfile = exec_sock.makefile("wb")
@@ -117,7 +118,7 @@ def execution(sock: socket.socket, filters: dict, namespaces: bool, error: str |
     if not line:
         return 3
     request = json.loads(line)
-    channel.send({"op": "sealed", **sealed, "uid": os.getuid(), "pid": os.getpid()})
+    channel.send({"op": protocol.SEALED, **sealed, "uid": os.getuid(), "pid": os.getpid()})
     runtime.execute_request(request, channel)
     wfile.flush()
     return 0
@@ -218,7 +219,7 @@ class Spare:
 def report(middle_status: int, usage) -> dict:
     code = os.waitstatus_to_exitcode(middle_status)
     message = {
-        "op": "exit",
+        "op": protocol.EXIT,
         "code": code,
         "signal": None,
         "timed_out": code == EXIT_TIMED_OUT,
@@ -251,7 +252,7 @@ def watch(control: socket.socket, spare: Spare, limits: dict) -> None:
                     os.kill(spare.pid, signal.SIGKILL)  # the worker went away
                     os._exit(0)
                 with contextlib.suppress(ValueError):
-                    if json.loads(data).get("op") == "kill":
+                    if json.loads(data).get("op") == protocol.KILL:
                         os.kill(spare.pid, signal.SIGTERM)
             if pidfd in ready:
                 break
@@ -264,15 +265,16 @@ def watch(control: socket.socket, spare: Spare, limits: dict) -> None:
 
 def main() -> None:
     control = socket.socket(fileno=os.dup(CONTROL_FD))
+    # Until it is ready, what goes wrong goes to stderr (the worker reads it if the zygote
+    # does not start); from then on, nothing an execution prints reaches the worker.
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1):
         os.dup2(devnull, fd)
-    os.close(devnull)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # Everything an execution imports is imported here, once, while the interpreter's files
     # are still readable (without bubblewrap they may not be to the sandbox user) and so that
     # no execution pays for it. None of it holds any organization's data.
-    for name in (*runtime.ALLOWED_MODULES, "ctypes", "ctypes.util", "socket", "gc"):
+    for name in (*policy.ALLOWED_MODULES, "ctypes", "ctypes.util", "socket", "gc"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     filters, zygote_filter, seccomp_state = {}, None, "off"
@@ -288,7 +290,9 @@ def main() -> None:
         become_unprivileged(int(uid), int(gid or uid))
     if zygote_filter is not None:
         seal.load_filter(zygote_filter)
-    send(control, {"op": "ready", "seccomp": seccomp_state, "uid": os.getuid(),
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    send(control, {"op": protocol.READY, "seccomp": seccomp_state, "uid": os.getuid(),
                    "pid": os.getpid()})  # fmt: skip
     spare = Spare(control, filters)
     while True:
