@@ -11,6 +11,7 @@ Everything else goes through the ORM.
 
 # ruff: noqa: S608
 
+import functools
 from functools import cache
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
@@ -58,7 +59,22 @@ def _cursor(db, health_check: bool = True):
         import psycopg
 
         return psycopg.Cursor(db.connection), {"prepare": True}
-    return db.cursor(), {}
+    return db.cursor(), {}  # Django's cursor: it applies the execute wrappers itself
+
+
+def _run(db, cursor, sql: str, params: list, options: dict) -> None:
+    """Execute through the connection's execute wrappers (connection.execute_wrapper), as
+    Django's own cursors do, so that what watches the ORM's queries sees these too."""
+
+    def execute(sql, params, many, context):
+        return cursor.execute(sql, params, **options)
+
+    if not options:  # Django's own cursor
+        cursor.execute(sql, params)
+        return
+    for wrapper in reversed(db.execute_wrappers):
+        execute = functools.partial(wrapper, execute)
+    execute(sql, params, False, {"connection": db, "cursor": cursor})
 
 
 def execute(sql: str, params: list, *, health_check: bool = True) -> int:
@@ -67,7 +83,7 @@ def execute(sql: str, params: list, *, health_check: bool = True) -> int:
     db = connections[DEFAULT_DB_ALIAS]
     cursor, options = _cursor(db, health_check)
     with db.wrap_database_errors, cursor:
-        cursor.execute(sql, params, **options)
+        _run(db, cursor, sql, params, options)
         return cursor.rowcount
 
 
@@ -75,7 +91,7 @@ def fetch_one(sql: str, params: list, *, health_check: bool = True) -> tuple | N
     db = connections[DEFAULT_DB_ALIAS]
     cursor, options = _cursor(db, health_check)
     with db.wrap_database_errors, cursor:
-        cursor.execute(sql, params, **options)
+        _run(db, cursor, sql, params, options)
         return cursor.fetchone()
 
 

@@ -93,17 +93,25 @@ class Claim:
 
 
 def claim_next() -> Claim | None:
-    """Take the run that should start next (see the module's docstring), or None."""
+    """Take the run that should start next (see the module's docstring), or None. Claims take
+    turns (an advisory lock on PostgreSQL; SQLite has one writer at a time), so limits hold
+    exactly; on PostgreSQL the choice, the claim and the turns served are one statement."""
+    now = timezone.now()
+    owner_id = uuid.uuid4().hex
     with transaction.atomic():
         if connection.vendor == "postgresql":
             sql.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK])
+            row = sql.fetch_one(
+                _claim_next_sql(),
+                [*_choice_params(), owner_id, lease_expiry(now), now, now, now],
+            )
+            return _claim_of(row, owner_id)
         chosen = sql.fetch_one(_choice_sql(), _choice_params())
         if chosen is None:
             return None
         run_id, loop_id, organization_id = chosen
         claim = _take(run_id, or_expired=False)
         if claim is not None:
-            now = timezone.now()
             sql.execute(_turn_sql(), [organization_id, now, loop_id, now])
     return claim
 
@@ -120,36 +128,77 @@ def _take(run_id: str, *, or_expired: bool) -> Claim | None:
     """One statement: the run becomes this execution's, and comes back whole, with whether
     its organization has webhooks (so that nothing needs asking again)."""
     now = timezone.now()
-    owner = Owner(run_id, uuid.uuid4().hex)
+    owner_id = uuid.uuid4().hex
     row = sql.fetch_one(
         _take_sql(or_expired),
-        [owner.execution_id, lease_expiry(now), now, run_id, *([now] if or_expired else [])],
+        [owner_id, lease_expiry(now), now, run_id, *([now] if or_expired else [])],
     )
+    return _claim_of(row, owner_id)
+
+
+def _claim_of(row: tuple | None, owner_id: str) -> Claim | None:
     if row is None:
         return None
     run = sql.instance(Run, RUN_FIELDS, row[:-1])
-    return Claim(run=run, owner=owner, has_webhooks=bool(row[-1]))
+    return Claim(run=run, owner=Owner(run.pk, owner_id), has_webhooks=bool(row[-1]))
+
+
+def _claim_set() -> str:
+    c = lambda name: sql.column(Run, name)  # noqa: E731
+    return (
+        f"{c('status')} = '{RunStatus.RUNNING}', {c('execution_id')} = %s, "
+        f"{c('lease_expires_at')} = %s, {c('executions')} = {c('executions')} + 1, "
+        f"{c('started_at')} = COALESCE({c('started_at')}, %s), {c('pending')} = NULL"
+    )
+
+
+def _claim_returning() -> str:
+    run, hook = sql.table(Run), sql.table(Webhook)
+    columns = ", ".join(f"{run}.{sql.quote(f.column)}" for f in RUN_FIELDS)
+    return (
+        f"{columns}, EXISTS (SELECT 1 FROM {hook} w "
+        f"WHERE w.{sql.column(Webhook, 'organization')} = {run}.{sql.column(Run, 'organization')} "
+        f"AND w.{sql.column(Webhook, 'active')})"
+    )
 
 
 @cache
 def _take_sql(or_expired: bool) -> str:
     c = lambda name: sql.column(Run, name)  # noqa: E731
-    run, hook = sql.table(Run), sql.table(Webhook)
     condition = f"{c('status')} = '{RunStatus.PENDING}'"
     if or_expired:
         condition = (
             f"({condition} OR ({c('status')} = '{RunStatus.RUNNING}' "
             f"AND {c('lease_expires_at')} < %s))"
         )
-    returning = ", ".join(f"{run}.{sql.quote(f.column)}" for f in RUN_FIELDS)
     return (
-        f"UPDATE {run} SET {c('status')} = '{RunStatus.RUNNING}', {c('execution_id')} = %s, "
-        f"{c('lease_expires_at')} = %s, {c('executions')} = {c('executions')} + 1, "
-        f"{c('started_at')} = COALESCE({c('started_at')}, %s), {c('pending')} = NULL "
-        f"WHERE {c('id')} = %s AND {condition} "
-        f"RETURNING {returning}, EXISTS (SELECT 1 FROM {hook} w "
-        f"WHERE w.{sql.column(Webhook, 'organization')} = {run}.{c('organization')} "
-        f"AND w.{sql.column(Webhook, 'active')})"
+        f"UPDATE {sql.table(Run)} SET {_claim_set()} WHERE {c('id')} = %s AND {condition} "
+        f"RETURNING {_claim_returning()}"
+    )
+
+
+@cache
+def _claim_next_sql() -> str:
+    """PostgreSQL: the choice, the claim of the chosen run and the turns it serves, in one
+    statement (data-modifying CTEs)."""
+    c = lambda name: sql.column(Run, name)  # noqa: E731
+    run, turn = sql.table(Run), sql.table(Turn)
+    scope, at = sql.column(Turn, "scope"), sql.column(Turn, "claimed_at")
+    choice = _choice_sql().strip()
+    choice_body, choice_select = choice.rsplit("SELECT run_id, loop_id, organization_id", 1)
+    return (
+        f"{choice_body.rstrip()}, "
+        f"chosen AS (SELECT run_id, loop_id, organization_id {choice_select}), "
+        f"taken AS (UPDATE {run} SET {_claim_set()} FROM chosen "
+        f"WHERE {run}.{c('id')} = chosen.run_id AND {run}.{c('status')} = '{RunStatus.PENDING}' "
+        f"RETURNING {_claim_returning()}), "
+        f"served AS (INSERT INTO {turn} ({scope}, {at}) "
+        f"SELECT organization_id, CAST(%s AS TIMESTAMPTZ) FROM chosen "
+        f"WHERE EXISTS (SELECT 1 FROM taken) "
+        f"UNION ALL SELECT loop_id, CAST(%s AS TIMESTAMPTZ) FROM chosen "
+        f"WHERE EXISTS (SELECT 1 FROM taken) "
+        f"ON CONFLICT ({scope}) DO UPDATE SET {at} = excluded.{at}) "
+        f"SELECT * FROM taken"
     )
 
 
