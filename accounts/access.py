@@ -6,23 +6,32 @@ another organization's data is never visible and its existence never revealed.
 
 from django.http import Http404
 
-from accounts.models import ApiToken, Invitation, Membership, Organization
+from accounts.models import (
+    ORGANIZATION_NAMED_BY,
+    ApiToken,
+    Invitation,
+    Membership,
+    Organization,
+)
+
+
+def org_is_named(org: Organization, ident: str) -> bool:
+    """Whether `ident` names the organization (OrganizationQuerySet.named, for one at hand)."""
+    return any(getattr(org, field) == ident for field in ORGANIZATION_NAMED_BY)
 
 
 def get_org_by_ident(ident: str) -> Organization:
     """An organization by public id or slug (API paths accept either)."""
-    field = "pk" if ident.startswith("org_") else "slug"
-    org = Organization.objects.filter(**{field: ident}).first()
+    org = Organization.objects.named(ident).first()
     if org is None:
         raise Http404("No such organization.")
     return org
 
 
 def get_membership_for(user, org_ident: str) -> Membership:
-    field = "organization_id" if org_ident.startswith("org_") else "organization__slug"
     membership = (
         Membership.objects.select_related("organization")
-        .filter(user=user, **{field: org_ident})
+        .filter(user=user, organization__in=Organization.objects.named(org_ident))
         .first()
         if user.is_authenticated
         else None

@@ -1,8 +1,11 @@
 import hashlib
+import operator
+from functools import reduce
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -28,11 +31,20 @@ def concurrency_limit_in_range(name: str) -> models.CheckConstraint:
     )
 
 
+# An organization is named (in an API path, a page's URL, a command) by any of these fields.
+ORGANIZATION_NAMED_BY = ("pk", "slug")
+
+
 class OrganizationQuerySet(models.QuerySet):
     def for_user(self, user) -> "OrganizationQuerySet":
         if not user.is_authenticated:
             return self.none()
         return self.filter(memberships__user=user)
+
+    def named(self, ident) -> "OrganizationQuerySet":
+        """The organization `ident` names: its public id or its slug (accounts.access has the
+        same rule for an organization at hand)."""
+        return self.filter(reduce(operator.or_, (Q(**{f: ident}) for f in ORGANIZATION_NAMED_BY)))
 
 
 class Organization(models.Model):
@@ -114,6 +126,10 @@ class TokenScope(models.TextChoices):
 class ApiTokenQuerySet(models.QuerySet):
     def for_org(self, org: Organization) -> "ApiTokenQuerySet":
         return self.filter(organization=org)
+
+    def active(self, now) -> "ApiTokenQuerySet":
+        """Tokens that authenticate at `now`: neither revoked nor expired."""
+        return self.filter(Q(revoked_at=None), Q(expires_at=None) | Q(expires_at__gt=now))
 
 
 class ApiToken(models.Model):

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import transaction
+from django.db.models import CharField, DateTimeField
 from django.utils import timezone
 
 from accounts.models import (
@@ -24,6 +25,7 @@ from accounts.models import (
 )
 from loops_project import sql
 from loops_project.errors import Conflict, Forbidden, Invalid
+from loops_project.prepared import Compiled, Parameter, compile_query
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +76,16 @@ ORGANIZATION_FIELDS = sql.fields_of(Organization)
 
 
 @cache
-def _token_lookup() -> str:
-    # Every API request starts here: a prepared statement of its own (loops_project.sql).
-    return (
-        f"SELECT {sql.column_list(TOKEN_FIELDS, 't')}, "  # noqa: S608 - model names; values are parameters
-        f"{sql.column_list(ORGANIZATION_FIELDS, 'o')} "
-        f"FROM {sql.table(ApiToken)} t JOIN {sql.table(Organization)} o "
-        f"ON o.{sql.column(Organization, 'id')} = t.{sql.column(ApiToken, 'organization')} "
-        f"WHERE t.{sql.column(ApiToken, 'token_hash')} = %s"
+def _token_lookup() -> Compiled:
+    """The active token with a given hash, with its organization. Every API request starts
+    here: compiled once, and prepared on the connection (loops_project.sql)."""
+    return compile_query(
+        ApiToken.objects.active(Parameter("now", DateTimeField()))
+        .filter(token_hash=Parameter("token_hash", CharField()))
+        .values_list(
+            *(f.attname for f in TOKEN_FIELDS),
+            *(f"organization__{f.attname}" for f in ORGANIZATION_FIELDS),
+        )
     )
 
 
@@ -97,14 +101,13 @@ def token_authenticate(raw: str) -> ApiToken | None:
     token_hash = token_hash_of(raw)
     if token_hash is None:
         return None
-    row = sql.fetch_one(_token_lookup(), [token_hash])
+    now = timezone.now()
+    lookup = _token_lookup()
+    row = sql.fetch_one(lookup.sql, lookup.bind(now=now, token_hash=token_hash))
     if row is None:
         return None
     token = sql.instance(ApiToken, TOKEN_FIELDS, row[: len(TOKEN_FIELDS)])
     token.organization = sql.instance(Organization, ORGANIZATION_FIELDS, row[len(TOKEN_FIELDS) :])
-    if not token.is_active:
-        return None
-    now = timezone.now()
     if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now

@@ -1,6 +1,8 @@
 """What a run may take and when a loop may start one: the same rules for the API, the pages,
 schedules, batches, step.run_loop and the trigger URL's one statement."""
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db.models import Q
 
@@ -8,8 +10,28 @@ from loops.models import Loop
 from loops_project import strict_json
 from loops_project.errors import Conflict, TooLarge
 
+
+@dataclass(frozen=True)
+class Requirement:
+    """A loop starts no run while `field` (an attname) holds `refused`; a trigger of such a
+    loop is a 409 with this code and message."""
+
+    field: str
+    refused: object
+    code: str
+    message: str
+
+
+# What a loop needs to start a run, written once: check_triggerable reads it for a loop at hand,
+# TRIGGERABLE for queries (the trigger URL's one statement among them).
+TRIGGER_REQUIREMENTS = (
+    Requirement("paused", True, "loop_paused", "Loop '{slug}' is paused"),
+    Requirement(
+        "active_version_id", None, "no_active_version", "Loop '{slug}' has no deployed version"
+    ),
+)
 # Loops that may start a run: not paused, with a deployed version.
-TRIGGERABLE = Q(paused=False, active_version__isnull=False)
+TRIGGERABLE = Q(*(~Q(**{r.field: r.refused}) for r in TRIGGER_REQUIREMENTS))
 
 
 def check_input(value, *, field: str = "input") -> str:
@@ -28,7 +50,7 @@ def check_input(value, *, field: str = "input") -> str:
 
 
 def check_triggerable(loop: Loop) -> None:
-    if loop.paused:
-        raise Conflict(f"Loop '{loop.slug}' is paused", code="loop_paused")
-    if loop.active_version_id is None:
-        raise Conflict(f"Loop '{loop.slug}' has no deployed version", code="no_active_version")
+    """The 409 of the first requirement the loop fails (TRIGGER_REQUIREMENTS), if any."""
+    for requirement in TRIGGER_REQUIREMENTS:
+        if getattr(loop, requirement.field) == requirement.refused:
+            raise Conflict(requirement.message.format(slug=loop.slug), code=requirement.code)
