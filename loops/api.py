@@ -1,4 +1,4 @@
-"""Loops, versions and schedules API (token scope `full`)."""
+"""Loops, versions and schedules API: every call needs a `full` token (the router's auth)."""
 
 from ninja import Path, Router, Schema, Status
 
@@ -19,9 +19,9 @@ from loops.schemas import (
     schedule_payload,
     version_payload,
 )
-from loops_project.api_base import ERRORS_FULL, ErrorOut, require_full_scope
+from loops_project.api_base import ERRORS_FULL, ErrorOut, FullScopeAuth
 
-router = Router(tags=["loops"])
+router = Router(tags=["loops"], auth=FullScopeAuth())
 
 
 class LoopEnvelope(Schema):
@@ -70,7 +70,6 @@ def _author(request) -> str:
 
 @router.get("/loops", response={200: LoopList, **ERRORS_FULL})
 def list_loops(request):
-    require_full_scope(request)
     loops = Loop.objects.for_org(request.auth.organization).select_related(
         "active_version", "organization"
     )
@@ -80,7 +79,6 @@ def list_loops(request):
 @router.post("/loops", response={201: LoopEnvelope, 409: ErrorOut, **ERRORS_FULL})
 def create_loop(request, payload: LoopIn):
     """Create a loop; with `code`, version 1 is deployed at once."""
-    require_full_scope(request)
     loop = services.loop_create(
         organization=request.auth.organization, slug=payload.slug, name=payload.name,
         description=payload.description, code=payload.code, author_name=_author(request),
@@ -92,7 +90,6 @@ def create_loop(request, payload: LoopIn):
 
 @router.get("/loops/{loop}", response={200: LoopEnvelope, **ERRORS_FULL})
 def get_loop(request, loop: str):
-    require_full_scope(request)
     return {"data": loop_payload(get_loop_for(request.auth.organization, loop), request)}
 
 
@@ -100,7 +97,6 @@ def get_loop(request, loop: str):
 def patch_loop(request, loop: str, payload: LoopPatch):
     """Change name, description, paused (a paused loop answers triggers with 409) or
     concurrencyLimit (null clears it)."""
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     limit_given = "concurrencyLimit" in payload.model_fields_set
     services.loop_update(
@@ -113,7 +109,6 @@ def patch_loop(request, loop: str, payload: LoopPatch):
 @router.post("/loops/{loop}/versions", response={201: VersionEnvelope, **ERRORS_FULL})
 def deploy_version(request, loop: str, payload: VersionIn):
     """Validate and deploy the next version; invalid code is 422 with the line, nothing saved."""
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     version = services.loop_deploy(
         loop=target, code=payload.code, note=payload.note, author_name=_author(request)
@@ -123,7 +118,6 @@ def deploy_version(request, loop: str, payload: VersionIn):
 
 @router.get("/loops/{loop}/versions", response={200: VersionList, **ERRORS_FULL})
 def list_versions(request, loop: str):
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     versions = target.versions.order_by("-number").defer("code")
     return _list([version_payload(v, active_id=target.active_version_id) for v in versions])
@@ -131,7 +125,6 @@ def list_versions(request, loop: str):
 
 @router.get("/loops/{loop}/versions/{number}", response={200: VersionEnvelope, **ERRORS_FULL})
 def get_version(request, loop: str, number: int = Path(..., ge=1, le=2**31 - 1)):
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     version = get_version_for(target, number)
     return {"data": version_payload(version, active_id=target.active_version_id, code=True)}
@@ -139,7 +132,6 @@ def get_version(request, loop: str, number: int = Path(..., ge=1, le=2**31 - 1))
 
 @router.post("/loops/{loop}/rollback", response={200: LoopEnvelope, **ERRORS_FULL})
 def rollback(request, loop: str, payload: RollbackIn):
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     services.loop_rollback(loop=target, number=payload.version)
     return {"data": loop_payload(get_loop_for(request.auth.organization, target.pk), request)}
@@ -149,7 +141,6 @@ def rollback(request, loop: str, payload: RollbackIn):
     "/loops/{loop}/schedules", response={200: ScheduleList, **ERRORS_FULL}, tags=["schedules"]
 )
 def list_schedules(request, loop: str):
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     return _list([schedule_payload(s) for s in target.schedules.all()])
 
@@ -159,7 +150,6 @@ def list_schedules(request, loop: str):
 )
 def create_schedule(request, loop: str, payload: ScheduleIn):
     """Add a cron schedule (five fields, in `timezone`); a bad expression is 422."""
-    require_full_scope(request)
     target = get_loop_for(request.auth.organization, loop)
     schedule = schedules.schedule_create(
         loop=target, cron=payload.cron, timezone_name=payload.timezone, input=payload.input,
@@ -172,7 +162,6 @@ def create_schedule(request, loop: str, payload: ScheduleIn):
     "/schedules/{schedule_id}", response={200: ScheduleEnvelope, **ERRORS_FULL}, tags=["schedules"]
 )
 def patch_schedule(request, schedule_id: str, payload: SchedulePatch):
-    require_full_scope(request)
     schedule = get_schedule_for(request.auth.organization, schedule_id)
     schedule = schedules.schedule_update(
         schedule=schedule, cron=payload.cron, timezone_name=payload.timezone,
@@ -184,6 +173,5 @@ def patch_schedule(request, schedule_id: str, payload: SchedulePatch):
 
 @router.delete("/schedules/{schedule_id}", response={204: None, **ERRORS_FULL}, tags=["schedules"])
 def delete_schedule(request, schedule_id: str):
-    require_full_scope(request)
     get_schedule_for(request.auth.organization, schedule_id).delete()
     return Status(204, None)

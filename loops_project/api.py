@@ -10,22 +10,13 @@ from django_ratelimit.core import get_usage
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 from ninja.parser import Parser
-from ninja.security import HttpBearer
 from ninja.throttling import BaseThrottle
 
-from accounts.models import ApiToken
-from accounts.services import token_authenticate
-from loops.api import router as loops_router
+from loops import api as loops_api
 from loops_project import strict_json
-from loops_project.api_base import error_response, parse_json, too_large_response
+from loops_project.api_base import TokenAuth, error_response, parse_json, too_large_response
 from loops_project.errors import DomainError
-from runs.api import router as runs_router
-from runs.api import trigger_router
-
-
-class TokenAuth(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
-        return token_authenticate(token)
+from runs import api as runs_api
 
 
 class StrictParser(Parser):
@@ -164,6 +155,9 @@ def on_data_error(request, exc):
     )
 
 
-api.add_router("/loop", trigger_router)
-api.add_router("/v1", runs_router)
-api.add_router("/v1", loops_router)
+# A token's scope is its router's: a `trigger` token may trigger runs and read them (the first
+# three), every other call needs a `full` one (routers made with api_base.FullScopeAuth).
+api.add_router("/loop", runs_api.trigger_router)
+api.add_router("/v1", runs_api.router)
+api.add_router("/v1", runs_api.full_router)
+api.add_router("/v1", loops_api.router)

@@ -1,4 +1,4 @@
-"""What the API's routers share: the error shape of API.md, JSON bodies, the scope check.
+"""What the API's routers share: the error shape of API.md, JSON bodies, token auth and scopes.
 
 Kept apart from loops_project.api (the NinjaAPI, which adds the routers) so that the routers
 import these without importing the API that imports them."""
@@ -6,11 +6,13 @@ import these without importing the API that imports them."""
 import json
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import Schema
-from ninja.errors import HttpError
+from ninja.errors import AuthorizationError
+from ninja.security import HttpBearer
 
-from accounts.models import TokenScope
+from accounts.models import ApiToken, TokenScope
+from accounts.services import token_authenticate
 from loops_project import strict_json
 from loops_project.errors import DomainError
 
@@ -43,11 +45,30 @@ def too_large_response() -> HttpResponse:
     return error_response(413, "too_large", f"The request body is larger than {limit} bytes.")
 
 
-def require_full_scope(request) -> None:
-    if request.auth.scope != TokenScope.FULL:
-        raise HttpError(
-            403, "This token's scope (trigger) only allows triggering and reading runs."
-        )
+class TokenAuth(HttpBearer):
+    """The API's auth: an active token of any scope, on request.auth with its organization."""
+
+    openapi_description = "An API token of the organization (scope `trigger` or `full`)."
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        return token_authenticate(token)
+
+
+class FullScopeAuth(TokenAuth):
+    """The auth of the routers whose every call needs a `full` token. A valid token of another
+    scope answers 403 (API.md) before anything of the call is read; a missing or unknown one
+    401, as everywhere."""
+
+    openapi_description = "An API token of the organization with scope `full`."
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
+        found = super().authenticate(request, token)
+        if found is not None and found.scope != TokenScope.FULL:
+            raise AuthorizationError(
+                message=f"This token's scope ({found.scope}) only allows triggering and "
+                "reading runs."
+            )
+        return found
 
 
 def json_body(request, *, required: bool = True, field: str = "body"):

@@ -1,4 +1,7 @@
-"""Runs API (API.md "Trigger" and "Runs")."""
+"""Runs API (API.md "Trigger" and "Runs").
+
+A token's scope is its router's: `trigger_router` and `router` serve every token (trigger runs,
+read runs), `full_router` only `full` ones (act on runs, post scan results, webhooks)."""
 
 import json
 import math
@@ -10,8 +13,9 @@ from django.db.models import Count
 from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
+from accounts.access import org_is_named
 from loops.access import get_loop_for
-from loops_project.api_base import ERRORS, ERRORS_FULL, ErrorOut, json_body, require_full_scope
+from loops_project.api_base import ERRORS, ERRORS_FULL, ErrorOut, FullScopeAuth, json_body
 from loops_project.errors import Invalid
 from runs import services
 from runs.access import get_batch_for, get_run_for, get_scan_for, get_step_for, get_webhook_for
@@ -20,8 +24,9 @@ from runs.schemas import LogOut, RunOut, log_payload, run_payload
 from runs.selectors import filter_runs, page_runs, without_values
 from runs.webhooks import webhook_create
 
-router = Router(tags=["runs"])
 trigger_router = Router(tags=["trigger"])
+router = Router(tags=["runs"])
+full_router = Router(tags=["runs"], auth=FullScopeAuth())
 
 LIVE_POLL_SECONDS = 0.05
 
@@ -113,7 +118,7 @@ def trigger(
 ):
     """Queue a run with the posted JSON as input. `?mode=live&timeout=S` waits for the end."""
     organization = request.auth.organization
-    if org not in (organization.pk, organization.slug):
+    if not org_is_named(organization, org):
         raise HttpError(404, "No such loop.")  # another organization's, or none: the same 404
     target = get_loop_for(organization, loop)
     body = json_body(request, required=False)
@@ -293,13 +298,12 @@ class RunStatusEnvelope(Schema):
     data: RunStatusOut
 
 
-@router.post(
+@full_router.post(
     "/runs/{run_id}/respond",
     response={202: RunStatusEnvelope, 409: ErrorOut, **ERRORS_FULL},
     summary="Answer a question or decide an approval",
 )
 def respond(request, run_id: str, payload: RespondIn):
-    require_full_scope(request)
     run = get_run_for(request.auth.organization, run_id)
     run = services.run_respond(
         run=run, action=payload.action, value=payload.input,
@@ -324,13 +328,12 @@ class EventEnvelope(Schema):
     data: EventOut
 
 
-@router.post(
+@full_router.post(
     "/runs/{run_id}/events",
     response={202: EventEnvelope, 409: ErrorOut, **ERRORS_FULL},
     summary="Send an event to a run",
 )
 def send_event(request, run_id: str, payload: EventIn):
-    require_full_scope(request)
     run = get_run_for(request.auth.organization, run_id)
     event = services.run_send_event(run=run, type=payload.type, payload=payload.payload)
     event.refresh_from_db()
@@ -346,27 +349,30 @@ def send_event(request, run_id: str, payload: EventIn):
     )
 
 
-@router.post("/runs/{run_id}/resume", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
+@full_router.post(
+    "/runs/{run_id}/resume", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL}
+)
 def resume(request, run_id: str):
     """Continue a failed or cancelled run from its last checkpoint (pinned version)."""
-    require_full_scope(request)
     run = services.run_resume(run=get_run_for(request.auth.organization, run_id))
     return Status(202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
-@router.post("/runs/{run_id}/restart", response={201: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
+@full_router.post(
+    "/runs/{run_id}/restart", response={201: RunEnvelope, 409: ErrorOut, **ERRORS_FULL}
+)
 def restart(request, run_id: str):
     """A new run with the same input on the active version; the original is unchanged."""
-    require_full_scope(request)
     original = get_run_for(request.auth.organization, run_id)
     run = services.run_restart(run=original, token=request.auth, trigger_type=TriggerType.API_TOKEN)
     return Status(201, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
-@router.post("/runs/{run_id}/cancel", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL})
+@full_router.post(
+    "/runs/{run_id}/cancel", response={202: RunEnvelope, 409: ErrorOut, **ERRORS_FULL}
+)
 def cancel(request, run_id: str):
     """Cancel a pending, running or waiting run."""
-    require_full_scope(request)
     run = services.run_cancel(run=get_run_for(request.auth.organization, run_id))
     return Status(202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
@@ -425,7 +431,7 @@ def get_scan(request, scan_id: str):
     return {"data": scan_payload(request, get_scan_for(request.auth.organization, scan_id))}
 
 
-@router.post(
+@full_router.post(
     "/scans/{scan_id}/result",
     response={202: ScanEnvelope, 409: ErrorOut, **ERRORS_FULL},
     summary="Post a scan's measures (resumes the waiting run)",
@@ -434,7 +440,6 @@ def get_scan(request, scan_id: str):
     },
 )
 def post_scan_result(request, scan_id: str):
-    require_full_scope(request)
     scan = get_scan_for(request.auth.organization, scan_id)
     scan = services.scan_submit_result(scan=scan, result=json_body(request))
     return Status(202, {"data": scan_payload(request, scan)})
@@ -478,26 +483,23 @@ def webhook_payload(hook: Webhook, *, secret: bool = False) -> dict:
     return data
 
 
-@router.get("/webhooks", response={200: WebhookList, **ERRORS_FULL}, tags=["webhooks"])
+@full_router.get("/webhooks", response={200: WebhookList, **ERRORS_FULL}, tags=["webhooks"])
 def list_webhooks(request):
-    require_full_scope(request)
     hooks = list(Webhook.objects.filter(organization=request.auth.organization))
     return {"data": [webhook_payload(h) for h in hooks], "limit": len(hooks), "offset": 0,
             "hasMore": False, "nextCursor": None}  # fmt: skip
 
 
-@router.post("/webhooks", response={201: WebhookEnvelope, **ERRORS_FULL}, tags=["webhooks"])
+@full_router.post("/webhooks", response={201: WebhookEnvelope, **ERRORS_FULL}, tags=["webhooks"])
 def create_webhook(request, payload: WebhookIn):
     """Create a webhook; the answer carries its signing secret, shown only this once."""
-    require_full_scope(request)
     org = request.auth.organization
     loop = get_loop_for(org, payload.loop) if payload.loop else None
     hook = webhook_create(organization=org, url=payload.url, events=payload.events, loop=loop)
     return Status(201, {"data": webhook_payload(hook, secret=True)})
 
 
-@router.delete("/webhooks/{hook_id}", response={204: None, **ERRORS_FULL}, tags=["webhooks"])
+@full_router.delete("/webhooks/{hook_id}", response={204: None, **ERRORS_FULL}, tags=["webhooks"])
 def delete_webhook(request, hook_id: str):
-    require_full_scope(request)
     get_webhook_for(request.auth.organization, hook_id).delete()
     return Status(204, None)
