@@ -10,6 +10,7 @@ from django.db.models.functions import Cast, Left
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiToken, Membership
+from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project.errors import Invalid
 from runs.models import Batch, Run, RunMode, RunStatus, Step, TriggerType
@@ -60,9 +61,8 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
             _choice("status", s, RunStatus.values)
         qs = qs.filter(status__in=statuses)
     if loop:
-        field = "pk" if loop.startswith("loop_") else "slug"
         loop_id = (
-            Loop.objects.filter(organization=org, **{field: loop})
+            Loop.objects.filter(organization=org, **{loop_lookup_field(loop): loop})
             .values_list("pk", flat=True)
             .first()
         )

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project.errors import DomainError
 from runs import dispatch, reactions, rules, state
@@ -177,9 +178,8 @@ def wait_child(execution, message, params):
     """step.run_loop: a run of another loop of the organization, pinned to its active version;
     the step waits for it (runs.reactions resolves the step when it ends)."""
     ident = str(params.get("loop") or "")
-    field = "pk" if ident.startswith("loop_") else "slug"
     loop = Loop.objects.filter(
-        organization_id=execution.run.organization_id, **{field: ident}
+        organization_id=execution.run.organization_id, **{loop_lookup_field(ident): ident}
     ).first()
     depth, limit = execution.run.depth + 1, settings.LOOPS_MAX_CHILD_DEPTH
     body = params.get("body")
