@@ -23,7 +23,10 @@ def after_all(changes: list[Change]) -> None:
 def react(change: Change) -> None:
     if change.status in ENDED_STATUSES and change.parent_step_id:
         _parent_carries_on(change)
-    if change.has_webhooks is not False:
+    has_webhooks = change.has_webhooks
+    if has_webhooks is None:
+        has_webhooks = webhooks.organization_has_webhooks(change.organization_id)
+    if has_webhooks:
         webhooks.queue_deliveries_of([change])
 
 

@@ -36,8 +36,8 @@ from loops_project.api import api, count_request
 from loops_project.api_base import json_body
 from loops_project.errors import DomainError
 from loops_project.prepared import Compiled, Parameter, compile_query
-from runs import dispatch
-from runs.models import Run, TriggerType
+from runs import dispatch, reactions, state, webhooks
+from runs.models import Run, RunStatus, TriggerType, Webhook
 from runs.rules import TRIGGERABLE, check_input
 
 RUN_FIELDS = sql.fields_of(Run)
@@ -105,27 +105,41 @@ def answer(request: HttpRequest, org: str, loop: str) -> HttpResponse | None:
           for f, written, default in _run_columns() if written is PARAMETER),
         *dispatch.turn_params(now),
     ]  # fmt: skip
-    if not _save(statement.sql, params, run_id):
+    saved = _save(statement.sql, params, run_id)
+    if saved is None:
         return None
+    organization_id, loop_id, has_webhooks = saved
+    if has_webhooks:  # the run's first status is announced, as the operation does
+        reactions.after(
+            state.Change(run_id, organization_id, loop_id, None, RunStatus.PENDING, True)
+        )
     body = {"runId": run_id, "workflowInstanceId": task_id}
     return api.create_response(request, body, status=202)
 
 
-def _save(statement: str, params: list, run_id: str) -> bool:
+def _save(statement: str, params: list, run_id: str) -> tuple | None:
     """Run the statement without the connection's health check (one round trip less per
-    trigger). A connection found lost is replaced and the statement run again: safe, because
-    the run's id is in it, so a first attempt that did commit before the connection went makes
-    the second fail on the run's primary key."""
+    trigger); returns the run's organization and loop and whether the organization has
+    webhooks, or None when nothing was saved. A connection found lost is replaced and the
+    statement run again: safe, because the run's id is in it, so a first attempt that did
+    commit before the connection went makes the second fail on the run's primary key."""
     try:
-        return sql.fetch_one(statement, params, health_check=False) == (1,)
+        return _saved(sql.fetch_one(statement, params, health_check=False))
     except (OperationalError, InterfaceError):
         connection.close()
     try:
-        return sql.fetch_one(statement, params) == (1,)
+        return _saved(sql.fetch_one(statement, params))
     except IntegrityError:
-        if Run.objects.filter(pk=run_id).exists():
-            return True
+        run = Run.objects.filter(pk=run_id).values_list("organization_id", "loop_id").first()
+        if run is not None:
+            return (*run, webhooks.organization_has_webhooks(run[0]))
         raise
+
+
+def _saved(row: tuple | None) -> tuple | None:
+    if row is None or row[0] != 1:
+        return None
+    return row[1:]
 
 
 @cache
@@ -192,6 +206,10 @@ def _statement(loop_field: str) -> Compiled:
         f"SELECT {values} FROM l RETURNING 1), "
         # A worker's turn, if too few are queued (runs.dispatch).
         f"turn AS ({dispatch.turn_statement('run')}) "
-        "SELECT COUNT(*) FROM run"
+        # Whether the run was saved, and what announcing it needs (runs.reactions).
+        "SELECT (SELECT COUNT(*) FROM run), l.organization, l.id, "
+        f"EXISTS (SELECT 1 FROM {sql.table(Webhook)} w "
+        f"WHERE w.{c(Webhook, 'organization')} = l.organization AND w.{c(Webhook, 'active')}) "
+        "FROM l"
     )
     return Compiled(statement, tokens.params + loops.params)
