@@ -1,0 +1,44 @@
+"""runs.dispatch is the only writer to django-q2: its packages are the ones django-q2's own
+async_task makes, for the pinned django-q2."""
+
+import pytest
+from django_q.brokers import Broker
+from django_q.models import OrmQ
+from django_q.signing import SignedPackage
+from django_q.tasks import async_task
+
+from runs import dispatch
+
+pytestmark = pytest.mark.django_db
+
+
+class Capture(Broker):
+    def __init__(self):
+        super().__init__(list_key="capture")
+        self.payloads = []
+
+    def enqueue(self, task):
+        self.payloads.append(task)
+        return len(self.payloads)
+
+
+@pytest.mark.parametrize("args", [(), ("hook_123",)])
+def test_a_package_is_what_async_task_makes(args):
+    capture = Capture()
+    async_task(dispatch.WORK_TASK, *args, broker=capture)
+    theirs = SignedPackage.loads(capture.payloads[0])
+    ours = SignedPackage.loads(dispatch.package(dispatch.WORK_TASK, *args))
+    assert ours.keys() == theirs.keys()
+    for key in ours.keys() - {"id", "name", "started"}:
+        assert ours[key] == theirs[key], key
+    assert ours["id"] != theirs["id"]
+    assert type(ours["started"]) is type(theirs["started"])
+
+
+def test_turns_are_queued_until_every_worker_has_one(settings):
+    settings.LOOPS_WORKERS = 3
+    for _ in range(5):
+        dispatch.wake_workers()
+    turns = [SignedPackage.loads(p) for p in OrmQ.objects.values_list("payload", flat=True)]
+    assert [t["func"] for t in turns] == [dispatch.WORK_TASK] * 3
+    assert {row.key for row in OrmQ.objects.all()} == {dispatch.queue_key()}
