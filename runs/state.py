@@ -96,14 +96,14 @@ def claim_next() -> Claim | None:
     """Take the run that should start next (see the module's docstring), or None. Claims take
     turns (an advisory lock on PostgreSQL; SQLite has one writer at a time), so limits hold
     exactly; on PostgreSQL the choice, the claim and the turns served are one statement."""
-    now = timezone.now()
     owner_id = uuid.uuid4().hex
     with transaction.atomic():
         if connection.vendor == "postgresql":
             sql.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK])
+            now = timezone.now()
             row = sql.fetch_one(
                 _claim_next_sql(),
-                [*_choice_params(), owner_id, lease_expiry(now), now, now, now],
+                [*_choice_params(), owner_id, lease_expiry(now), now, now],
             )
             return _claim_of(row, owner_id)
         chosen = sql.fetch_one(_choice_sql(), _choice_params())
@@ -112,6 +112,7 @@ def claim_next() -> Claim | None:
         run_id, loop_id, organization_id = chosen
         claim = _take(run_id, or_expired=False)
         if claim is not None:
+            now = timezone.now()
             sql.execute(_turn_sql(), [organization_id, now, loop_id, now])
     return claim
 
@@ -143,12 +144,12 @@ def _claim_of(row: tuple | None, owner_id: str) -> Claim | None:
     return Claim(run=run, owner=Owner(run.pk, owner_id), has_webhooks=bool(row[-1]))
 
 
-def _claim_set() -> str:
+def _claim_set(started: str = "%s") -> str:
     c = lambda name: sql.column(Run, name)  # noqa: E731
     return (
         f"{c('status')} = '{RunStatus.RUNNING}', {c('execution_id')} = %s, "
         f"{c('lease_expires_at')} = %s, {c('executions')} = {c('executions')} + 1, "
-        f"{c('started_at')} = COALESCE({c('started_at')}, %s), {c('pending')} = NULL"
+        f"{c('started_at')} = COALESCE({c('started_at')}, {started}), {c('pending')} = NULL"
     )
 
 
@@ -189,7 +190,9 @@ def _claim_next_sql() -> str:
     return (
         f"{choice_body.rstrip()}, "
         f"chosen AS (SELECT run_id, loop_id, organization_id {choice_select}), "
-        f"taken AS (UPDATE {run} SET {_claim_set()} FROM chosen "
+        # Started at the database's clock while the statement runs: after every run end its
+        # snapshot sees (a limit's next run never starts before the end it waited for).
+        f"taken AS (UPDATE {run} SET {_claim_set('clock_timestamp()')} FROM chosen "
         f"WHERE {run}.{c('id')} = chosen.run_id AND {run}.{c('status')} = '{RunStatus.PENDING}' "
         f"RETURNING {_claim_returning()}), "
         f"served AS (INSERT INTO {turn} ({scope}, {at}) "

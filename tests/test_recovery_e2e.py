@@ -77,6 +77,24 @@ def test_killing_the_qcluster_parent_takes_every_process_of_it_along(org, loop):
         cluster.stop()
 
 
+def test_sigterm_to_the_whole_process_group_stops_the_cluster_promptly(org, loop):
+    """What systemd or a terminal's Ctrl-C does. django-q2's sentinel dies of the signal while
+    waiting on the stop event its parent then sets; the parent must not wait for it for ever.
+    Which of the two sees the signal first varies: a few rounds."""
+    for round_ in range(4):
+        queue = f"group-term-{round_}"
+        cluster = cluster_on(queue)
+        try:
+            run = RunFactory(loop=loop, status="pending", input={"name": "x"}, queue=queue)
+            wait_until(lambda: _status(run.pk) == "succeeded", timeout=60)  # noqa: B023
+            processes = [cluster.proc.pid, *cluster.descendants()]
+            os.killpg(cluster.proc.pid, signal.SIGTERM)
+            cluster.proc.wait(timeout=10)
+            wait_until(lambda: not any(alive(pid) for pid in processes), timeout=5)  # noqa: B023
+        finally:
+            cluster.stop()
+
+
 def test_a_killed_process_group_mid_batch_loses_no_finished_step(org):
     loop = deploy(org, TWO_STEPS, slug="two-steps")
     batch = run_trigger_batch(

@@ -7,13 +7,17 @@ monitor). This one also:
   schedules, runs of dead workers taken up, idle workers woken;
 - turns on the heartbeat of executions in the workers (runs.engine.heartbeat);
 - makes every process of the cluster die with its parent, so that killing this process
-  never leaves workers running beside the next cluster.
+  never leaves workers running beside the next cluster;
+- stops even when the whole process group is signalled (systemd, a terminal's Ctrl-C, a
+  supervisor's `kill -TERM -PGID`): django-q2's sentinel dies of that SIGTERM while it waits
+  on the cluster's stop event, and django-q2's own stop then waits for it forever.
 """
 
 import ctypes
 import multiprocessing.util
 import os
 import signal
+import threading
 
 from django.conf import settings
 from django_q.cluster import Cluster
@@ -49,8 +53,22 @@ class Command(DjangoQCommand):
         heartbeat.enable()
         multiprocessing.util.register_after_fork(LIFELINE, _Lifeline.attach)
         cluster = Cluster()
+        stopping = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopping.set())
         cluster.start()
-        if options.get("run_once"):
-            cluster.stop()
-            return
-        clock.run(until=lambda: cluster.sentinel is None or not cluster.sentinel.is_alive())
+        if not options.get("run_once"):
+            clock.run(until=lambda: stopping.is_set() or not cluster.sentinel.is_alive())
+        stop(cluster)
+
+
+def stop(cluster: Cluster) -> None:
+    """django-q2's graceful stop (workers end their tasks), unless the sentinel is dead or dies
+    meanwhile: its workers then died with it (the lifeline), and django-q2's stop would wait on
+    the dead sentinel's event for ever."""
+    if not cluster.sentinel.is_alive():
+        return
+    stopper = threading.Thread(target=cluster.stop, daemon=True)
+    stopper.start()
+    while stopper.is_alive() and cluster.sentinel.is_alive():
+        stopper.join(0.25)
