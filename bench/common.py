@@ -126,14 +126,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gunicorn(workers: int = 4, port: int | None = None, extra: list[str] | None = None):
-    """gunicorn on loopback with the bench settings; returns (process, base_url)."""
+def start_gunicorn(
+    workers: int = 4, port: int | None = None, extra: list[str] | None = None,
+    env: dict | None = None,
+):  # fmt: skip
+    """gunicorn on loopback with the bench settings; returns (process, base_url).
+
+    `env` is the server's whole environment (default: this process's, with SERVER_ENV)."""
     import subprocess
 
     import httpx
 
     port = port or free_port()
-    env = {**os.environ, **SERVER_ENV}
+    env = {**os.environ, **SERVER_ENV} if env is None else env
     cmd = [
         str(BASE_DIR / ".venv" / "bin" / "gunicorn"),
         "loops_project.wsgi",

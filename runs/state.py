@@ -69,6 +69,9 @@ class Owner:
     def holds(self) -> bool:
         return self.runs().exists()
 
+    def params(self) -> list:
+        return [self.run_id, self.execution_id]
+
 
 def lock_run(run_id: str) -> Run | None:
     """The run's row, locked until the transaction ends: whatever resolves a wait or changes
@@ -363,11 +366,7 @@ def _step_insert_sql(columns: tuple[str, ...], vendor: str, relaxed: bool) -> st
 
 @cache
 def _owned_sql() -> str:
-    c = lambda name: sql.column(Run, name)  # noqa: E731
-    return (
-        f"EXISTS (SELECT 1 FROM {sql.table(Run)} WHERE {c('id')} = %s "
-        f"AND {c('status')} = '{RunStatus.RUNNING}' AND {c('execution_id')} = %s)"
-    )
+    return f"EXISTS (SELECT 1 FROM {sql.table(Run)} WHERE {_owner_sql()})"
 
 
 @cache
@@ -388,7 +387,7 @@ def step_insert(owner: Owner, row: dict) -> bool:
     execution's."""
     columns = tuple(name for name, value in row.items() if value is not None)
     statement = _step_insert_sql(columns, connection.vendor, not connection.in_atomic_block)
-    params = [*_step_params(row, columns), owner.run_id, owner.execution_id]
+    params = [*_step_params(row, columns), *owner.params()]
     return sql.execute(statement, params) == 1
 
 
@@ -396,7 +395,7 @@ def step_update(owner: Owner, step_id: str, values: dict) -> bool:
     """A step of the execution's run changes (it starts again, ends, waits); False if the run
     is no longer the execution's."""
     columns = tuple(values)
-    params = [*_step_params(values, columns), step_id, owner.run_id, owner.execution_id]
+    params = [*_step_params(values, columns), step_id, *owner.params()]
     return sql.execute(_step_update_sql(columns), params) == 1
 
 
@@ -432,21 +431,37 @@ def run_end(owner: Owner, run: Run, status: str, *, cpu_ms: int, total_steps: in
     """The execution ends the run (succeeded or failed), recording what it cost. None when
     the run is no longer the execution's (cancelled, taken over): then only the cost."""
     now = timezone.now()
-    cost = {"cpu_time_ms": F("cpu_time_ms") + cpu_ms, "total_steps": total_steps,
-            "stored_bytes": F("stored_bytes") + stored}  # fmt: skip
-    ended = owner.runs().update(
-        status=status,
-        completed_at=now,
-        duration_ms=duration_ms(run.started_at, now),
-        lease_expires_at=None,
-        pending=None,
-        **cost,
-        **fields,
-    )
+    values = {"status": status, "completed_at": now,
+              "duration_ms": duration_ms(run.started_at, now), "lease_expires_at": None,
+              "pending": None, "total_steps": total_steps, **fields}  # fmt: skip
+    columns = tuple(values)
+    params = [sql.prep(Run._meta.get_field(name), values[name]) for name in columns]
+    ended = sql.execute(_run_end_sql(columns), [*params, cpu_ms, stored, *owner.params()])
     if not ended:
-        Run.objects.filter(pk=owner.run_id).update(**cost)
+        Run.objects.filter(pk=owner.run_id).update(
+            cpu_time_ms=F("cpu_time_ms") + cpu_ms, total_steps=total_steps,
+            stored_bytes=F("stored_bytes") + stored,
+        )  # fmt: skip
         return None
     return change_of(run, status)
+
+
+@cache
+def _run_end_sql(columns: tuple[str, ...]) -> str:
+    c = lambda name: sql.column(Run, name)  # noqa: E731
+    assignments = ", ".join(f"{c(name)} = %s" for name in columns)
+    return (
+        f"UPDATE {sql.table(Run)} SET {assignments}, "
+        f"{c('cpu_time_ms')} = {c('cpu_time_ms')} + %s, "
+        f"{c('stored_bytes')} = {c('stored_bytes')} + %s WHERE {_owner_sql()}"
+    )
+
+
+@cache
+def _owner_sql() -> str:
+    """The run, while this execution owns it (params: Owner.params())."""
+    c = lambda name: sql.column(Run, name)  # noqa: E731
+    return f"{c('id')} = %s AND {c('status')} = '{RunStatus.RUNNING}' AND {c('execution_id')} = %s"
 
 
 def steps_in_progress_fail(owner: Owner, error: dict) -> None:
