@@ -95,6 +95,28 @@ def test_sigterm_to_the_whole_process_group_stops_the_cluster_promptly(org, loop
             cluster.stop()
 
 
+def test_a_graceful_stop_finishes_the_runs_in_hand_and_takes_no_more(org):
+    """SIGTERM to the qcluster process alone (a deploy): workers finish the run they hold and
+    the cluster ends, without waiting for their turns (LOOPS_TURN_SECONDS, 20 s here) to run
+    out on a backlog; the backlog stays pending for the next cluster."""
+    loop = deploy(org, TWO_STEPS, slug="backlog")
+    batch = run_trigger_batch(loop=loop, inputs=[{"sleep": 0.3}] * 200, trigger_type="user")
+    runs = Run.objects.filter(batch=batch)
+    runs.update(queue="graceful")
+    cluster = cluster_on("graceful", LOOPS_TURN_SECONDS="20")
+    try:
+        wait_until(lambda: runs.filter(status="succeeded").count() >= 4, timeout=60)
+        asked_at = time.monotonic()
+        cluster.proc.send_signal(signal.SIGTERM)
+        cluster.proc.wait(timeout=30)
+        stopped_in = time.monotonic() - asked_at
+    finally:
+        cluster.stop()
+    assert stopped_in < 8, stopped_in
+    assert not runs.filter(status="running").exists()  # the runs in hand ended
+    assert runs.filter(status="pending").count() > 100  # the rest wait for the next cluster
+
+
 def test_a_killed_process_group_mid_batch_loses_no_finished_step(org):
     loop = deploy(org, TWO_STEPS, slug="two-steps")
     batch = run_trigger_batch(

@@ -5,6 +5,8 @@ monitor). This one also:
 
 - runs the clock (runs.clock) in this process until the cluster stops: timers, cron
   schedules, runs of dead workers taken up, idle workers woken;
+- stops gracefully in about one run's time: workers finish the run in hand and take no more
+  (a turn would otherwise go on claiming for up to LOOPS_TURN_SECONDS);
 - turns on the heartbeat of executions in the workers (runs.engine.heartbeat);
 - makes every process of the cluster die with its parent, so that killing this process
   never leaves workers running beside the next cluster;
@@ -23,7 +25,7 @@ from django.conf import settings
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
-from runs import clock
+from runs import clock, tasks
 from runs.engine import heartbeat
 
 PR_SET_PDEATHSIG = 1
@@ -54,8 +56,14 @@ class Command(DjangoQCommand):
         multiprocessing.util.register_after_fork(LIFELINE, _Lifeline.attach)
         cluster = Cluster()
         stopping = threading.Event()
+        turns = tasks.share_stop_flag()
+
+        def stop_soon(*_):
+            turns.value = True  # workers finish the run in hand and take no more
+            stopping.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stopping.set())
+            signal.signal(signum, stop_soon)
         cluster.start()
         if not options.get("run_once"):
             clock.run(until=lambda: stopping.is_set() or not cluster.sentinel.is_alive())
