@@ -802,6 +802,7 @@ class Bench:
             t = time.perf_counter()
             batch_id = api_a.batch(loop.slug, [{"i": i} for i in range(size)])
             say(f"  batch of {size:,} accepted in {secs(time.perf_counter() - t)}")
+            batch_at = time.monotonic()
             where = "batch_id = %s"
             self.wait_runs(where, [batch_id], 1, 120, "batch start", 0.1)
             ids = self.trigger_spaced(api_b, self.org_b, other, n, gap, rng)
@@ -811,6 +812,7 @@ class Bench:
             waited = time.monotonic() - t_sent
             died = cluster.died()
             batch_ok, _, _ = self.counts(where, [batch_id])
+            batch_rate = batch_ok / (time.monotonic() - batch_at)
             lat = self.latencies(ids)
             if not done:  # the unfinished ones waited at least until now
                 (oldest,) = self.one(
@@ -825,7 +827,7 @@ class Bench:
         b95 = pct(lat, 95)
         say(f"  busy: p50 {secs(pct(lat, 50))}, p95 {secs(b95)}, max {secs(max(lat))}; "
             f"{batch_ok:,} of {size:,} batch runs had succeeded when they were all done "
-            f"(waited {waited:.0f} s after the last trigger)")  # fmt: skip
+            f"({batch_rate:,.0f} runs/s; waited {waited:.0f} s after the last trigger)")  # fmt: skip
         result = (
             secs(b95) if done else f">= {secs(b95)} ({n - len(self.latencies(ids))} unfinished)"
         )

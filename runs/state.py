@@ -41,12 +41,6 @@ from runs.models import (
     Webhook,
 )
 
-# PostgreSQL, for the choice of the next run: its prepared statement keeps the plan it was
-# first given, and one made while runs_run was small (a quiet night) scans the whole table for
-# every claim once a 100,000-run batch arrives (measured: 30-40 ms a claim instead of 1, until
-# the table's statistics are next gathered). Planned without sequential scans, it always walks
-# the partial indexes.
-INDEX_SCANS_ONLY = "set_config('enable_seqscan', 'off', true)"
 CLAIM_LOCK = 7_270_011  # pg_advisory_xact_lock key: one claim at a time, so limits hold exactly
 CANCELLED_ERROR = {"message": "The run was cancelled", "type": "Cancelled"}
 
@@ -108,7 +102,7 @@ def claim_next() -> Claim | None:
     owner_id = uuid.uuid4().hex
     with transaction.atomic():
         if connection.vendor == "postgresql":
-            sql.execute(f"SELECT pg_advisory_xact_lock(%s), {INDEX_SCANS_ONLY}", [CLAIM_LOCK])
+            sql.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK])
             now = timezone.now()
             row = sql.fetch_one(
                 _claim_next_sql(),
@@ -598,7 +592,4 @@ def step_time_up(step_id: str) -> Change | None:
 
 def may_start() -> bool:
     """Whether a run may start now (one is pending, within its limits)."""
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            sql.execute(f"SELECT {INDEX_SCANS_ONLY}", [])
-        return sql.fetch_one(_choice_sql(), _choice_params()) is not None
+    return sql.fetch_one(_choice_sql(), _choice_params()) is not None
