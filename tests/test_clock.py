@@ -1,0 +1,64 @@
+"""The clock on many machines at once: every due timer fires once, whichever clock takes it.
+
+Two clocks (threads with connections of their own, as two worker clusters would have) fire the
+same due timers at the same moment; row locks (SKIP LOCKED on PostgreSQL, one writer at a time
+on SQLite) give each timer to one of them."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from loops_project import ids
+from runs import dispatch
+from runs.clock import fire_due_timers
+from runs.models import Run, RunStatus, Step, StepStatus, Timer, TimerKind
+from tests.factories import LoopFactory, RunFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SLEEPERS = 250  # more than one round of the clock (runs.clock.BATCH)
+
+
+def _sleeping_runs(org, n: int) -> list[str]:
+    loop = LoopFactory(organization=org)
+    due = timezone.now() - timedelta(seconds=1)
+    runs = []
+    for _ in range(n):
+        run = RunFactory(loop=loop, status=RunStatus.WAITING)
+        nap = Step.objects.create(
+            id=ids.step_id(), run=run, order=0, key="nap", name="Nap", kind="sleep",
+            status=StepStatus.WAITING, wake_at=due,
+        )  # fmt: skip
+        dispatch.set_timer(TimerKind.STEP, nap.pk, due)
+        runs.append(run.pk)
+    return runs
+
+
+def test_two_clocks_fire_each_due_timer_once(org):
+    runs = _sleeping_runs(org, SLEEPERS)
+    start = threading.Barrier(2)
+    fired: list[int] = []
+    errors: list[BaseException] = []
+
+    def clock():
+        try:
+            start.wait()
+            fired.append(fire_due_timers())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    clocks = [threading.Thread(target=clock) for _ in range(2)]
+    for thread in clocks:
+        thread.start()
+    for thread in clocks:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert sum(fired) == SLEEPERS  # none fired by both clocks, none missed
+    assert not Timer.objects.exists()
+    assert Run.objects.filter(pk__in=runs, status=RunStatus.PENDING).count() == SLEEPERS
+    assert Step.objects.filter(run__in=runs, status=StepStatus.SUCCEEDED).count() == SLEEPERS
