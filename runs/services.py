@@ -13,7 +13,7 @@ from loops.models import Loop
 from loops.validation import validate_code
 from loops_project.errors import Conflict, DomainError, Invalid
 from runs import dispatch, reactions, state
-from runs.batches import insert_runs, new_run_ids
+from runs.batches import analyze_if_outgrown, insert_runs, new_run_ids
 from runs.models import (
     Batch,
     Run,
@@ -279,6 +279,7 @@ def run_trigger_batch(
     )
     run_ids = new_run_ids(len(inputs))
     insert_runs(template, run_ids, texts)
+    transaction.on_commit(lambda: analyze_if_outgrown(len(run_ids)))
     for _ in range(dispatch.turns_wanted()):
         dispatch.wake_workers()
     if Webhook.objects.filter(organization_id=loop.organization_id, active=True).exists():

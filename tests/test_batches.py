@@ -2,6 +2,8 @@
 workers; executed."""
 
 import pytest
+from django.conf import settings
+from django.db import connection
 from django.test import Client
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
@@ -167,3 +169,22 @@ def test_a_single_trigger_queues_a_turn_in_the_same_transaction(loop):
     for name in "BCDEF":
         run_trigger(loop=fresh(loop), input={"name": name}, trigger_type=TriggerType.USER)
     assert queued_turns() == dispatch.turns_wanted()
+
+
+@pytest.mark.skipif(
+    not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
+    reason="PostgreSQL's planner statistics (SQLite has no prepared plans to keep)",
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_outgrows_the_runs_tables_statistics_has_them_gathered(loop):
+    """Workers' prepared statements keep plans made for the table's known size: a batch that
+    outgrows it has the statistics gathered at once (bench (d): 35 -> 125 runs/s meanwhile)."""
+    known = """SELECT reltuples FROM pg_class WHERE oid = 'runs_run'::regclass"""
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE runs_run")  # empty
+        run_trigger_batch(loop=loop, inputs=[{}] * 20, trigger_type=TriggerType.USER)
+        cursor.execute(known)
+        assert cursor.fetchone()[0] == 0  # a small batch leaves them to autovacuum
+        run_trigger_batch(loop=loop, inputs=[{}] * 1500, trigger_type=TriggerType.USER)
+        cursor.execute(known)
+        assert cursor.fetchone()[0] == 1520

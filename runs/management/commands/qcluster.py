@@ -10,7 +10,6 @@ monitor). This one also:
 - turns on the heartbeat of executions in the workers (runs.engine.heartbeat);
 - makes every process of the cluster die with its parent, so that killing this process
   never leaves workers running beside the next cluster;
-- plans its PostgreSQL statements without sequential scans (`index_plans`);
 - stops even when the whole process group is signalled (systemd, a terminal's Ctrl-C, a
   supervisor's `kill -TERM -PGID`): django-q2's sentinel dies of that SIGTERM while it waits
   on the cluster's stop event, and django-q2's own stop then waits for it forever.
@@ -23,8 +22,6 @@ import signal
 import threading
 
 from django.conf import settings
-from django.db import connections
-from django.db.backends.signals import connection_created
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
@@ -48,18 +45,6 @@ class _Lifeline:
 LIFELINE = _Lifeline()
 
 
-def index_plans(sender, connection, **kwargs) -> None:
-    """Every statement of the cluster finds its rows through an index (a run by id, the
-    partial indexes of pending and running runs, due timers). Prepared statements keep the
-    plan they were first given: one made while runs_run was small (a new install, a quiet
-    queue) scans the whole table on every claim, step and end once a 100,000-run batch
-    arrives, until the table's statistics are next gathered (measured: 20-40 ms a statement
-    instead of under 1 ms, the batch draining at 35 runs/s instead of 150)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET enable_seqscan = off")
-
-
 class Command(DjangoQCommand):
     help = "Starts the worker cluster (django-q2) with the clock of Loops."
 
@@ -68,8 +53,6 @@ class Command(DjangoQCommand):
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         heartbeat.enable()
-        connection_created.connect(index_plans)
-        connections.close_all()  # the next ones are made with index_plans
         multiprocessing.util.register_after_fork(LIFELINE, _Lifeline.attach)
         cluster = Cluster()
         stopping = threading.Event()
