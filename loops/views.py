@@ -174,7 +174,7 @@ def _editor_context(request, loop: Loop, form: CodeForm, **extra) -> dict:
     test_inputs = loop.test_inputs.all()
     return {
         **_tabs(loop, "editor"), "form": form, "test_inputs": test_inputs,
-        "test_form": TestRunForm(test_inputs=test_inputs, initial={"input": '{"name": "Ana"}'}),
+        "test_form": TestRunForm(test_inputs=test_inputs, initial={"input": {"name": "Ana"}}),
         "can_edit": current_membership(request).allows(Role.EDITOR), **extra,
     }  # fmt: skip
 

@@ -84,5 +84,13 @@ def json_body(request, *, required: bool = True, field: str = "body"):
     return parse_json(raw, field=field)
 
 
+def trigger_body(request):
+    """A trigger's input, which becomes `event.body`: its JSON body, and an empty object when
+    there is no body at all (`curl -X POST` without `-d`), so that `event.body.get(...)` works
+    as in every example."""
+    value = json_body(request, required=False)
+    return {} if value is None else value
+
+
 ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut, 429: ErrorOut}
 ERRORS_FULL = {**ERRORS, 403: ErrorOut}

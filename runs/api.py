@@ -15,7 +15,14 @@ from ninja.errors import HttpError
 
 from accounts.access import org_is_named
 from loops.access import get_loop_for
-from loops_project.api_base import ERRORS, ERRORS_FULL, ErrorOut, FullScopeAuth, json_body
+from loops_project.api_base import (
+    ERRORS,
+    ERRORS_FULL,
+    ErrorOut,
+    FullScopeAuth,
+    json_body,
+    trigger_body,
+)
 from loops_project.errors import Invalid
 from runs import services
 from runs.access import get_batch_for, get_run_for, get_scan_for, get_step_for, get_webhook_for
@@ -121,7 +128,7 @@ def trigger(
     if not org_is_named(organization, org):
         raise HttpError(404, "No such loop.")  # another organization's, or none: the same 404
     target = get_loop_for(organization, loop)
-    body = json_body(request, required=False)
+    body = trigger_body(request)
     wait = _live_timeout(timeout) if mode == "live" else None
     run, _ = _trigger_one(request, target, body, request.headers.get("Idempotency-Key"))
     if wait is not None:

@@ -33,7 +33,7 @@ from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project import ids, sql
 from loops_project.api import api, count_request
-from loops_project.api_base import json_body
+from loops_project.api_base import trigger_body
 from loops_project.errors import DomainError
 from loops_project.prepared import Compiled, Parameter, compile_query
 from runs import dispatch, reactions, state, webhooks
@@ -79,7 +79,7 @@ def answer(request: HttpRequest, org: str, loop: str) -> HttpResponse | None:
     if token_hash is None:
         return None
     try:
-        value = json_body(request, required=False)
+        value = trigger_body(request)
         check_input(value)
     except DomainError:
         return None

@@ -1,5 +1,8 @@
 """The web pages through Django's test client: what a person sees, roles and tenancy."""
 
+import html
+import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -10,6 +13,7 @@ from django.utils import timezone
 from accounts.models import ApiToken, Invitation, Membership, Role
 from loops import models as loop_models
 from runs.models import Run, Step
+from tests.engine_helpers import execute
 from tests.factories import MembershipFactory, RunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -213,3 +217,20 @@ def test_runs_list_date_range(owner_client, loop):
     ).content.decode()
     assert old.pk in page
     assert new.pk not in page
+
+
+def test_the_editors_first_test_run_of_the_demo_loop_succeeds(owner_client, loop):
+    """The editor pre-fills the test input with a JSON object (not a JSON string of one), so
+    the greeting loop's first test run, as a new user makes it, succeeds."""
+    editor = owner_client.get(reverse("loops:editor", args=[loop.slug])).content.decode()
+    prefilled = html.unescape(re.search(r'<textarea name="input"[^>]*>(.*?)</textarea>', editor,
+                                        re.S).group(1))  # fmt: skip
+    assert json.loads(prefilled) == {"name": "Ana"}
+    owner_client.post(
+        reverse("loops:test", args=[loop.slug]),
+        {"code": loop.active_version.code, "input": prefilled, "test_input": ""},
+    )
+    run = execute(Run.objects.get())
+    assert (run.status, run.input, run.output) == (
+        "succeeded", {"name": "Ana"}, {"greeting": "Hello, Ana!"}
+    )  # fmt: skip

@@ -41,3 +41,19 @@ def test_live_mode_answers_200_with_the_ended_run(worker, api, org, loop):
     assert response.status_code == 200
     assert response.json()["data"]["output"] == {"greeting": "Hello, Ana!"}
     assert Run.objects.get().status == "succeeded"
+
+
+def test_a_trigger_without_a_body_runs_the_greeting_with_an_empty_object(worker, api, org, loop):
+    """`curl -X POST` without `-d`: the input is {}, and `event.body.get("name")` works."""
+    response = api.post(f"/api/loop/{org.slug}/{loop.slug}")
+    assert response.status_code == 202
+    run_id = response.json()["runId"]
+
+    def ended():
+        run = api.get(f"/api/v1/runs/{run_id}").json()["data"]
+        return run if run["status"] in ("succeeded", "failed") else None
+
+    run = wait_until(ended, timeout=60)
+    assert (run["status"], run["input"], run["output"]) == (
+        "succeeded", {}, {"greeting": "Hello, there!"}
+    )  # fmt: skip
