@@ -2,7 +2,7 @@ from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin
-from django.contrib.admin.utils import flatten_fieldsets
+from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db import connections
@@ -138,8 +138,10 @@ class RunRowsInline(admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest):
         qs = super().get_queryset(request)
-        run_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
-        if run_id:
+        match = request.resolver_match
+        object_id = match.kwargs.get("object_id") if match else None
+        if object_id:
+            run_id = unquote(object_id)  # the admin's URLs quote ids: "run_5F01…"
             first = qs.filter(run_id=run_id).order_by(*self.ordering)
             qs = qs.filter(pk__in=list(first.values_list("pk", flat=True)[: self.max_rows]))
         return qs

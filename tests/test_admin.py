@@ -1,8 +1,10 @@
 """The Django admin: every page renders, search and filters narrow, inlines and actions work."""
 
+import html
 import re
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -227,6 +229,19 @@ def test_run_page_shows_steps_and_logs_in_order_and_pretty_json(admin_client, da
     assert "bad value" in page
     assert "{\n  &quot;name&quot;: &quot;Khaya&quot;\n}</pre>" in page
     assert "Boom in step" in page
+
+
+def test_the_run_page_from_the_changelist_link_shows_its_steps_and_logs(admin_client, data):
+    """The changelist links to the admin-quoted id ("run_5F01…"): the inlines must find the
+    run's rows by the id it stands for, as staff reach the page."""
+    run = data[Run]
+    changelist = admin_client.get(admin_url(Run, "changelist")).content.decode()
+    link = re.search(r'href="([^"]*/runs/run/[^"/]*/change/[^"]*)"', changelist).group(1)
+    assert quote(run.pk) != run.pk
+    assert quote(run.pk) in link
+    page = admin_client.get(html.unescape(link)).content.decode()
+    assert page.index("Fetch") < page.index("Check")
+    assert "fetched three rows" in page
 
 
 def test_step_page_pretty_prints_its_input_output_and_error(admin_client, data):
