@@ -198,6 +198,12 @@ class Run(models.Model):
     def error(self) -> str | None:
         return self.error_message or None if self.status == RunStatus.FAILED else None
 
+    def stops_when_rejected(self) -> bool:
+        """Whether rejecting the approval this run waits for ends it (`step.approve`'s
+        `on_reject="stop"`, the default) rather than returning to the program."""
+        waiting = self.steps.filter(status="waiting", kind="approval").first()
+        return waiting is not None and (waiting.input or {}).get("onReject", "stop") == "stop"
+
 
 class StepKind(models.TextChoices):
     DO = "do"

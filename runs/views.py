@@ -331,6 +331,8 @@ def detail(request: HttpRequest, run_id: str) -> HttpResponse:
         "can_run": membership.allows(Role.EDITOR),
         "restarts": run.restarts.order_by("-created_at")[:5],
         "respond_form": RespondForm(), "save_form": SaveInputForm(),
+        "tool_input_json": _pretty(run.pending["toolInput"])
+        if (run.pending or {}).get("toolInput") is not None else None,
     }  # fmt: skip
     if request.htmx and request.htmx.target == "run-live":
         return render(request, "runs/detail.html#live", context)
@@ -383,6 +385,7 @@ def respond(request: HttpRequest, run_id: str) -> HttpResponse:
         return redirect(run)
     action = form.cleaned_data["action"]
     value = form.cleaned_data["value"]
+    stops = action == "reject" and run.stops_when_rejected()
     try:
         run_respond(
             run=run, action=action, value=value, has_value=action == "input" and value != "",
@@ -392,7 +395,8 @@ def respond(request: HttpRequest, run_id: str) -> HttpResponse:
         messages.error(request, exc.message)
     else:
         done = {"input": "Answer sent.", "approve": "Approved.", "reject": "Rejected."}
-        messages.success(request, f"{done[action]} The run carries on.")
+        then = "The run stops." if stops else "The run carries on."
+        messages.success(request, f"{done[action]} {then}")
     return redirect(run)
 
 

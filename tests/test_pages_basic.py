@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts.models import ApiToken, Invitation, Membership, Role
 from loops import models as loop_models
 from runs.models import Run, Step
-from tests.engine_helpers import execute
+from tests.engine_helpers import execute, run_program
 from tests.factories import MembershipFactory, RunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -234,3 +234,14 @@ def test_the_editors_first_test_run_of_the_demo_loop_succeeds(owner_client, loop
     assert (run.status, run.input, run.output) == (
         "succeeded", {"name": "Ana"}, {"greeting": "Hello, Ana!"}
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(("on_reject", "then"), [("stop", "The run stops."),
+                                                 ("return", "The run carries on.")])  # fmt: skip
+def test_after_a_reject_the_page_says_whether_the_run_stops(owner_client, org, on_reject, then):
+    run = run_program(org, f'return step.approve("Ship", "Ship?", on_reject="{on_reject}")')
+    assert run.status == "waiting"
+    page = owner_client.post(
+        reverse("runs:respond", args=[run.pk]), {"action": "reject", "reason": "no"}, follow=True
+    ).content.decode()
+    assert f"Rejected. {then}" in page

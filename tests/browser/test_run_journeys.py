@@ -26,7 +26,8 @@ ASK = """\
 class AskLoop(Loop):
     def run(self, event, step):
         name = step.ask("Name", "What is your name?")
-        d = step.approve("Ship", f"Ship to {name}?", on_reject="stop")
+        d = step.approve("Ship", f"Ship to {name}?", tool="shipping", tool_input={"to": name},
+                         on_reject="stop")
         step.do("Send", lambda: "sent")
         return {"name": name}
 """
@@ -101,6 +102,7 @@ def test_answer_a_question_then_approve(worker, live_server, login, org, owner, 
     expect(page.get_by_text("Answer sent.")).to_be_visible()
     expect(page.get_by_role("heading", name="Waiting for approval")).to_be_visible(timeout=30_000)
     expect(page.locator("#pending .prompt")).to_have_text("Ship to Ana?")
+    expect(page.locator("#pending pre.value")).to_have_text('{\n  "to": "Ana"\n}')  # JSON
     screenshot("run-approval")
     page.get_by_label("Reason").fill("Looks right")
     page.get_by_role("button", name="Approve").click()
@@ -119,7 +121,7 @@ def test_reject_ends_run_succeeded_with_rejected_step(worker, live_server, login
     expect(page.locator("#pending .prompt")).to_have_text("Ship to Zed?", timeout=30_000)
     page.get_by_label("Reason").fill("Not today")
     page.get_by_role("button", name="Reject").click()
-    expect(page.get_by_text("Rejected. The run carries on.")).to_be_visible()
+    expect(page.get_by_text("Rejected. The run stops.")).to_be_visible()
     expect(page.locator("#run-status .badge")).to_have_text("Succeeded", timeout=30_000)
     expect(page.locator("[data-step=Ship] .badge")).to_have_text("Rejected")
     page.get_by_role("link", name="Rejected").click()
