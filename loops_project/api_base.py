@@ -88,8 +88,7 @@ def trigger_body(request):
     """A trigger's input, which becomes `event.body`: its JSON body, and an empty object when
     there is no body at all (`curl -X POST` without `-d`), so that `event.body.get(...)` works
     as in every example."""
-    value = json_body(request, required=False)
-    return {} if value is None else value
+    return json_body(request) if request.body.strip() else {}
 
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut, 429: ErrorOut}
