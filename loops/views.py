@@ -51,8 +51,14 @@ def loop_list(request: HttpRequest) -> HttpResponse:
     return render(request, "loops/list.html", {"loops": loops})
 
 
-def _error_line(exc: DomainError) -> int | None:
-    return (exc.details or {}).get("line") if isinstance(exc.details, dict) else None
+def _code_error(exc: DomainError) -> dict:
+    """A program's error as the editor shows it: the line in a tag beside the message, so the
+    message loses its own "Line N: " (it read "Line 3 Line 3: …")."""
+    line = (exc.details or {}).get("line") if isinstance(exc.details, dict) else None
+    message = exc.message
+    if line is not None:
+        message = message.removeprefix(f"Line {line}: ")
+    return {"message": message, "line": line}
 
 
 @login_required
@@ -72,7 +78,7 @@ def loop_new(request: HttpRequest) -> HttpResponse:
                     note=data["note"],
                 )  # fmt: skip
             except DomainError as exc:
-                error = {"message": exc.message, "line": _error_line(exc)}
+                error = _code_error(exc)
                 if (exc.details or {}).get("field") == "slug":
                     form.add_error("slug", exc.message)
                     error = None
@@ -194,7 +200,7 @@ def editor(request: HttpRequest, slug: str) -> HttpResponse:
                     note=form.cleaned_data["note"],
                 )  # fmt: skip
             except DomainError as exc:
-                error = {"message": exc.message, "line": _error_line(exc)}
+                error = _code_error(exc)
                 context = _editor_context(request, loop, form, error=error)
                 return render(request, "loops/editor.html", context, status=422)
             messages.success(request, f"Deployed version {version.number}.")
@@ -232,7 +238,7 @@ def test_run(request: HttpRequest, slug: str) -> HttpResponse:
                 user=request.user, test_code=form.cleaned_data["code"],
             )  # fmt: skip
         except DomainError as exc:
-            error = {"message": exc.message, "line": _error_line(exc)}
+            error = _code_error(exc)
     if request.htmx:
         return render(request, "loops/editor.html#test-result", {"run": run, "error": error})
     if run is None:

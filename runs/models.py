@@ -198,6 +198,17 @@ class Run(models.Model):
     def error(self) -> str | None:
         return self.error_message or None if self.status == RunStatus.FAILED else None
 
+    @property
+    def error_detail(self) -> str:
+        """The error's own words, without what the error card shows beside them (its step and
+        its type): "boom" for "Step 'Transform' failed: ValueError: boom"."""
+        text = self.error_message
+        if self.error_step:
+            text = text.removeprefix(f"Step '{self.error_step}' failed: ")
+        if self.error_type:
+            text = text.removeprefix(f"{self.error_type}: ")
+        return text
+
     def stops_when_rejected(self) -> bool:
         """Whether rejecting the approval this run waits for ends it (`step.approve`'s
         `on_reject="stop"`, the default) rather than returning to the program."""

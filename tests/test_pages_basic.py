@@ -245,3 +245,26 @@ def test_after_a_reject_the_page_says_whether_the_run_stops(owner_client, org, o
         reverse("runs:respond", args=[run.pk]), {"action": "reject", "reason": "no"}, follow=True
     ).content.decode()
     assert f"Rejected. {then}" in page
+
+
+def test_a_programs_error_names_its_line_once(owner_client, loop):
+    broken = "class Broken(Loop):\n    def run(self, event, step):\n        return (\n"
+    page = owner_client.post(
+        reverse("loops:test", args=[loop.slug]),
+        {"code": broken, "input": "{}", "test_input": ""},
+        headers={"HX-Request": "true"},
+    ).content.decode()
+    line = re.search(r'<span class="tag tag-error">Line (\d+)</span> ([^<]*)</div>', page)
+    assert line is not None
+    assert not line.group(2).startswith("Line ")
+
+
+def test_a_failed_runs_error_card_says_each_thing_once(owner_client, org):
+    run = run_program(org, 'step.do("Transform", lambda: int("x"), retries=Retry(limit=0))')
+    assert run.status == "failed"
+    page = owner_client.get(run.get_absolute_url()).content.decode()
+    card = page[page.index('class="card error-card"') :]
+    card = card[: card.index("</section>")]
+    assert "in step “Transform”" in card
+    detail = "invalid literal for int() with base 10: &#x27;x&#x27;"
+    assert f'<p class="error-text"><strong>ValueError:</strong> {detail}</p>' in card
