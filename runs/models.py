@@ -237,6 +237,11 @@ class StepStatus(models.TextChoices):
     SKIPPED = "skipped", "Skipped"
 
 
+# The error of a step that was running or waiting when its run was cancelled: stored as
+# "failed" (the API's step statuses), shown as cancelled by the pages.
+CANCELLED_STEP_ERROR = {"message": "The run was cancelled", "type": "Cancelled"}
+
+
 class Step(models.Model):
     id = ids.PublicIdField(ids.step_id)
     # No database-level foreign key: its check would lock the run's row on every checkpoint
@@ -297,6 +302,15 @@ class Step(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id} · {self.name}"
+
+    @property
+    def cancelled(self) -> bool:
+        """Ended by its run's cancellation, not by an error of its own."""
+        return self.status == StepStatus.FAILED and self.error == CANCELLED_STEP_ERROR
+
+    @property
+    def shown_status(self) -> str:
+        return "cancelled" if self.cancelled else self.status
 
 
 class LogLevel(models.TextChoices):

@@ -13,7 +13,16 @@ from accounts.models import ApiToken, Membership
 from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project.errors import Invalid
-from runs.models import Batch, Run, RunMode, RunStatus, Step, TriggerType
+from runs.models import (
+    CANCELLED_STEP_ERROR,
+    Batch,
+    Run,
+    RunMode,
+    RunStatus,
+    Step,
+    StepStatus,
+    TriggerType,
+)
 
 SORTS = {
     "createdAt": "created_at",
@@ -86,8 +95,7 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
         qs = qs.filter(Exists(Step.objects.filter(run=OuterRef("pk"), status=step_status)))
     if has_errors:
         qs = qs.filter(
-            Q(status=RunStatus.FAILED)
-            | Exists(Step.objects.filter(run=OuterRef("pk"), status="failed"))
+            Q(status=RunStatus.FAILED) | Exists(_failed_steps().filter(run=OuterRef("pk")))
         )
     if triggered_by:
         qs = qs.filter(**_triggered_by(org, triggered_by))
@@ -222,3 +230,8 @@ def list_value(run: Run, name: str) -> tuple:
     if truncated:
         return None, head, True
     return (None if head is None else json.loads(head)), None, False
+
+
+def _failed_steps() -> QuerySet:
+    """Steps that failed of an error of their own (not by their run's cancellation)."""
+    return Step.objects.filter(status=StepStatus.FAILED).exclude(error=CANCELLED_STEP_ERROR)

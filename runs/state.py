@@ -30,6 +30,7 @@ from loops.models import Loop
 from loops_project import sql
 from runs import dispatch
 from runs.models import (
+    CANCELLED_STEP_ERROR,
     Run,
     RunStatus,
     ScanRequest,
@@ -42,7 +43,6 @@ from runs.models import (
 )
 
 CLAIM_LOCK = 7_270_011  # pg_advisory_xact_lock key: one claim at a time, so limits hold exactly
-CANCELLED_ERROR = {"message": "The run was cancelled", "type": "Cancelled"}
 
 
 def lease_expiry(now: datetime) -> datetime:
@@ -532,7 +532,7 @@ def run_cancel(run: Run) -> Change:
         ).values_list("pk", flat=True)
     )
     Step.objects.filter(pk__in=waiting).update(
-        status=StepStatus.FAILED, error=CANCELLED_ERROR, finished_at=now
+        status=StepStatus.FAILED, error=CANCELLED_STEP_ERROR, finished_at=now
     )
     for step_id in waiting:
         dispatch.clear_timer(TimerKind.STEP, step_id)

@@ -247,7 +247,7 @@ def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
             nested = _step_tree(child, child_steps, only)
             if nested or not only:
                 runs.append({"run": child, "steps": nested})
-        keep = not only or step.status == only or kids or runs
+        keep = not only or step.shown_status == only or kids or runs
         if not keep:
             return None
         return {
@@ -256,9 +256,9 @@ def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
             if step.input is not None else None,
             "output": value_block(step.output, url=_value_url(run, "output", step))
             if step.output is not None else None,
-            "error": step.error,
+            "error": None if step.cancelled else step.error,  # its badge says cancelled
             "error_block": value_block(step.error, url=_value_url(run, "error", step))
-            if step.error is not None else None,
+            if step.error is not None and not step.cancelled else None,
             "http_error": step.kind == "http" and isinstance(step.error, dict)
             and "status" in step.error,
             "body": value_block(step.error.get("body"), url=_value_url(run, "body", step))
@@ -321,7 +321,7 @@ def detail(request: HttpRequest, run_id: str) -> HttpResponse:
         "steps_filter": request.GET.get("steps", ""),
         "counts": {
             "all": len(steps),
-            "errors": sum(s.status == StepStatus.FAILED for s in steps),
+            "errors": sum(s.status == StepStatus.FAILED and not s.cancelled for s in steps),
             "rejected": sum(s.status == StepStatus.REJECTED for s in steps),
         },
         "input_block": value_block(run.input, url=_value_url(run, "input")),

@@ -268,3 +268,19 @@ def test_a_failed_runs_error_card_says_each_thing_once(owner_client, org):
     assert "in step “Transform”" in card
     detail = "invalid literal for int() with base 10: &#x27;x&#x27;"
     assert f'<p class="error-text"><strong>ValueError:</strong> {detail}</p>' in card
+
+
+def test_a_cancelled_waiting_run_reads_cancelled_not_failed(owner_client, org):
+    run = run_program(org, 'step.wait_for_event("Wait for payment", "paid")\nreturn 1')
+    assert run.status == "waiting"
+    owner_client.post(reverse("runs:cancel", args=[run.pk]))
+    page = owner_client.get(run.get_absolute_url()).content.decode()
+    step = page[page.index('data-step="Wait for payment"') :]
+    step = step[: step.index("</li>")]
+    assert "badge-cancelled" in step
+    assert "badge-failed" not in step
+    assert "section-error" not in step
+    assert 'Errors <span class="count">0</span>' in page
+    listed = owner_client.get(reverse("runs:list"), {"has_errors": "on"}).content.decode()
+    assert run.pk not in listed
+    assert run.pk in owner_client.get(reverse("runs:list")).content.decode()
