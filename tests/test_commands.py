@@ -1,9 +1,14 @@
 """The management commands of API.md, called as a person would call them."""
 
 import json
+import os
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -12,7 +17,7 @@ from accounts.models import ApiToken, Membership, Organization, Role
 from accounts.services import token_authenticate
 from loops.models import Loop, LoopVersion
 from runs.models import Run, RunStatus
-from tests.conftest import BASE_DIR
+from tests.conftest import BASE_DIR, alive, wait_until
 from tests.factories import LoopFactory, RunFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -292,3 +297,66 @@ def test_every_command_has_help(command, mentions):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert mentions in result.stdout
+
+
+# --- `manage.py demo` stops everything it started, however it ends ----------------------------
+
+
+def _demo(tmp_path, *args) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+           "DJANGO_LOG_LEVEL": "WARNING"}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(BASE_DIR / "manage.py"), "demo", *args], cwd=BASE_DIR, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _clusters_on(database: Path) -> list[int]:
+    """qcluster processes whose DATABASE_URL is this file."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"qcluster" in cmdline and str(database).encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def test_demo_on_a_busy_port_says_so_and_starts_nothing(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        demo = _demo(tmp_path, "--port", str(port))
+        output, _ = demo.communicate(timeout=120)
+    assert demo.returncode != 0
+    assert f"Port {port} on 127.0.0.1 is already in use" in output
+    database = tmp_path / "demo.sqlite3"
+    if database.exists():  # not even migrated
+        with sqlite3.connect(database) as db:
+            assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    assert not _clusters_on(tmp_path / "demo.sqlite3")
+
+
+def test_demo_stopped_by_sigterm_takes_its_worker_cluster_along(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = _demo(tmp_path, "--port", str(port))
+    try:
+        seen = []
+        for line in demo.stdout:  # until the worker is reported
+            seen.append(line)
+            if "Worker:" in line:
+                break
+        assert any("Worker:" in line for line in seen), seen
+        cluster = wait_until(lambda: _clusters_on(tmp_path / "demo.sqlite3"), timeout=60)
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(timeout=30)
+        wait_until(lambda: not any(alive(pid) for pid in cluster), timeout=30)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)

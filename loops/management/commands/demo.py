@@ -1,13 +1,25 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from loops.demo import DEMO_PASSWORD, DEMO_USER, demo_setup
+from loops_project.lifeline import die_with_parent
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class Command(BaseCommand):
@@ -22,6 +34,9 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
 
     def handle(self, *args, no_serve, port, host, **options):
+        if not no_serve and not port_free(host, port):
+            raise CommandError(f"Port {port} on {host} is already in use: choose another with "
+                               "--port.")  # fmt: skip
         call_command("migrate", interactive=False, verbosity=0)
         org, loop = demo_setup()
         url = f"http://{host}:{port}/"
@@ -39,7 +54,13 @@ class Command(BaseCommand):
         if no_serve:
             return
         manage = os.path.join(settings.BASE_DIR, "manage.py")
-        cluster = subprocess.Popen([sys.executable, manage, "qcluster"])
+        # The cluster stops with this command however it ends (runserver leaves with os._exit
+        # on some errors); SIGTERM lets it stop its workers and their sandboxes.
+        cluster = subprocess.Popen(
+            [sys.executable, manage, "qcluster"],
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # one thread here: safe
+        )
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # to the `finally` below
         self.stdout.write(
             f"  Worker: django-q2 cluster (pid {cluster.pid}, {settings.LOOPS_WORKERS} workers)"
         )

@@ -15,7 +15,6 @@ monitor). This one also:
   on the cluster's stop event, and django-q2's own stop then waits for it forever.
 """
 
-import ctypes
 import multiprocessing.util
 import os
 import signal
@@ -25,10 +24,9 @@ from django.conf import settings
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
+from loops_project.lifeline import die_with_parent
 from runs import clock, tasks
 from runs.engine import heartbeat
-
-PR_SET_PDEATHSIG = 1
 
 
 class _Lifeline:
@@ -37,7 +35,7 @@ class _Lifeline:
 
     def attach(self) -> None:
         parent = os.getppid()
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        die_with_parent(signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before the lifeline was attached
             os._exit(1)
 
