@@ -67,7 +67,7 @@ class LoopCreateForm(CodeForm):
     )
     slug = forms.SlugField(
         max_length=64, help_text="Part of the trigger URL: lower-case letters, digits, hyphens.",
-        widget=forms.TextInput(attrs={"placeholder": "greeting"}),
+        widget=forms.TextInput(attrs={"placeholder": "greeting", "data-slug-from": "id_name"}),
     )  # fmt: skip
     description = forms.CharField(
         required=False, max_length=Loop._meta.get_field("description").max_length,

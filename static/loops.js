@@ -109,6 +109,20 @@
     window.history.replaceState(null, "", window.location.href);
   }
 
+  // A slug field marked data-slug-from follows that field (a new loop's name) until it is
+  // typed into by hand.
+  document.querySelectorAll("[data-slug-from]").forEach(function (slug) {
+    var source = document.getElementById(slug.dataset.slugFrom);
+    if (!source) return;
+    var max = parseInt(slug.getAttribute("maxlength") || "64", 10);
+    slug.addEventListener("input", function () { slug.dataset.typed = slug.value ? "1" : ""; });
+    source.addEventListener("input", function () {
+      if (slug.dataset.typed) return;
+      slug.value = source.value.normalize("NFKD").replace(/[\u0300-\u036f]/g, "").toLowerCase()
+        .replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, max).replace(/-+$/, "");
+    });
+  });
+
   // A select marked data-autosubmit submits its form on change (no inline handlers under the CSP).
   document.addEventListener("change", function (event) {
     var field = event.target.closest("[data-autosubmit]");

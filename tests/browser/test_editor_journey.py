@@ -38,8 +38,12 @@ def test_log_in_create_test_run_and_deploy(worker, live_server, page, owner, scr
     expect(page.get_by_text("No loops yet.")).to_be_visible()
 
     page.get_by_role("link", name="New loop").click()
-    page.get_by_label("Name").fill("Shout")
+    page.get_by_label("Name").fill("Shout Ça Va!")
+    expect(page.get_by_label("Slug")).to_have_value("shout-ca-va")  # filled in from the name
     page.get_by_label("Slug").fill("shout")
+    page.get_by_label("Name").fill("Loud")
+    expect(page.get_by_label("Slug")).to_have_value("shout")  # typed by hand: kept
+    page.get_by_label("Name").fill("Shout")
     set_code(page, SHOUT)
     page.get_by_role("button", name="Create and deploy").click()
     expect(page.get_by_text("Created Shout and deployed version 1.")).to_be_visible()
