@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from loops.models import Loop
-from runs.models import Run, RunStatus
+from runs.models import Run, RunMode, RunStatus
 
 CHART_STATUSES = [
     RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED,
@@ -39,7 +39,7 @@ def runs_per_day(loop: Loop, *, days: int = 14) -> dict:
     today = timezone.localdate()
     first = today - timedelta(days=days - 1)
     rows = (
-        Run.objects.filter(loop=loop, created_at__date__gte=first)
+        Run.objects.filter(loop=loop, mode=RunMode.LIVE, created_at__date__gte=first)
         .annotate(day=TruncDate("created_at"))
         .values("day", "status")
         .annotate(n=Count("pk"))
@@ -65,8 +65,9 @@ def runs_per_day(loop: Loop, *, days: int = 14) -> dict:
 
 
 def percentile(sorted_values: list[int], p: float) -> int | None:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
+    """Nearest-rank percentile of an ascending list; None while there are too few values for
+    it to mean anything (a p95 needs 20, a p99 100: fewer and it is just the slowest run)."""
+    if not sorted_values or len(sorted_values) * (100 - p) < 100:
         return None
     rank = max(1, -(-len(sorted_values) * p // 100))  # ceil without floats drifting
     return sorted_values[int(rank) - 1]
@@ -74,7 +75,9 @@ def percentile(sorted_values: list[int], p: float) -> int | None:
 
 def duration_percentiles(loop: Loop, *, window: int = PERCENTILE_WINDOW) -> dict:
     values = sorted(
-        Run.objects.filter(loop=loop, duration_ms__isnull=False, status=RunStatus.SUCCEEDED)
+        Run.objects.filter(
+            loop=loop, mode=RunMode.LIVE, duration_ms__isnull=False, status=RunStatus.SUCCEEDED
+        )
         .order_by("-created_at")
         .values_list("duration_ms", flat=True)[:window]
     )

@@ -284,3 +284,23 @@ def test_a_cancelled_waiting_run_reads_cancelled_not_failed(owner_client, org):
     listed = owner_client.get(reverse("runs:list"), {"has_errors": "on"}).content.decode()
     assert run.pk not in listed
     assert run.pk in owner_client.get(reverse("runs:list")).content.decode()
+
+
+def test_overview_counts_live_runs_and_shows_percentiles_only_from_enough_of_them(
+    owner_client, loop
+):
+    for ms in (100, 200):
+        RunFactory(loop=loop, duration_ms=ms)
+    RunFactory(loop=loop, status="failed", mode="test", duration_ms=5)  # a test run
+    overview = owner_client.get(loop.get_absolute_url()).content.decode()
+    assert "seg seg-failed" not in overview  # test runs are not in the chart
+    stats = re.findall(r'<div class="stat-label">(p\d\d) duration</div><div class="stat-value"'
+                       r'[^>]*>([^<]*)</div>', overview)  # fmt: skip
+    assert dict(stats) == {"p50": "100 ms", "p95": "—", "p99": "—"}  # 2 runs: no p95, no p99
+    for ms in range(18):
+        RunFactory(loop=loop, duration_ms=1000 + ms)
+    overview = owner_client.get(loop.get_absolute_url()).content.decode()
+    stats = dict(re.findall(r'<div class="stat-label">(p\d\d) duration</div><div class="stat-'
+                            r'value"[^>]*>([^<]*)</div>', overview))  # fmt: skip
+    assert stats["p95"] == "1.0 s"
+    assert stats["p99"] == "—"
