@@ -304,3 +304,14 @@ def test_overview_counts_live_runs_and_shows_percentiles_only_from_enough_of_the
                             r'value"[^>]*>([^<]*)</div>', overview))  # fmt: skip
     assert stats["p95"] == "1.0 s"
     assert stats["p99"] == "—"
+
+
+def test_relative_times_show_the_absolute_time_on_hover(owner_client, loop):
+    queued = RunFactory(loop=loop, status="pending")
+    done = RunFactory(loop=loop, started_at=timezone.now(), completed_at=timezone.now())
+    listed = owner_client.get(reverse("runs:list")).content.decode()
+    row = listed[listed.index(queued.pk) :]
+    row = row[: row.index("</tr>")]
+    assert re.search(r'queued <time datetime="[^"]+" title="[^"]+">', row)
+    page = owner_client.get(done.get_absolute_url()).content.decode()
+    assert re.search(r'id="run-duration" title="Completed [^"]+"', page)
