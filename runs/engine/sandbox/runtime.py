@@ -520,12 +520,21 @@ class Step:
             "item": self._item,
         }
         msg.update(extra)
-        reply = self._channel.request(msg)
+        self._ask(msg)
+        self._current = name
+
+    def _ask(self, message):
+        """A request to the worker, whose reply may stop the program here: the run was
+        cancelled, a limit was reached, or the run waits (no worker held meanwhile)."""
+        reply = self._channel.request(message)
         if reply.get("cancelled"):
             raise _Cancelled()
         if reply.get("limit"):
             raise _LimitExceeded(reply["limit"])
-        self._current = name
+        if reply.get("suspend"):
+            self._suspended = True
+            raise _Suspend()
+        return reply
 
     def _encode(self, name, value):
         try:
@@ -605,17 +614,10 @@ class Step:
             return json.loads(encoded)
 
     def _retry_after(self, key, attempt, delay, exc):
-        reply = self._channel.request(
+        self._ask(
             {"op": protocol.RETRY, "key": key, "attempts": attempt, "delay": delay,
              "error": _error_info(exc)}
         )  # fmt: skip
-        if reply.get("cancelled"):
-            raise _Cancelled()
-        if reply.get("limit"):
-            raise _LimitExceeded(reply["limit"])
-        if reply.get("suspend"):
-            self._suspended = True
-            raise _Suspend()
 
     def _wait(self, name, kind, **params):
         """A step that may suspend the run until something arrives."""
@@ -623,18 +625,11 @@ class Step:
         key = self._key(name)
         saved = self._final(key)
         if saved is None:
-            reply = self._channel.request(
+            reply = self._ask(
                 {"op": protocol.WAIT, "key": key, "name": name, "kind": kind, "line": _user_line(),
                  "parent": self._parent, "iteration": self._iteration, "item": self._item,
                  "params": params}
             )  # fmt: skip
-            if reply.get("cancelled"):
-                raise _Cancelled()
-            if reply.get("limit"):
-                raise _LimitExceeded(reply["limit"])
-            if reply.get("suspend"):
-                self._suspended = True
-                raise _Suspend()
             saved = reply["saved"]
         return key, saved
 
