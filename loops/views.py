@@ -274,8 +274,11 @@ def versions(request: HttpRequest, slug: str) -> HttpResponse:
         b = numbers.get(query_int(request.GET.get("b")), loop.active_version or all_versions[0])
         a = numbers.get(query_int(request.GET.get("a")))
         if a is None:
+            # The active version against the one before it; after a rollback, against the
+            # newest (what the rollback took away).
+            newest = all_versions[0]
             older = [v for v in all_versions if v.number < b.number]
-            a = older[0] if older else all_versions[-1]
+            a = newest if newest != b else (older[0] if older else all_versions[-1])
         diff = _diff(a.code, b.code, f"v{a.number}", f"v{b.number}")
     context = {**_tabs(loop, "versions"), "versions": all_versions, "diff": diff, "a": a, "b": b}
     if request.htmx:

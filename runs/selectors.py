@@ -16,6 +16,7 @@ from loops_project.errors import Invalid
 from runs.models import (
     CANCELLED_STEP_ERROR,
     Batch,
+    LogEntry,
     Run,
     RunMode,
     RunStatus,
@@ -235,3 +236,11 @@ def list_value(run: Run, name: str) -> tuple:
 def _failed_steps() -> QuerySet:
     """Steps that failed of an error of their own (not by their run's cancellation)."""
     return Step.objects.filter(status=StepStatus.FAILED).exclude(error=CANCELLED_STEP_ERROR)
+
+
+def run_log_tail(run: Run, lines: int) -> tuple[list[LogEntry], int]:
+    """The run's last `lines` log entries, oldest first, and how many it has in all."""
+    qs = LogEntry.objects.filter(run=run)
+    tail = list(qs.select_related("step").order_by("-time", "-id")[:lines])
+    total = len(tail) if len(tail) < lines else qs.count()
+    return tail[::-1], total

@@ -18,14 +18,14 @@ from loops.models import TestInput
 from loops_project.errors import DomainError
 from runs.access import get_run_for, get_step_for
 from runs.forms import RespondForm, RunFilterForm, SaveInputForm
-from runs.models import Run, RunStatus, Step, StepStatus, TriggerType
-from runs.selectors import filter_runs, value_head, without_values
+from runs.models import Run, Step, StepStatus, TriggerType
+from runs.selectors import filter_runs, run_log_tail, value_head, without_values
 from runs.services import run_cancel, run_respond, run_restart, run_resume
 
 PAGE_SIZE = 25
+LOG_TAIL = 200  # the run page shows this many of a run's last log lines; the Logs tab has all
 CHUNK_CHARS = 20_000  # a huge value is shown this many characters at a time
 ARRAY_PAGE = 20  # a long array is shown this many items at a time
-PERSON_KINDS = {"input", "approval"}
 
 
 def query_int(value, *, maximum: int = 2**31 - 1) -> int | None:
@@ -61,10 +61,24 @@ def ago(when) -> str:
     return f"{timesince(when, depth=1)} ago"
 
 
+def _in_flight_since(obj):
+    """When a run or step that has started and not ended started, else None."""
+    ended = obj.completed_at if isinstance(obj, Run) else obj.finished_at
+    if obj.duration_ms is not None or ended is not None:
+        return None
+    return obj.started_at
+
+
 def decorate(runs):
-    """Add display text that the templates need (durations) to runs or steps."""
+    """Add display text that the templates need (durations) to runs or steps. A duration in
+    flight is the time since the start, which the page ticks on (data-tick-from)."""
     for obj in runs:
-        obj.duration_text = fmt_ms(obj.duration_ms)
+        obj.ticking_since = _in_flight_since(obj)
+        obj.duration_text = fmt_ms(
+            int((timezone.now() - obj.ticking_since).total_seconds() * 1000)
+            if obj.ticking_since
+            else obj.duration_ms
+        )
         if isinstance(obj, Run):
             obj.cpu_text = fmt_ms(obj.cpu_time_ms)
             obj.started_ago = ago(obj.started_at)
@@ -103,14 +117,26 @@ def run_list(request: HttpRequest, slug: str | None = None) -> HttpResponse:
     decorate(page.object_list)
     query = request.GET.copy()
     query.pop("page", None)
+    query.pop("since", None)
+    token = _list_token(page)
+    if request.htmx and request.GET.get("since") == token:
+        return HttpResponse(status=204)  # nothing changed: the list stays as the reader has it
     context = {
         "loop": loop, "tab": "runs", "form": form, "page": page, "error": error,
         "query": query.urlencode(), "filtered": form.is_bound and form.active,
-        "show_loop": loop is None,
+        "show_loop": loop is None, "token": token,
     }  # fmt: skip
     if request.htmx and request.htmx.target == "results":
         return render(request, "runs/list.html#results", context)
     return render(request, "runs/list.html", context)
+
+
+def _list_token(page) -> str:
+    """What a runs list shows that can change by itself: its rows' states and its size."""
+    state = [page.paginator.count] + [
+        (r.pk, r.status, r.duration_ms, r.started_at) for r in page.object_list
+    ]
+    return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
 
 
 @login_required
@@ -151,6 +177,8 @@ def value_block(value, *, url: str) -> dict:
     raw = _raw(value)
     block = {
         "url": url, "is_null": value is None, "size": len(raw),
+        # Live updates leave a value box whose key is unchanged as the reader left it.
+        "key": hashlib.blake2b(raw.encode(), digest_size=8).hexdigest(),
         "raw": raw[:CHUNK_CHARS], "raw_next": CHUNK_CHARS if len(raw) > CHUNK_CHARS else None,
         "truncated": len(raw) > CHUNK_CHARS,
     }  # fmt: skip
@@ -287,19 +315,11 @@ def _breadcrumb(run: Run) -> list[tuple[Run, Step]]:
     return list(reversed(chain))
 
 
-def _live_token(run: Run, steps: list[Step]) -> str:
-    state = [run.status, run.attempt, run.cpu_time_ms, run.duration_ms] + [
+def _live_token(run: Run, steps: list[Step], log_total: int) -> str:
+    state = [run.status, run.attempt, run.cpu_time_ms, run.duration_ms, log_total] + [
         (s.pk, s.status, s.attempts) for s in steps
     ]
     return hashlib.sha256(repr(state).encode()).hexdigest()[:16]
-
-
-def _polls(run: Run) -> bool:
-    """Poll while the run can change by itself; a run waiting for a person changes only when
-    someone answers, and polling would wipe the half-typed answer."""
-    if run.is_ended:
-        return False
-    return not (run.status == RunStatus.WAITING and (run.pending or {}).get("kind") in PERSON_KINDS)
 
 
 @login_required
@@ -309,7 +329,8 @@ def detail(request: HttpRequest, run_id: str) -> HttpResponse:
     run = get_run_for(org, run_id)
     steps = decorate(list(run.steps.order_by("order")))
     decorate([run])
-    token = _live_token(run, steps)
+    logs, log_total = run_log_tail(run, LOG_TAIL)
+    token = _live_token(run, steps, log_total)
     if request.htmx and request.GET.get("since") == token:
         return HttpResponse(status=204)  # nothing changed: htmx keeps the page as it is
     only = {"errors": StepStatus.FAILED, "rejected": StepStatus.REJECTED}.get(
@@ -327,15 +348,19 @@ def detail(request: HttpRequest, run_id: str) -> HttpResponse:
         "input_block": value_block(run.input, url=_value_url(run, "input")),
         "output_block": value_block(run.output, url=_value_url(run, "output"))
         if run.output is not None else None,
-        "breadcrumb": _breadcrumb(run), "token": token, "polls": _polls(run),
+        "breadcrumb": _breadcrumb(run), "token": token, "polls": not run.is_ended,
         "can_run": membership.allows(Role.EDITOR),
         "restarts": run.restarts.order_by("-created_at")[:5],
+        "logs": logs, "log_total": log_total,
         "respond_form": RespondForm(), "save_form": SaveInputForm(),
         "tool_input_json": _pretty(run.pending["toolInput"])
         if (run.pending or {}).get("toolInput") is not None else None,
     }  # fmt: skip
     if request.htmx and request.htmx.target == "run-live":
-        return render(request, "runs/detail.html#live", context)
+        # 286 tells htmx to stop polling: an ended run does not change by itself.
+        return render(
+            request, "runs/detail.html#live", context, status=286 if run.is_ended else 200
+        )
     return render(request, "runs/detail.html", context)
 
 

@@ -129,6 +129,63 @@
     if (field && field.form) field.form.requestSubmit();
   });
 
+  // Live updates morph the page in place (htmx's morph extension, idiomorph). What the reader
+  // did stays as they left it: sections opened or closed, a value box whose value has not
+  // changed (its Formatted/Raw choice, chunks loaded, selection), and text typed into a field.
+  if (window.Idiomorph) {
+    var callbacks = window.Idiomorph.defaults.callbacks;
+    callbacks.beforeAttributeUpdated = function (name, element) {
+      return !(name === "open" && element.tagName === "DETAILS");
+    };
+    callbacks.beforeNodeMorphed = function (oldNode, newNode) {
+      if (oldNode.nodeType !== 1 || newNode.nodeType !== 1) return true;
+      if (oldNode.hasAttribute("data-value-box")) {
+        return oldNode.getAttribute("data-value-key") !== newNode.getAttribute("data-value-key");
+      }
+      if (oldNode.tagName === "INPUT" || oldNode.tagName === "TEXTAREA") {
+        return oldNode.value === oldNode.defaultValue;
+      }
+      return true;
+    };
+  }
+
+  // A duration in flight (data-tick-from: when it started) counts on by itself each second,
+  // in the words the server uses (runs/views.py fmt_ms).
+  function duration(ms) {
+    if (ms < 1000) return Math.max(ms, 0) + " ms";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+    var minutes = Math.floor(ms / 60000), seconds = Math.floor(ms / 1000) % 60;
+    if (minutes < 60) return minutes + " min " + seconds + " s";
+    return Math.floor(minutes / 60) + " h " + (minutes % 60) + " min";
+  }
+  setInterval(function () {
+    document.querySelectorAll("[data-tick-from]").forEach(function (cell) {
+      var since = Date.parse(cell.getAttribute("data-tick-from"));
+      if (!isNaN(since)) cell.textContent = duration(Date.now() - since);
+    });
+  }, 1000);
+
+  // A row with data-href opens it when clicked anywhere (links inside keep their own target;
+  // a click that ends a text selection selects, and Ctrl/Cmd-click opens a new tab).
+  document.addEventListener("click", function (event) {
+    var row = event.target.closest("tr[data-href]");
+    if (!row || event.target.closest("a, button, input, select, label")) return;
+    if (String(window.getSelection())) return;
+    if (event.ctrlKey || event.metaKey) window.open(row.getAttribute("data-href"), "_blank");
+    else window.location.assign(row.getAttribute("data-href"));
+  });
+
+  // A form (or its submit button) marked data-confirm asks before it does something that cannot be undone.
+  document.addEventListener("submit", function (event) {
+    var submitter = event.submitter;
+    var question = (submitter && submitter.getAttribute("data-confirm")) ||
+      event.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  }, true);
+
   document.addEventListener("htmx:afterSwap", function (event) {
     if (event.detail && event.detail.target && event.detail.target.id === "test-result") {
       markEditor(event.detail.target);

@@ -97,8 +97,32 @@ def test_live_poll_answers_204_when_nothing_changed(owner_client, loop):
     assert owner_client.get(url, {"since": token}, headers=headers).status_code == 204
     Run.objects.filter(pk=run.pk).update(status="succeeded")
     changed = owner_client.get(url, {"since": token}, headers=headers)
-    assert changed.status_code == 200
+    assert changed.status_code == 286  # htmx swaps it in and stops polling: it has ended
     assert "hx-trigger" not in changed.content.decode().split('id="run-live"')[1].split(">")[0]
+
+
+def _list_poll(client, url, query=None):
+    """The runs list as its live poll asks for it: the URL its results section polls."""
+    page = client.get(url, query or {}).content.decode()
+    poll = page.split('id="results"')[1].split('hx-get="')[1].split('"')[0]
+    return poll.replace("&amp;", "&")
+
+
+def test_runs_list_poll_brings_new_runs_that_match_its_filters(owner_client, loop, org):
+    RunFactory(loop=loop, status="failed")
+    url = reverse("runs:list")
+    poll = _list_poll(owner_client, url, {"status": "failed"})
+    headers = {"HX-Request": "true", "HX-Target": "results"}
+    assert owner_client.get(poll, headers=headers).status_code == 204  # nothing new
+    RunFactory(loop=loop, status="succeeded")  # not shown under this filter
+    assert owner_client.get(poll, headers=headers).status_code == 204
+    new = RunFactory(loop=loop, status="failed")
+    fresh = owner_client.get(poll, headers=headers)
+    assert fresh.status_code == 200
+    body = fresh.content.decode()
+    assert body.count('class="run-row"') == 2
+    assert body.index(new.pk) < body.index("run-row", body.index("run-row") + 1)  # on top
+    assert 'hx-get="/runs/?status=failed&since=' in body  # it goes on polling the filter
 
 
 def test_redeliver_a_webhook_delivery(owner_client, org, loop):

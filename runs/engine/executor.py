@@ -395,12 +395,15 @@ class Execution:
             else message
         )
         text = f"Step '{step_name}' failed: {detail}" if step_name else detail
-        return state.run_end(
+        change = state.run_end(
             self.owner, self.run, RunStatus.FAILED,
             error_message=text[:10000], error_type=str(kind or "")[:200],
             error_step=step_name[:200], error_traceback=str(error.get("traceback") or ""),
             **cost,
         )  # fmt: skip
+        if change is not None:  # the run's error closes its log, where readers look for it
+            self._log_entry(LogLevel.ERROR, text[:10000], error.get("step")).save()
+        return change
 
     def checked_outcome(self, exit_info: ExitInfo) -> dict:
         """What the execution reported, unless the worker knows better: a broken protocol,

@@ -135,6 +135,7 @@ def test_invite_accept_and_revoke(live_server, login, page, browser, org, owner,
     page.get_by_role("button", name="Send invitation").click()
     bob = Invitation.objects.get(organization=org, identifier="bob")
     page.goto(f"{base}/settings/members/")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator(f"#invitation-{bob.pk}").get_by_role("button", name="Revoke").click()
     expect(page.get_by_text("The invitation to bob was withdrawn.")).to_be_visible()
     expect(page.locator(f"#invitation-{bob.pk}")).to_have_count(0)

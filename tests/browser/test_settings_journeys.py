@@ -24,12 +24,27 @@ def test_roll_back_a_version(live_server, login, owner, loop, screenshot):
     expect(page.locator("#diff .diff-add")).to_contain_text("Howdy")
     expect(page.locator("#diff .diff-del")).to_contain_text("Hello")
     screenshot("versions")
+    questions = []
+    page.once("dialog", lambda dialog: questions.append(dialog.message) or dialog.dismiss())
+    page.get_by_role("button", name="Roll back to v1").click()
+    expect(page.locator("#version-1")).not_to_contain_text("Active")
+    assert questions == [
+        "Make v1 the active version? New runs use its code; runs already started keep theirs."
+    ]
+    loop.refresh_from_db()
+    assert loop.active_version.number == 2  # dismissed: nothing changed
+
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Roll back to v1").click()
     expect(page.get_by_text("Version 1 is active again.")).to_be_visible()
     expect(page.locator("#version-1")).to_contain_text("Active")
     loop.refresh_from_db()
     assert loop.active_version.number == 1
     assert loop.versions.count() == 2  # history is kept
+    # The diff now shows what the rollback took away, and v2's button says where it goes.
+    expect(page.get_by_text("v2 → v1")).to_be_visible()
+    expect(page.locator("#diff .diff-add")).to_contain_text("Hello")
+    expect(page.get_by_role("button", name="Roll forward to v2")).to_be_visible()
 
 
 def test_create_and_revoke_a_token(live_server, login, owner, screenshot):
@@ -47,6 +62,7 @@ def test_create_and_revoke_a_token(live_server, login, owner, screenshot):
     screenshot("tokens")
     page.reload()
     expect(page.locator("#new-token")).to_have_count(0)  # shown once only
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator(f"#token-{token.pk}").get_by_role("button", name="Revoke").click()
     expect(page.locator(f"#token-{token.pk} .badge")).to_have_text("Revoked")
     token.refresh_from_db()

@@ -479,6 +479,15 @@ class Step:
         self._current = None
         self._failed = None  # (step name, exception) of the last failed step
         self.attempt = None  # the attempt of the step.do in progress (1, 2, …), for its fn
+        # Steps an earlier execution finished that this one has not reached again. While any
+        # remain, the program is replaying: what it prints was logged the first time.
+        self._replay = {key for key, entry in saved.items() if self._is_final(entry)}
+
+    @property
+    def replaying(self):
+        """True while the program re-runs work an earlier execution finished (as Temporal's
+        replay-aware logger, its print() and logging output is not recorded again)."""
+        return bool(self._replay)
 
     # --- bookkeeping
 
@@ -493,15 +502,20 @@ class Step:
         self._seen[name] = n
         return name if n == 1 else f"{name}#{n}"
 
-    def _final(self, key):
-        saved = self._saved.get(key)
-        if saved is None:
-            return None
+    def _is_final(self, saved):
         status = saved["status"]
-        if status in protocol.FINAL:
+        return status in protocol.FINAL or (
+            status == "failed" and saved.get("run_attempt") == self._run_attempt
+        )
+
+    def _final(self, key):
+        """The saved result of a step an earlier execution finished, or None: the step is
+        new work, and so is everything after it."""
+        saved = self._saved.get(key)
+        if saved is not None and self._is_final(saved):
+            self._replay.discard(key)
             return saved
-        if status == "failed" and saved.get("run_attempt") == self._run_attempt:
-            return saved
+        self._replay.clear()
         return None
 
     def _check_alive(self):
@@ -804,6 +818,8 @@ def execute(code_obj, request, channel, *, guards=True):
     step = None
 
     def emit(level, message):
+        if step is not None and step.replaying:
+            return  # logged by the execution that did this work first
         channel.send(
             {"op": protocol.LOG, "level": level, "message": _text(message, 10000),
              "time": _utcnow_iso(), "step": step._current if step is not None else None}
@@ -815,11 +831,11 @@ def execute(code_obj, request, channel, *, guards=True):
     linecache.cache[policy.FILENAME] = (len(code), None, code.splitlines(True), policy.FILENAME)
     limits = request.get("limits", {})
     try:
+        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1), limits,
+                    request.get("tried"))  # fmt: skip
         namespace = make_globals(emit, guards=guards)
         exec(code_obj, namespace)  # noqa: S102 - compiled by RestrictedPython under our policy
         loop_class = find_loop_class(namespace)
-        step = Step(channel, request.get("saved", {}), request["event"].get("attempt", 1), limits,
-                    request.get("tried"))  # fmt: skip
         result = loop_class().run(Event(request["event"]), step)
         if step._suspended:
             channel.send({"op": protocol.SUSPENDED})
