@@ -49,3 +49,13 @@ class WebhookForm(forms.Form):
     def __init__(self, *args, loops=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["loop"].choices = [("", "All loops")] + [(lp.slug, lp.name) for lp in loops]
+
+    @classmethod
+    def of(cls, hook, *, loops) -> "WebhookForm":
+        """The form filled in with a webhook's settings, to edit them."""
+        initial = {
+            "url": hook.url,
+            "events": hook.events,
+            "loop": hook.loop.slug if hook.loop else "",
+        }
+        return cls(initial=initial, loops=loops)

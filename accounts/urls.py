@@ -30,6 +30,22 @@ urlpatterns = [
     path("settings/webhooks/", views.webhooks, name="webhooks"),
     path("settings/webhooks/<str:hook_id>/", views.webhook_detail, name="webhook"),
     path(
+        "settings/webhooks/<str:hook_id>/enable/",
+        views.webhook_set_active_view,
+        {"active": True},
+        name="webhook_enable",
+    ),
+    path(
+        "settings/webhooks/<str:hook_id>/disable/",
+        views.webhook_set_active_view,
+        {"active": False},
+        name="webhook_disable",
+    ),
+    path("settings/webhooks/<str:hook_id>/test/", views.webhook_test_view, name="webhook_test"),
+    path(
+        "settings/webhooks/<str:hook_id>/delete/", views.webhook_delete_view, name="webhook_delete"
+    ),
+    path(
         "settings/webhooks/<str:hook_id>/deliveries/<str:delivery_id>/redeliver/",
         views.webhook_redeliver,
         name="redeliver",

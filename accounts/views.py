@@ -1,5 +1,6 @@
 from datetime import datetime, time
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -36,7 +37,15 @@ from loops.models import Loop
 from loops_project.errors import DomainError
 from runs.access import get_webhook_for
 from runs.models import Webhook
-from runs.webhooks import delivery_redeliver, webhook_create
+from runs.webhooks import (
+    delivery_redeliver,
+    webhook_create,
+    webhook_delete,
+    webhook_send_test,
+    webhook_set_active,
+    webhook_update,
+    webhook_url_refusal,
+)
 
 
 @login_required
@@ -269,6 +278,25 @@ def token_revoke_view(request: HttpRequest, token_id: str) -> HttpResponse:
 # --- Webhooks -----------------------------------------------------------------------------------
 
 
+def _chosen_loop(org, form: WebhookForm) -> Loop | None:
+    slug = form.cleaned_data["loop"]
+    return get_loop_for(org, slug) if slug else None
+
+
+def _field_error(form: WebhookForm, exc: DomainError) -> None:
+    field = (exc.details or {}).get("field")
+    form.add_error(field if field in form.fields else None, exc.message)
+
+
+def _warn_if_refused(request: HttpRequest, hook: Webhook) -> None:
+    """Warn, once a webhook is saved, if deliveries to its URL would be refused now. The URL is
+    kept: the guard decides again at each attempt, and the host may resolve elsewhere by then
+    (a name not set up yet, a typo the person fixes next)."""
+    refusal = webhook_url_refusal(hook.url)
+    if refusal:
+        messages.warning(request, f"URL: deliveries to it will be refused: {refusal}.")
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def webhooks(request: HttpRequest) -> HttpResponse:
@@ -278,18 +306,18 @@ def webhooks(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = WebhookForm(request.POST, loops=loops)
         if form.is_valid():
-            slug = form.cleaned_data["loop"]
             try:
                 hook = webhook_create(
                     organization=org,
                     url=form.cleaned_data["url"],
                     events=form.cleaned_data["events"],
-                    loop=get_loop_for(org, slug) if slug else None,
+                    loop=_chosen_loop(org, form),
                 )
             except DomainError as exc:
-                form.add_error(None, exc.message)
+                _field_error(form, exc)
             else:
                 messages.success(request, "Webhook created. Verify deliveries with its secret.")
+                _warn_if_refused(request, hook)
                 return redirect("accounts:webhook", hook_id=hook.pk)
     rows = Webhook.objects.filter(organization=org).select_related("loop")
     return render(request, "accounts/webhooks.html", {
@@ -298,15 +326,73 @@ def webhooks(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "POST"])
 def webhook_detail(request: HttpRequest, hook_id: str) -> HttpResponse:
+    """A webhook's page: its deliveries (polled while open), its settings to edit, its secret."""
     org = require_role(request, Role.ADMIN)
     hook = get_webhook_for(org, hook_id)
     deliveries = hook.deliveries.select_related("run")[:50]
-    context = {"hook": hook, "deliveries": deliveries, "section": "webhooks"}
-    if request.htmx:
+    context = {
+        "hook": hook, "deliveries": deliveries, "section": "webhooks",
+        "max_attempts": settings.LOOPS_WEBHOOK_MAX_ATTEMPTS,
+    }  # fmt: skip
+    if request.htmx and request.method == "GET":
         return render(request, "accounts/webhook.html#deliveries", context)
-    return render(request, "accounts/webhook.html", context)
+    loops = Loop.objects.for_org(org)
+    form = WebhookForm.of(hook, loops=loops)
+    if request.method == "POST":
+        form = WebhookForm(request.POST, loops=loops)
+        if form.is_valid():
+            try:
+                webhook_update(
+                    webhook=hook,
+                    url=form.cleaned_data["url"],
+                    events=form.cleaned_data["events"],
+                    loop=_chosen_loop(org, form),
+                )
+            except DomainError as exc:
+                _field_error(form, exc)
+            else:
+                messages.success(request, "Webhook saved.")
+                _warn_if_refused(request, hook)
+                return redirect("accounts:webhook", hook_id=hook.pk)
+    return render(request, "accounts/webhook.html", {**context, "form": form})
+
+
+@login_required
+@require_http_methods(["POST"])
+def webhook_set_active_view(request: HttpRequest, hook_id: str, active: bool) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    hook = webhook_set_active(webhook=get_webhook_for(org, hook_id), active=active)
+    if hook.active:
+        messages.success(request, "Webhook enabled: run status changes are sent to it again.")
+    else:
+        messages.success(request, "Webhook disabled: nothing is sent to it until it is enabled.")
+    return redirect("accounts:webhook", hook_id=hook.pk)
+
+
+@login_required
+@require_http_methods(["POST"])
+def webhook_delete_view(request: HttpRequest, hook_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    hook = get_webhook_for(org, hook_id)
+    webhook_delete(webhook=hook)
+    messages.success(request, f"Webhook {hook.url} was deleted, with its deliveries.")
+    return redirect("accounts:webhooks")
+
+
+@login_required
+@require_http_methods(["POST"])
+def webhook_test_view(request: HttpRequest, hook_id: str) -> HttpResponse:
+    org = require_role(request, Role.ADMIN)
+    hook = get_webhook_for(org, hook_id)
+    try:
+        webhook_send_test(webhook=hook)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Test event (ping) sent: its delivery is listed below.")
+    return redirect("accounts:webhook", hook_id=hook.pk)
 
 
 @login_required
@@ -317,6 +403,10 @@ def webhook_redeliver(request: HttpRequest, hook_id: str, delivery_id: str) -> H
     delivery = hook.deliveries.filter(pk=delivery_id).first()
     if delivery is None:
         raise Http404("No such delivery.")
-    delivery_redeliver(delivery=delivery)
-    messages.success(request, "Delivery queued again.")
+    try:
+        delivery_redeliver(delivery=delivery)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Delivery queued again.")
     return redirect("accounts:webhook", hook_id=hook.pk)

@@ -38,7 +38,7 @@ def get_scan_for(org: Organization, scan_id: str) -> ScanRequest:
 
 
 def get_webhook_for(org: Organization, hook_id: str) -> Webhook:
-    hook = Webhook.objects.filter(organization=org, pk=hook_id).first()
+    hook = Webhook.objects.select_related("loop").filter(organization=org, pk=hook_id).first()
     if hook is None:
         raise Http404("No such webhook.")
     return hook

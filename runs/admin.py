@@ -1,7 +1,7 @@
 from collections.abc import Callable
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets, unquote
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -24,7 +24,14 @@ from runs.models import (
     WebhookDelivery,
 )
 from runs.services import run_cancel, run_restart, run_resume
-from runs.webhooks import EVENT_NAMES, delivery_redeliver, webhook_create
+from runs.webhooks import (
+    EVENT_NAMES,
+    delivery_redeliver,
+    webhook_create,
+    webhook_delete,
+    webhook_set_active,
+    webhook_url_refusal,
+)
 
 STATUS_COLOURS = {
     "pending": "#6b7280",
@@ -506,8 +513,14 @@ class WebhookAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "created_at"]
     # The signing secret is never shown here (it is editable=False, so it is not in the form).
     fields = ["id", "organization", "loop", "url", "events", "active", "created_at"]
+    actions = ["enable", "disable"]
 
     def save_model(self, request: HttpRequest, obj: Webhook, form, change: bool) -> None:
+        refusal = webhook_url_refusal(obj.url) if "url" in form.changed_data else None
+        if refusal:
+            self.message_user(
+                request, f"URL: deliveries to it will be refused: {refusal}.", messages.WARNING
+            )
         if change:
             obj.save(update_fields=form.changed_data)
             return
@@ -520,6 +533,27 @@ class WebhookAdmin(admin.ModelAdmin):
         obj.pk = hook.pk
         obj.refresh_from_db()
         obj._state.adding = False
+
+    def delete_model(self, request: HttpRequest, obj: Webhook) -> None:
+        webhook_delete(webhook=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        for hook in queryset:
+            webhook_delete(webhook=hook)
+
+    @admin.action(description="Enable selected webhooks", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset) -> None:
+        apply_to_each(
+            self, request, queryset, "Enabled",
+            lambda hook: webhook_set_active(webhook=hook, active=True),
+        )  # fmt: skip
+
+    @admin.action(description="Disable selected webhooks", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset) -> None:
+        apply_to_each(
+            self, request, queryset, "Disabled",
+            lambda hook: webhook_set_active(webhook=hook, active=False),
+        )  # fmt: skip
 
 
 @admin.register(WebhookDelivery)

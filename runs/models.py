@@ -431,13 +431,19 @@ class WebhookDelivery(models.Model):
     status_code = models.PositiveIntegerField(null=True, blank=True)
     response_excerpt = models.TextField(blank=True)
     error = models.TextField(blank=True)
+    # One row per event and webhook: each attempt updates it (the attempt count, the last
+    # attempt's answer and time), so the deliveries list shows one row in its latest state.
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
-    delivered_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)  # the last attempt's time
+    # When the next attempt may start; none while one is under way or once the delivery ended.
+    # An attempt is claimed by clearing it, so a task that runs twice never posts twice.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["webhook", "-created_at"], name="delivery_hook_created")]
 
     def __str__(self) -> str:
         return f"{self.event} → {self.webhook}"

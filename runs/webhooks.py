@@ -1,4 +1,5 @@
-"""Webhooks: a signed JSON POST of the run on each status change, retried with backoff."""
+"""Webhooks: a signed JSON POST of the run on each status change, retried with backoff, and
+what an admin does with a webhook (create, edit, disable, delete, send a test event)."""
 
 import hashlib
 import hmac
@@ -7,36 +8,49 @@ import secrets
 from datetime import timedelta
 from functools import cache
 
+import httpcore
 import httpx
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import URLValidator
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.models import Organization
 from loops.models import Loop
 from loops_project import sql
-from loops_project.errors import Invalid
+from loops_project.errors import Conflict, Invalid
 from runs import dispatch, outbound
-from runs.models import DeliveryStatus, Run, RunStatus, TimerKind, Webhook, WebhookDelivery
+from runs.models import (
+    DeliveryStatus,
+    Run,
+    RunStatus,
+    Timer,
+    TimerKind,
+    Webhook,
+    WebhookDelivery,
+)
 from runs.schemas import run_payload
 from runs.state import Change
 
 SIGNATURE_HEADER = "X-Loops-Signature"
 EVENT_NAMES = {f"run.{s}" for s in RunStatus.values}
+# Not a status change: what "Send test event" sends, so a receiver can be checked at any time.
+TEST_EVENT = "ping"
 DELIVERY_TIMEOUT_SECONDS = 10
+URL_CHECK_SECONDS = 3  # the page that saves a URL waits this long at most to resolve its host
+DISABLED_ERROR = "Not sent: the webhook is disabled."
 
 
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def webhook_create(
-    *, organization: Organization, url: str, events: list[str] | None = None,
-    loop: Loop | None = None,
-) -> Webhook:  # fmt: skip
+def _clean(url: str, events: list[str] | None) -> list[str]:
+    """The events as stored (each "run.<status>", once); Invalid naming the field if the URL
+    or an event is not one."""
     # A status alone ("failed") names the same event as "run.failed".
     events = list(dict.fromkeys(e if e.startswith("run.") else f"run.{e}" for e in events or []))
     unknown = [e for e in events if e not in EVENT_NAMES]
@@ -51,10 +65,82 @@ def webhook_create(
         raise Invalid(
             "url must be an http or https URL", code="invalid_url", details={"field": "url"}
         ) from None
+    return events
+
+
+def _check_loop(organization_id: str, loop: Loop | None) -> None:
+    if loop is not None and loop.organization_id != organization_id:
+        raise Invalid("the loop belongs to another organization", details={"field": "loop"})
+
+
+def webhook_create(
+    *, organization: Organization, url: str, events: list[str] | None = None,
+    loop: Loop | None = None,
+) -> Webhook:  # fmt: skip
+    events = _clean(url, events)
+    _check_loop(organization.pk, loop)
     return Webhook.objects.create(
         organization=organization, loop=loop, url=url, events=events,
         secret="whsec_" + secrets.token_urlsafe(24),
     )  # fmt: skip
+
+
+def webhook_update(
+    *, webhook: Webhook, url: str, events: list[str] | None, loop: Loop | None
+) -> Webhook:
+    """Change where a webhook posts and what for; its secret and deliveries stay."""
+    events = _clean(url, events)
+    _check_loop(webhook.organization_id, loop)
+    webhook.url, webhook.events, webhook.loop = url, events, loop
+    webhook.save(update_fields=["url", "events", "loop"])
+    return webhook
+
+
+def webhook_set_active(*, webhook: Webhook, active: bool) -> Webhook:
+    """Enable or disable a webhook. A disabled one gets no new deliveries, and the attempts of
+    those already queued are not made (runs.webhooks.deliver)."""
+    webhook.active = active
+    webhook.save(update_fields=["active"])
+    return webhook
+
+
+@transaction.atomic
+def webhook_delete(*, webhook: Webhook) -> None:
+    """Delete a webhook with its deliveries and the timers of their next attempts."""
+    Timer.objects.filter(
+        kind=TimerKind.WEBHOOK,
+        target__in=webhook.deliveries.filter(status=DeliveryStatus.PENDING).values("pk"),
+    ).delete()
+    webhook.delete()
+
+
+def webhook_send_test(*, webhook: Webhook) -> WebhookDelivery:
+    """Queue a test event (`ping`) to the webhook, delivered, signed and recorded like any
+    other delivery, whatever events it is subscribed to."""
+    if not webhook.active:
+        raise Conflict("The webhook is disabled: enable it to send a test event.")
+    data = {"webhookId": webhook.pk, "url": webhook.url, "events": webhook.events,
+            "loopId": webhook.loop_id, "sentAt": timezone.now()}  # fmt: skip
+    payload = json.loads(json.dumps({"event": TEST_EVENT, "data": data}, cls=DjangoJSONEncoder))
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.create(
+            webhook=webhook, event=TEST_EVENT, payload=payload, next_attempt_at=timezone.now()
+        )
+        dispatch.deliver_webhook(delivery.pk)
+    return delivery
+
+
+def webhook_url_refusal(url: str) -> str | None:
+    """Why a delivery to `url` would be refused if it were made now, in the outbound guard's
+    words (the host does not resolve, or resolves to a loopback, private or other non-public
+    address), or None. The guard decides again at each attempt: DNS may change meanwhile."""
+    try:
+        outbound.pin_target(url, outbound.Deadline.after(URL_CHECK_SECONDS, "the URL check"))
+    except outbound.TargetRefused as exc:
+        return str(exc)
+    except (outbound.OutboundError, httpcore.TimeoutException):
+        return None  # a slow name server is no verdict on the URL
+    return None
 
 
 @cache
@@ -87,6 +173,7 @@ def queue_deliveries_of(changes: list[Change]) -> None:
     if not wanted:
         return
     runs = Run.objects.select_related("loop", "version").in_bulk({c.run_id for c, _ in wanted})
+    now = timezone.now()
     deliveries = []
     for change, hook in wanted:
         event = f"run.{change.status}"
@@ -95,24 +182,45 @@ def queue_deliveries_of(changes: list[Change]) -> None:
         data = {**run_payload(runs[change.run_id]), "status": change.status}
         payload = json.loads(json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder))
         deliveries.append(
-            WebhookDelivery(webhook=hook, run_id=change.run_id, event=event, payload=payload)
+            WebhookDelivery(
+                webhook=hook,
+                run_id=change.run_id,
+                event=event,
+                payload=payload,
+                next_attempt_at=now,
+            )
         )
     with transaction.atomic():
         for delivery in WebhookDelivery.objects.bulk_create(deliveries):
             dispatch.deliver_webhook(delivery.pk)
 
 
+def _claim(delivery_id: str) -> bool:
+    """Take the delivery's next attempt, if it is due: the delivery is pending, no attempt of
+    it is under way (next_attempt_at is cleared while one is), and no timer still holds back
+    its retry. A task that runs twice, or early, claims nothing."""
+    backing_off = Timer.objects.filter(kind=TimerKind.WEBHOOK, target=OuterRef("pk"))
+    return bool(
+        WebhookDelivery.objects.filter(
+            pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__isnull=False
+        )
+        .exclude(Exists(backing_off))
+        .update(next_attempt_at=None)
+    )
+
+
 def deliver(delivery_id: str) -> str:
-    """One attempt of a delivery. Each attempt is its own WebhookDelivery row (status code,
-    response excerpt, attempt number, time); a failed attempt schedules the next one as a new
-    row after an exponential backoff, until LOOPS_WEBHOOK_MAX_ATTEMPTS."""
-    # Claim the attempt, so that a task that runs twice never posts twice.
-    claimed = WebhookDelivery.objects.filter(
-        pk=delivery_id, status=DeliveryStatus.PENDING, delivered_at__isnull=True
-    ).update(delivered_at=timezone.now())
+    """One attempt of a delivery, recorded on its row (attempt count, status code, response
+    excerpt, error, time): one row per event, in its latest state. A failed attempt leaves the
+    delivery pending and schedules the next one after an exponential backoff, until
+    LOOPS_WEBHOOK_MAX_ATTEMPTS. A delivery of a disabled webhook is not sent."""
     delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
-    if not claimed or delivery is None:
+    if delivery is None or not _claim(delivery_id):
         return "nothing to do"
+    this = WebhookDelivery.objects.filter(pk=delivery.pk)
+    if not delivery.webhook.active:
+        this.update(status=DeliveryStatus.FAILED, error=DISABLED_ERROR)
+        return "webhook disabled"
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
@@ -136,32 +244,30 @@ def deliver(delivery_id: str) -> str:
             error = f"HTTP {reply.status_code}"
     except (outbound.OutboundError, httpx.HTTPError) as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"[:1000]
-    final = ok or attempt >= settings.LOOPS_WEBHOOK_MAX_ATTEMPTS
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        attempt=attempt,
-        status_code=status_code,
-        response_excerpt=excerpt,
-        error=error,
-        delivered_at=timezone.now(),
-        status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
-    )
-    if not final:
-        delay = settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
-        with transaction.atomic():
-            retry = WebhookDelivery.objects.create(
-                webhook=delivery.webhook, run_id=delivery.run_id, event=delivery.event,
-                payload=delivery.payload, attempt=attempt,
-            )  # fmt: skip
-            dispatch.set_timer(
-                TimerKind.WEBHOOK, retry.pk, timezone.now() + timedelta(seconds=delay)
-            )
-    return "delivered" if ok else f"attempt {attempt} failed"
+    now = timezone.now()
+    outcome = {"attempt": attempt, "status_code": status_code, "response_excerpt": excerpt,
+               "error": error, "delivered_at": now}  # fmt: skip
+    if ok or attempt >= settings.LOOPS_WEBHOOK_MAX_ATTEMPTS:
+        this.update(**outcome, status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED)
+        return "delivered" if ok else f"attempt {attempt} failed"
+    delay = settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
+    due = now + timedelta(seconds=delay)
+    with transaction.atomic():
+        this.update(**outcome, status=DeliveryStatus.PENDING, next_attempt_at=due)
+        dispatch.set_timer(TimerKind.WEBHOOK, delivery.pk, due)
+    return f"attempt {attempt} failed"
 
 
+@transaction.atomic
 def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
-    """Send a recorded delivery again (its row records the new attempt)."""
+    """Send a recorded delivery again now (its row records the new attempt), without waiting
+    for the backoff of a retry."""
+    if not delivery.webhook.active:
+        raise Conflict("The webhook is disabled: enable it to redeliver.")
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.PENDING, delivered_at=None
+        status=DeliveryStatus.PENDING, next_attempt_at=timezone.now()
     )
+    dispatch.clear_timer(TimerKind.WEBHOOK, delivery.pk)
     dispatch.deliver_webhook(delivery.pk)
+    delivery.refresh_from_db()
     return delivery

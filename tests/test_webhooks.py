@@ -147,28 +147,31 @@ def test_a_status_change_posts_the_signed_run_and_retries_a_failing_receiver(
     ).json()["data"]["secret"]
     run = succeeded_run(loop, in_process_deliveries)
 
-    first = WebhookDelivery.objects.get()  # only the subscribed event was queued
-    assert first.event == "run.succeeded"
-    assert in_process_deliveries == [("runs.tasks.deliver_webhook", (first.pk,))]
-    assert tasks.deliver_webhook(first.pk) == "attempt 1 failed"
-    first.refresh_from_db()
-    assert (first.status, first.status_code, first.attempt) == ("failed", 500, 1)
-    assert first.response_excerpt == "boom"
-    assert first.delivered_at is not None
+    delivery = WebhookDelivery.objects.get()  # only the subscribed event was queued
+    assert delivery.event == "run.succeeded"
+    assert in_process_deliveries == [("runs.tasks.deliver_webhook", (delivery.pk,))]
+    assert tasks.deliver_webhook(delivery.pk) == "attempt 1 failed"
+    delivery.refresh_from_db()
+    # the event stays one row: pending again, its first attempt recorded on it
+    assert (delivery.status, delivery.status_code, delivery.attempt) == ("pending", 500, 1)
+    assert (delivery.response_excerpt, delivery.error) == ("boom", "HTTP 500")
+    assert delivery.delivered_at is not None
 
-    # the retry is a new delivery, on a timer of the clock's after the backoff
-    retry = WebhookDelivery.objects.exclude(pk=first.pk).get()
-    assert retry.status == DeliveryStatus.PENDING
-    timer = Timer.objects.get(kind="webhook", target=retry.pk)
+    # the retry is on a timer of the clock's after the backoff; nothing posts it before then
+    timer = Timer.objects.get(kind="webhook", target=delivery.pk)
     assert abs(timer.due_at - (timezone.now() + timedelta(seconds=7))) < timedelta(seconds=5)
+    assert delivery.next_attempt_at == timer.due_at
+    assert tasks.deliver_webhook(delivery.pk) == "nothing to do"  # a task run twice, or early
     assert fire_due_timers() == 0  # not yet
     assert fire_due_timers(timer.due_at) == 1
-    assert in_process_deliveries[-1] == ("runs.tasks.deliver_webhook", (retry.pk,))
-    assert tasks.deliver_webhook(retry.pk) == "delivered"
-    retry.refresh_from_db()
-    assert (retry.status, retry.status_code, retry.attempt) == ("succeeded", 200, 2)
-    assert retry.response_excerpt == "thanks"
-    assert tasks.deliver_webhook(retry.pk) == "nothing to do"  # never posted twice
+    assert in_process_deliveries[-1] == ("runs.tasks.deliver_webhook", (delivery.pk,))
+    assert tasks.deliver_webhook(delivery.pk) == "delivered"
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.status_code, delivery.attempt) == ("succeeded", 200, 2)
+    assert (delivery.response_excerpt, delivery.error) == ("thanks", "")
+    assert delivery.next_attempt_at is None
+    assert tasks.deliver_webhook(delivery.pk) == "nothing to do"  # never posted twice
+    assert WebhookDelivery.objects.count() == 1
 
     assert len(target.requests) == 2
     for headers, body in target.requests:
@@ -193,14 +196,18 @@ def test_deliveries_give_up_after_the_last_attempt(
     target = receiver(500, 502, 503)
     api.post("/api/v1/webhooks", json={"url": target.url, "events": ["succeeded"]})
     succeeded_run(loop, in_process_deliveries)
-    for attempt in (1, 2, 3):
-        pending = WebhookDelivery.objects.get(status=DeliveryStatus.PENDING)
-        assert tasks.deliver_webhook(pending.pk) == f"attempt {attempt} failed"
-    rows = WebhookDelivery.objects.order_by("attempt")
-    assert [(d.attempt, d.status_code, d.status) for d in rows] == [
-        (1, 500, "failed"), (2, 502, "failed"), (3, 503, "failed"),
-    ]  # fmt: skip
-    assert not WebhookDelivery.objects.filter(status=DeliveryStatus.PENDING).exists()
+    delivery = WebhookDelivery.objects.get()
+    for attempt, status in ((1, 500), (2, 502), (3, 503)):
+        if attempt > 1:
+            assert fire_due_timers(timezone.now() + timedelta(hours=1)) == 1
+        assert tasks.deliver_webhook(delivery.pk) == f"attempt {attempt} failed"
+        delivery.refresh_from_db()
+        assert (delivery.attempt, delivery.status_code) == (attempt, status)
+    assert delivery.status == DeliveryStatus.FAILED  # the last attempt: no retry is scheduled
+    assert delivery.next_attempt_at is None
+    assert not Timer.objects.exists()
+    assert WebhookDelivery.objects.count() == 1  # one event, one row
+    assert len(target.requests) == 3
 
 
 def test_a_private_address_is_refused_unless_allowed(
@@ -213,7 +220,7 @@ def test_a_private_address_is_refused_unless_allowed(
     delivery = WebhookDelivery.objects.get(event="run.succeeded")
     tasks.deliver_webhook(delivery.pk)
     delivery.refresh_from_db()
-    assert delivery.status == "failed"
+    assert (delivery.status, delivery.attempt) == ("pending", 1)  # retried, as any failure
     assert delivery.status_code is None
     assert "TargetRefused" in delivery.error
     assert target.requests == []
