@@ -10,7 +10,9 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 
 import httpx
 import pytest
+from django.conf import settings
 from django.db import connection
+from django.test import override_settings
 from django_q.brokers import get_broker
 
 from accounts.models import Role
@@ -25,6 +27,22 @@ from tests.factories import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 (BASE_DIR / "var").mkdir(exist_ok=True)  # the SQLite test database and worker logs live here
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _static_files_without_collectstatic():
+    """Static files as in development: where they are, under their own names. The production
+    storage (settings.STORAGES) names files from the manifest that `collectstatic` writes, and
+    tests run with DEBUG off but without collectstatic; tests/test_static_files.py runs it and
+    checks the production set-up over real HTTP."""
+    storages = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    with override_settings(
+        STORAGES=storages, WHITENOISE_USE_FINDERS=True, WHITENOISE_AUTOREFRESH=True
+    ):
+        yield
 
 
 # --- people and organizations -------------------------------------------------------------
