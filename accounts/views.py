@@ -294,7 +294,7 @@ def _warn_if_refused(request: HttpRequest, hook: Webhook) -> None:
     (a name not set up yet, a typo the person fixes next)."""
     refusal = webhook_url_refusal(hook.url)
     if refusal:
-        messages.warning(request, f"URL: deliveries to it will be refused: {refusal}.")
+        messages.warning(request, f"URL: saved, but deliveries to it will fail: {refusal}.")
 
 
 @login_required

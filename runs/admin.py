@@ -519,7 +519,7 @@ class WebhookAdmin(admin.ModelAdmin):
         refusal = webhook_url_refusal(obj.url) if "url" in form.changed_data else None
         if refusal:
             self.message_user(
-                request, f"URL: deliveries to it will be refused: {refusal}.", messages.WARNING
+                request, f"URL: saved, but deliveries to it will fail: {refusal}.", messages.WARNING
             )
         if change:
             obj.save(update_fields=form.changed_data)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_client(client, org):
+def hook_admin(client, org):
     """An admin (not the owner): the role the pages ask for."""
     admin = MembershipFactory(
         organization=org, role=Role.ADMIN, user=UserFactory(username="ada")
@@ -73,10 +73,10 @@ def page_of(client, hook) -> str:
     return client.get(reverse("accounts:webhook", args=[hook.pk])).content.decode()
 
 
-def test_an_admin_edits_url_events_and_loop_on_the_webhook_page(admin_client, hook, loop):
-    page = page_of(admin_client, hook)
+def test_an_admin_edits_url_events_and_loop_on_the_webhook_page(hook_admin, hook, loop):
+    page = page_of(hook_admin, hook)
     assert 'value="https://93.184.215.14/hooks/loops"' in page  # the form holds the settings
-    response = admin_client.post(
+    response = hook_admin.post(
         reverse("accounts:webhook", args=[hook.pk]),
         {"url": "https://93.184.215.14/v2", "events": ["run.succeeded", "run.cancelled"],
          "loop": loop.slug},
@@ -91,8 +91,8 @@ def test_an_admin_edits_url_events_and_loop_on_the_webhook_page(admin_client, ho
     assert hook.secret == secret  # receivers keep verifying with the same secret
 
 
-def test_an_invalid_edit_shows_the_error_at_its_field_and_saves_nothing(admin_client, hook):
-    response = admin_client.post(
+def test_an_invalid_edit_shows_the_error_at_its_field_and_saves_nothing(hook_admin, hook):
+    response = hook_admin.post(
         reverse("accounts:webhook", args=[hook.pk]), {"url": "ftp://example.com/x"}
     )
     assert response.status_code == 200
@@ -109,11 +109,11 @@ def cancel_a_waiting_run(loop, capture) -> None:
 
 
 def test_a_disabled_webhook_gets_no_deliveries_until_enabled(
-    admin_client, org, loop, django_capture_on_commit_callbacks
+    hook_admin, org, loop, django_capture_on_commit_callbacks
 ):
     hook = webhook_create(organization=org, url="https://93.184.215.14/h", events=["cancelled"])
     webhook_create(organization=org, url="https://93.184.215.14/other", events=["failed"])
-    response = admin_client.post(reverse("accounts:webhook_disable", args=[hook.pk]), follow=True)
+    response = hook_admin.post(reverse("accounts:webhook_disable", args=[hook.pk]), follow=True)
     page = response.content.decode()
     assert "Webhook disabled" in page
     assert '<span class="badge badge-cancelled" id="hook-state">Disabled</span>' in page
@@ -124,7 +124,7 @@ def test_a_disabled_webhook_gets_no_deliveries_until_enabled(
     cancel_a_waiting_run(loop, django_capture_on_commit_callbacks)
     assert not WebhookDelivery.objects.exists()
 
-    response = admin_client.post(reverse("accounts:webhook_enable", args=[hook.pk]), follow=True)
+    response = hook_admin.post(reverse("accounts:webhook_enable", args=[hook.pk]), follow=True)
     assert "Webhook enabled" in response.content.decode()
     hook.refresh_from_db()
     assert hook.active is True
@@ -132,13 +132,11 @@ def test_a_disabled_webhook_gets_no_deliveries_until_enabled(
     assert list(WebhookDelivery.objects.values_list("event", flat=True)) == ["run.cancelled"]
 
 
-def test_a_retry_queued_before_the_webhook_was_disabled_is_not_sent(
-    admin_client, hook, monkeypatch
-):
+def test_a_retry_queued_before_the_webhook_was_disabled_is_not_sent(hook_admin, hook, monkeypatch):
     delivery = WebhookDelivery.objects.create(
         webhook=hook, event="run.failed", payload={}, attempt=1, next_attempt_at=hook.created_at
     )
-    admin_client.post(reverse("accounts:webhook_disable", args=[hook.pk]))
+    hook_admin.post(reverse("accounts:webhook_disable", args=[hook.pk]))
 
     def no_request(*args, **kwargs):
         raise AssertionError("a disabled webhook was posted to")
@@ -148,7 +146,7 @@ def test_a_retry_queued_before_the_webhook_was_disabled_is_not_sent(
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempt) == (DeliveryStatus.FAILED, 1)
     assert delivery.error == "Not sent: the webhook is disabled."
-    response = admin_client.post(
+    response = hook_admin.post(
         reverse("accounts:redeliver", args=[hook.pk, delivery.pk]), follow=True
     )
     assert "enable it to redeliver" in response.content.decode()
@@ -157,16 +155,16 @@ def test_a_retry_queued_before_the_webhook_was_disabled_is_not_sent(
 
 
 def test_delete_asks_first_then_removes_the_webhook_its_deliveries_and_their_timers(
-    admin_client, hook
+    hook_admin, hook
 ):
-    page = page_of(admin_client, hook)
+    page = page_of(hook_admin, hook)
     delete_url = reverse("accounts:webhook_delete", args=[hook.pk])
     form = page.split(f'action="{delete_url}"')[1].split(">")[0]
     assert 'data-confirm="Delete this webhook?' in form
     delivery = WebhookDelivery.objects.create(webhook=hook, event="run.failed", payload={})
     dispatch.set_timer("webhook", delivery.pk, hook.created_at)
 
-    response = admin_client.post(delete_url, follow=True)
+    response = hook_admin.post(delete_url, follow=True)
     assert response.redirect_chain[-1][0] == reverse("accounts:webhooks")
     assert "was deleted" in response.content.decode()
     assert not Webhook.objects.exists()
@@ -175,12 +173,12 @@ def test_delete_asks_first_then_removes_the_webhook_its_deliveries_and_their_tim
 
 
 def test_send_test_event_posts_a_signed_ping_listed_with_the_deliveries(
-    admin_client, org, receiver, worker_in_process
+    hook_admin, org, receiver, worker_in_process
 ):
     target = receiver(200)
     hook = webhook_create(organization=org, url=target.url, events=["run.failed"])
     with worker_in_process(execute=True):
-        response = admin_client.post(reverse("accounts:webhook_test", args=[hook.pk]))
+        response = hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]))
     assert response.status_code == 302
     (headers, body), = target.requests  # fmt: skip
     assert headers["X-Loops-Event"] == "ping"  # sent whatever events the hook subscribes to
@@ -190,7 +188,7 @@ def test_send_test_event_posts_a_signed_ping_listed_with_the_deliveries(
     assert (delivery.event, delivery.status, delivery.status_code, delivery.run_id) == (
         "ping", DeliveryStatus.SUCCEEDED, 200, None
     )  # fmt: skip
-    page = admin_client.get(response.url).content.decode()
+    page = hook_admin.get(response.url).content.decode()
     assert "Test event (ping) sent" in page
     row = page.split(f'id="delivery-{delivery.pk}"')[1].split("</tr>")[0]
     assert "ping" in row
@@ -198,9 +196,9 @@ def test_send_test_event_posts_a_signed_ping_listed_with_the_deliveries(
     assert "HTTP 200" in row
 
 
-def test_a_disabled_webhook_sends_no_test_event(admin_client, hook):
-    admin_client.post(reverse("accounts:webhook_disable", args=[hook.pk]))
-    response = admin_client.post(reverse("accounts:webhook_test", args=[hook.pk]), follow=True)
+def test_a_disabled_webhook_sends_no_test_event(hook_admin, hook):
+    hook_admin.post(reverse("accounts:webhook_disable", args=[hook.pk]))
+    response = hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]), follow=True)
     assert "enable it to send a test event" in response.content.decode()
     assert not WebhookDelivery.objects.exists()
 
@@ -214,42 +212,42 @@ def test_a_disabled_webhook_sends_no_test_event(admin_client, hook):
     ],
 )
 def test_saving_a_url_deliveries_would_refuse_warns_naming_the_url_field(
-    admin_client, org, hook, settings, url, reason
+    hook_admin, org, hook, settings, url, reason
 ):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = False
-    created = admin_client.post(reverse("accounts:webhooks"), {"url": url}, follow=True)
+    created = hook_admin.post(reverse("accounts:webhooks"), {"url": url}, follow=True)
     page = created.content.decode()
     assert "Webhook created." in page
     assert 'class="flash flash-warning"' in page
-    assert f"URL: deliveries to it will be refused: {reason}" in page
+    assert f"URL: saved, but deliveries to it will fail: {reason}" in page
     assert Webhook.objects.filter(url=url).exists()  # kept: DNS may say otherwise at delivery
 
-    edited = admin_client.post(
+    edited = hook_admin.post(
         reverse("accounts:webhook", args=[hook.pk]), {"url": url}, follow=True
     ).content.decode()
     assert "Webhook saved." in edited
-    assert f"URL: deliveries to it will be refused: {reason}" in edited
+    assert f"URL: saved, but deliveries to it will fail: {reason}" in edited
 
 
-def test_a_public_url_is_saved_without_a_warning(admin_client, hook, settings):
+def test_a_public_url_is_saved_without_a_warning(hook_admin, hook, settings):
     settings.LOOPS_HTTP_ALLOW_PRIVATE = False
-    edited = admin_client.post(
+    edited = hook_admin.post(
         reverse("accounts:webhook", args=[hook.pk]), {"url": "https://93.184.215.14/v3"},
         follow=True,
     ).content.decode()  # fmt: skip
     assert "Webhook saved." in edited
-    assert "will be refused" not in edited
+    assert "deliveries to it will fail" not in edited
 
 
 def test_one_event_is_one_row_showing_its_latest_state_and_attempts(
-    admin_client, org, receiver, worker_in_process
+    hook_admin, org, receiver, worker_in_process
 ):
     target = receiver(500, 200)
     hook = webhook_create(organization=org, url=target.url)
     with worker_in_process(execute=True):
-        admin_client.post(reverse("accounts:webhook_test", args=[hook.pk]))
+        hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]))
     delivery = WebhookDelivery.objects.get()
-    page = page_of(admin_client, hook)
+    page = page_of(hook_admin, hook)
     assert page.count('id="delivery-') == 1
     row = page.split(f'id="delivery-{delivery.pk}"')[1].split("</tr>")[0]
     assert "Retrying" in row
@@ -259,7 +257,7 @@ def test_one_event_is_one_row_showing_its_latest_state_and_attempts(
 
     with worker_in_process(execute=True):  # the clock sends the retry after its backoff
         assert fire_due_timers(timezone.now() + timedelta(hours=1)) == 1
-    page = page_of(admin_client, hook)
+    page = page_of(hook_admin, hook)
     assert page.count('id="delivery-') == 1
     row = page.split(f'id="delivery-{delivery.pk}"')[1].split("</tr>")[0]
     assert "Succeeded" in row
@@ -289,10 +287,10 @@ def assert_untouched(hook: Webhook) -> None:
     assert list(fresh.deliveries.values_list("event", "status")) == [("run.failed", "failed")]
 
 
-def test_another_organizations_webhook_is_404_for_every_action(admin_client, other_org):
+def test_another_organizations_webhook_is_404_for_every_action(hook_admin, other_org):
     foreign = webhook_create(organization=other_org, url="https://93.184.215.14/theirs")
     for method, url, data in actions_on(foreign):
-        response = getattr(admin_client, method)(url, data)
+        response = getattr(hook_admin, method)(url, data)
         assert response.status_code == 404, url
     assert_untouched(foreign)
 
@@ -306,12 +304,38 @@ def test_a_member_who_is_not_an_admin_gets_403_for_every_action(member_client, o
     assert member_client.get(reverse("accounts:webhooks")).status_code == 403
 
 
-def test_the_loop_choices_are_the_organizations_own(admin_client, hook, other_org):
+def test_the_loop_choices_are_the_organizations_own(hook_admin, hook, other_org):
     LoopFactory(organization=other_org, slug="theirs")
-    response = admin_client.post(
+    response = hook_admin.post(
         reverse("accounts:webhook", args=[hook.pk]),
         {"url": "https://93.184.215.14/x", "loop": "theirs"},
     )
     assert response.context["form"].errors["loop"]
     hook.refresh_from_db()
     assert hook.loop is None
+
+
+def test_the_django_admin_warns_about_a_refused_url_and_enables_or_disables_in_bulk(
+    client, admin_user, org, hook, settings
+):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = False
+    client.force_login(admin_user)  # staff: the Django admin, across organizations
+    change = reverse("admin:runs_webhook_change", args=[hook.pk])
+    response = client.post(
+        change,
+        {"organization": org.pk, "url": "http://127.0.0.1:9/hook", "events": '["run.failed"]',
+         "active": "on"},
+        follow=True,
+    )  # fmt: skip
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("URL: saved, but deliveries to it will fail: ") for m in shown)
+    hook.refresh_from_db()
+    assert hook.url == "http://127.0.0.1:9/hook"
+
+    changelist = reverse("admin:runs_webhook_changelist")
+    client.post(changelist, {"action": "disable", "_selected_action": [hook.pk]})
+    hook.refresh_from_db()
+    assert hook.active is False
+    client.post(changelist, {"action": "enable", "_selected_action": [hook.pk]})
+    hook.refresh_from_db()
+    assert hook.active is True
