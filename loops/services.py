@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.models import CONCURRENCY_LIMIT_MAX, Organization
-from loops.models import Loop, LoopVersion
+from loops.models import Loop, LoopVersion, TestInput
 from loops.validation import validate_code
 from loops_project.errors import Conflict, Invalid, NotFound
 
@@ -161,3 +161,29 @@ def loop_update(
         loop.updated_at = timezone.now()
         loop.save(update_fields=[*fields, "updated_at"])
     return loop
+
+
+MAX_PATH_PARTS = 10
+
+
+def library_input_save(*, loop: Loop, name: str, value, path: str = "") -> TestInput:
+    """Save a value to the loop's library of test inputs, placed at a dotted `path` in the
+    input ("step.Fetch.output" gives {"step": {"Fetch": {"output": value}}}; "" the value
+    itself)."""
+    name = name.strip()
+    if not name:
+        raise Invalid("Give the test input a name", code="invalid_name",
+                      details={"field": "name"})  # fmt: skip
+    if len(name) > TestInput._meta.get_field("name").max_length:
+        raise Invalid("name is at most 100 characters", code="invalid_name",
+                      details={"field": "name"})  # fmt: skip
+    parts = path.strip().split(".") if path.strip() else []
+    if len(parts) > MAX_PATH_PARTS or any(not part.strip() for part in parts) or len(path) > 200:
+        raise Invalid(
+            f"path must be names separated by dots (at most {MAX_PATH_PARTS}), "
+            "like step.Fetch.output",
+            code="invalid_path", details={"field": "path"},
+        )  # fmt: skip
+    for part in reversed(parts):
+        value = {part.strip(): value}
+    return TestInput.objects.create(loop=loop, name=name, input=value)

@@ -63,3 +63,8 @@ class RespondForm(forms.Form):
 
 class SaveInputForm(forms.Form):
     name = forms.CharField(max_length=100)
+
+
+class SaveOutputForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    path = forms.CharField(max_length=200, required=False)

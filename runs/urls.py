@@ -14,4 +14,7 @@ urlpatterns = [
     path("<str:run_id>/cancel/", views.cancel, name="cancel"),
     path("<str:run_id>/respond/", views.respond, name="respond"),
     path("<str:run_id>/save-input/", views.save_test_input, name="save_input"),
+    path(
+        "<str:run_id>/steps/<str:step_id>/save-output/", views.save_step_output, name="save_output"
+    ),
 ]

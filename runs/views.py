@@ -8,16 +8,18 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_http_methods
 
 from accounts.models import Role
 from accounts.permissions import current_membership, current_org, require_role
 from loops.access import get_loop_for
-from loops.models import TestInput
+from loops.services import library_input_save
 from loops_project.errors import DomainError
 from runs.access import get_run_for, get_step_for
-from runs.forms import RespondForm, RunFilterForm, SaveInputForm
+from runs.formatting import formatted_html, steps_after, summary_rows
+from runs.forms import RespondForm, RunFilterForm, SaveInputForm, SaveOutputForm
 from runs.models import Run, Step, StepStatus, TriggerType
 from runs.selectors import filter_runs, run_log_tail, value_head, without_values
 from runs.services import run_cancel, run_respond, run_restart, run_resume
@@ -172,34 +174,45 @@ def _raw(value) -> str:
 
 
 def value_block(value, *, url: str) -> dict:
-    """What the template needs to show one JSON value with a formatted/raw toggle, without
-    sending megabytes at once: text in chunks, long arrays 20 items at a time."""
+    """What the template needs to show one JSON value with its Formatted and Raw views, without
+    sending megabytes at once: text in chunks, long arrays 20 items at a time (in both views),
+    and a download of the whole value."""
     raw = _raw(value)
     block = {
         "url": url, "is_null": value is None, "size": len(raw),
         # Live updates leave a value box whose key is unchanged as the reader left it.
         "key": hashlib.blake2b(raw.encode(), digest_size=8).hexdigest(),
-        "raw": raw[:CHUNK_CHARS], "raw_next": CHUNK_CHARS if len(raw) > CHUNK_CHARS else None,
-        "truncated": len(raw) > CHUNK_CHARS,
     }  # fmt: skip
     if isinstance(value, list) and len(value) > ARRAY_PAGE:
-        block["array"] = _items(value, 0)
-        block["items_next"] = ARRAY_PAGE
-        block["items_total"] = len(value)
-        block["truncated"] = True
-    else:
-        pretty = _pretty(value)
-        block["pretty"] = pretty[:CHUNK_CHARS]
-        block["pretty_next"] = CHUNK_CHARS if len(pretty) > CHUNK_CHARS else None
-        block["truncated"] = block["truncated"] or len(pretty) > CHUNK_CHARS
+        block.update(
+            array=_items(value, 0, "items"), raw_array=_items(value, 0, "raw-items"),
+            items_next=ARRAY_PAGE, items_left=len(value) - ARRAY_PAGE, truncated=True,
+        )  # fmt: skip
+        return block
+    if len(raw) <= CHUNK_CHARS:
+        block.update(formatted=formatted_html(value), raw=raw, truncated=False)
+        return block
+    pretty = _pretty(value)
+    block.update(
+        pretty=pretty[:CHUNK_CHARS], pretty_next=CHUNK_CHARS, pretty_left=len(pretty) - CHUNK_CHARS,
+        raw=raw[:CHUNK_CHARS], raw_next=CHUNK_CHARS, raw_left=len(raw) - CHUNK_CHARS,
+        truncated=True,
+    )  # fmt: skip
     return block
 
 
-def _items(value: list, start: int) -> list[tuple[int, str]]:
+def _items(value: list, start: int, view: str, count: int = ARRAY_PAGE) -> list[tuple]:
+    """One page of an array's items as (index, html or text): formatted where an item is small
+    enough, else its JSON (cut at CHUNK_CHARS; the download has all of it)."""
     items = []
-    for index, item in enumerate(value[start : start + ARRAY_PAGE], start=start):
-        text = _pretty(item)
-        items.append((index, text if len(text) <= CHUNK_CHARS else text[:CHUNK_CHARS] + "\n…"))
+    for index, item in enumerate(value[start : start + count], start=start):
+        text = _raw(item) if view == "raw-items" else _pretty(item)
+        if len(text) > CHUNK_CHARS:
+            items.append((index, None, text[:CHUNK_CHARS] + "\n…"))
+        elif view == "raw-items":
+            items.append((index, None, text))
+        else:
+            items.append((index, formatted_html(item), None))
     return items
 
 
@@ -217,6 +230,10 @@ def _field_value(run: Run, step: Step | None, field: str):
             "iteration": {"index": step.iteration, "item": step.iteration_item},
             "body": (step.error or {}).get("body") if isinstance(step.error, dict) else None,
         }  # fmt: skip
+        if step.kind == "each":
+            values["items"] = _each_items(list(step.children.order_by("order")))
+        if isinstance(step.output, list):
+            values.update({f"page-{n}": page for n, page in enumerate(step.output, start=1)})
     if field not in values:
         raise Http404("No such field.")
     return values[field]
@@ -225,26 +242,35 @@ def _field_value(run: Run, step: Step | None, field: str):
 @login_required
 @require_http_methods(["GET"])
 def run_value(request: HttpRequest, run_id: str) -> HttpResponse:
+    """One value of a run or step: whole (`full=1`, as a download with `download=1`), a chunk
+    of its text from `start`, or a page of its items (`view=items|raw-items`; `all=1`: the
+    rest of them)."""
     run = get_run_for(current_org(request), run_id)
     step_id = request.GET.get("step")
     step = get_step_for(run, step_id) if step_id else None
-    value = _field_value(run, step, request.GET.get("field", ""))
+    field = request.GET.get("field", "")
+    value = _field_value(run, step, field)
     view = request.GET.get("view", "pretty")
     start = query_int(request.GET.get("start")) or 0
-    url = _value_url(run, request.GET.get("field", ""), step)
+    url = _value_url(run, field, step)
     if request.GET.get("full") == "1":
         text = _raw(value) if view == "raw" else _pretty(value)
-        return HttpResponse(text, content_type="application/json; charset=utf-8")
-    if view == "items":
+        response = HttpResponse(text, content_type="application/json; charset=utf-8")
+        if request.GET.get("download") == "1":
+            name = f"{run.pk}-{step.name if step else 'run'}-{field}.json"
+            response["Content-Disposition"] = content_disposition_header(True, name)
+        return response
+    if view in {"items", "raw-items"}:
         if not isinstance(value, list):
             raise Http404("Not an array.")
-        nxt = start + ARRAY_PAGE
+        count = len(value) - start if request.GET.get("all") == "1" else ARRAY_PAGE
+        nxt = start + count
         return render(request, "runs/detail.html#more-items", {
-            "items": _items(value, start), "url": url,
+            "items": _items(value, start, view, count), "url": url, "view": view,
             "next": nxt if nxt < len(value) else None, "remaining": max(len(value) - nxt, 0),
         })  # fmt: skip
     text = _raw(value) if view == "raw" else _pretty(value)
-    nxt = start + CHUNK_CHARS
+    nxt = len(text) if request.GET.get("all") == "1" else start + CHUNK_CHARS
     return render(request, "runs/detail.html#more-text", {
         "text": text[start:nxt], "url": url, "view": view,
         "next": nxt if nxt < len(text) else None, "remaining": max(len(text) - nxt, 0),
@@ -266,6 +292,9 @@ def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
     ):
         child_runs.setdefault(child.parent_step_id, []).append(child)
 
+    def block(value, field: str, step: Step) -> dict:
+        return value_block(value, url=_value_url(run, field, step))
+
     def node(step: Step) -> dict | None:
         kids = [n for n in (node(s) for s in children_of.get(step.pk, [])) if n]
         runs = []
@@ -278,27 +307,65 @@ def _step_tree(run: Run, steps: list[Step], only: str) -> list[dict]:
         keep = not only or step.shown_status == only or kids or runs
         if not keep:
             return None
-        return {
-            "step": step, "children": kids, "child_runs": runs,
-            "input": value_block(step.input, url=_value_url(run, "input", step))
-            if step.input is not None else None,
-            "output": value_block(step.output, url=_value_url(run, "output", step))
-            if step.output is not None else None,
-            "error": None if step.cancelled else step.error,  # its badge says cancelled
-            "error_block": value_block(step.error, url=_value_url(run, "error", step))
-            if step.error is not None and not step.cancelled else None,
-            "http_error": step.kind == "http" and isinstance(step.error, dict)
-            and "status" in step.error,
-            "body": value_block(step.error.get("body"), url=_value_url(run, "body", step))
-            if step.kind == "http" and isinstance(step.error, dict) and "body" in step.error
-            else None,
-            "iteration": value_block(
-                {"index": step.iteration, "item": step.iteration_item},
-                url=_value_url(run, "iteration", step),
-            ) if step.iteration is not None else None,
+        error = step.error if isinstance(step.error, dict) and not step.cancelled else None
+        http_error = step.kind == "http" and error is not None and "status" in error
+        paged = step.kind == "http" and step.page is not None and isinstance(step.output, list)
+        entry = {
+            "step": step, "children": _with_dividers(kids), "child_runs": runs,
+            "summary": summary_rows(step, runs),
+            "error": error,  # a cancelled step's badge says cancelled: no error section
+            "http_error": http_error,
+            "error_block": block(step.error, "error", step) if error and not http_error else None,
+            "body": block(error.get("body"), "body", step)
+            if http_error and "body" in error else None,
+            "input": block(step.input, "input", step) if step.input is not None else None,
+            "output": block(step.output, "output", step)
+            if step.output is not None and not paged else None,
+            "pages": [(number, block(page, f"page-{number}", step))
+                      for number, page in enumerate(step.output, start=1)] if paged else [],
+            "items": block(_each_items(children_of.get(step.pk, [])), "items", step)
+            if step.kind == "each" else None,
+            "iteration": block({"index": step.iteration, "item": step.iteration_item},
+                               "iteration", step) if step.iteration is not None else None,
         }  # fmt: skip
+        sections = ("error", "input", "output", "items", "iteration")
+        entry["open_one"] = sum(bool(entry[k]) for k in sections) + len(entry["pages"]) == 1
+        return entry
 
-    return [n for n in (node(s) for s in children_of.get(None, [])) if n]
+    return _with_dividers([n for n in (node(s) for s in children_of.get(None, [])) if n])
+
+
+def _each_items(children: list[Step]) -> list:
+    """A step.each's items, as its iterations' steps carry them (one per iteration)."""
+    items: dict[int, object] = {}
+    for child in children:
+        if child.iteration is not None:
+            items.setdefault(child.iteration, child.iteration_item)
+    return [items[index] for index in sorted(items)]
+
+
+def _with_dividers(nodes: list[dict]) -> list[dict]:
+    """Mark the first step of each iteration after the first, where the timeline draws a line."""
+    previous = None
+    for entry in nodes:
+        iteration = entry["step"].iteration
+        entry["new_iteration"] = (
+            iteration is not None and previous is not None and iteration != previous
+        )
+        previous = iteration if iteration is not None else previous
+    return nodes
+
+
+def _skipped_steps(run: Run, steps: list[Step]) -> list[str]:
+    """Steps a run did not reach because a rejection stopped it (step.approve's on_reject
+    "stop"): the ones its program calls below the rejected step, not recorded."""
+    rejected = next((s for s in steps if s.status == StepStatus.REJECTED
+                     and (s.input or {}).get("onReject", "stop") == "stop"), None)  # fmt: skip
+    if rejected is None or not run.is_ended or not rejected.line:
+        return []
+    code = run.version.code if run.version else run.test_code
+    recorded = {s.name for s in steps}
+    return [name for name in steps_after(code, rejected.line) if name not in recorded]
 
 
 def _breadcrumb(run: Run) -> list[tuple[Run, Step]]:
@@ -339,6 +406,7 @@ def detail(request: HttpRequest, run_id: str) -> HttpResponse:
     membership = current_membership(request)
     context = {
         "run": run, "tree": _step_tree(run, steps, only),
+        "skipped": [] if only else _skipped_steps(run, steps),
         "steps_filter": request.GET.get("steps", ""),
         "counts": {
             "all": len(steps),
@@ -432,8 +500,36 @@ def save_test_input(request: HttpRequest, run_id: str) -> HttpResponse:
     run = get_run_for(org, run_id)
     form = SaveInputForm(request.POST)
     if form.is_valid():
-        TestInput.objects.create(loop=run.loop, name=form.cleaned_data["name"], input=run.input)
+        library_input_save(loop=run.loop, name=form.cleaned_data["name"], value=run.input)
         messages.success(request, f"Saved as test input “{form.cleaned_data['name']}”.")
     else:
         messages.error(request, "Give the test input a name.")
     return redirect(run)
+
+
+@login_required
+@require_http_methods(["POST"])
+def save_step_output(request: HttpRequest, run_id: str, step_id: str) -> HttpResponse:
+    """Save Output to Library: a step's whole output (read here, not sent by the page) as a
+    test input of the run's loop, placed at the path given."""
+    org = require_role(request, Role.EDITOR)
+    run = get_run_for(org, run_id)
+    step = get_step_for(run, step_id)
+    form = SaveOutputForm(request.POST)
+    if step.output is None:
+        messages.error(request, f"Step “{step.name}” has no output to save.")
+    elif not form.is_valid():
+        messages.error(
+            request, "Give the test input a name (name: required, at most 100 characters)."
+        )
+    else:
+        try:
+            saved = library_input_save(loop=run.loop, name=form.cleaned_data["name"],
+                                    value=step.output, path=form.cleaned_data["path"])  # fmt: skip
+        except DomainError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request, f"Saved the output of “{step.name}” as test input “{saved.name}”."
+            )
+    return redirect(f"{run.get_absolute_url()}#step-{step.pk}")

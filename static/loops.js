@@ -36,20 +36,19 @@
       if (source) copyText(source.textContent.trim(), button);
       return;
     }
+    button = event.target.closest("[data-copy-text]");
+    if (button) {
+      copyText(button.getAttribute("data-copy-text"), button);
+      return;
+    }
     button = event.target.closest("[data-copy-value]");
     if (button) {
-      var box = button.closest("[data-value-box]");
-      var pane = box.querySelector("[data-view-pane]:not([hidden])");
-      var url = button.getAttribute("data-copy-url");
-      if (url) {
-        var view = pane.getAttribute("data-view-pane");
-        fetch(url + "&view=" + view, { credentials: "same-origin" })
-          .then(function (r) { return r.text(); })
-          .then(function (text) { copyText(text, button); });
-      } else {
-        var parts = Array.prototype.map.call(pane.querySelectorAll("pre"), function (pre) { return pre.textContent; });
-        copyText(parts.join(pane.querySelector(".items") ? ",\n" : ""), button);
-      }
+      // The whole value as JSON, indented as in Formatted or compact as in Raw.
+      var pane = button.closest("[data-value-box]").querySelector("[data-view-pane]:not([hidden])");
+      fetch(button.getAttribute("data-copy-url") + "&view=" + pane.getAttribute("data-view-pane"),
+            { credentials: "same-origin" })
+        .then(function (r) { return r.text(); })
+        .then(function (text) { copyText(text, button); });
       return;
     }
     button = event.target.closest("[data-view]");
@@ -185,6 +184,21 @@
       event.stopImmediatePropagation();
     }
   }, true);
+
+  // "Save Output to Library" shows once the whole output is in the page: one of its views has
+  // no chunk or page left to load. (The loaded links are swapped out: remember their box.)
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail.elt;
+    if (event.detail.xhr && elt.closest) event.detail.xhr.loopsBox = elt.closest("[data-value-box]");
+  });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var box = event.detail.xhr && event.detail.xhr.loopsBox;
+    if (!box) return;
+    var panes = Array.prototype.slice.call(box.querySelectorAll("[data-view-pane]"));
+    if (!panes.some(function (pane) { return !pane.querySelector(".load-links, li.more"); })) return;
+    var form = box.parentElement.querySelector("[data-needs-full]");
+    if (form) form.hidden = false;
+  });
 
   document.addEventListener("htmx:afterSwap", function (event) {
     if (event.detail && event.detail.target && event.detail.target.id === "test-result") {

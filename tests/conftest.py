@@ -66,6 +66,13 @@ def owner(org):
 
 
 @pytest.fixture
+def owner_client(client, owner):
+    """The Django test client, logged in as the organization's owner."""
+    client.force_login(owner)
+    return client
+
+
+@pytest.fixture
 def member(org):
     return MembershipFactory(
         organization=org, role=Role.EDITOR, user=UserFactory(username="mo")

@@ -173,12 +173,6 @@ def test_org_effective_limit_is_the_setting_unless_overridden(org, settings):
 # --- the loop page --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
-
-
 def test_loop_page_sets_and_clears_the_limit(owner_client, loop):
     page = owner_client.get(loop.get_absolute_url()).content.decode()
     assert HELP in page

@@ -19,12 +19,6 @@ from tests.factories import MembershipFactory, RunFactory, UserFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
-
-
 def test_pages_require_login(client, loop):
     response = client.get(reverse("loops:list"))
     assert response.status_code == 302

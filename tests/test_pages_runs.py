@@ -12,12 +12,6 @@ from tests.factories import RunFactory
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def owner_client(client, owner):
-    client.force_login(owner)
-    return client
-
-
 def test_cancel_then_resume_show_their_outcome(owner_client, loop):
     run = RunFactory(loop=loop, status="waiting", pending={"kind": "sleep"})
     response = owner_client.post(reverse("runs:cancel", args=[run.pk]), follow=True)
@@ -51,7 +45,8 @@ def test_http_error_shows_status_headers_and_body(owner_client, loop):
     page = owner_client.get(run.get_absolute_url()).content.decode()
     assert "HTTP 503" in page
     assert "retry-after" in page
-    assert "&quot;error&quot;: &quot;maintenance&quot;" in page
+    assert '<th>error</th><td><span class="fv-str">maintenance</span></td>' in page  # Formatted
+    assert "{&quot;error&quot;:&quot;maintenance&quot;}" in page  # Raw
 
 
 def test_child_run_is_nested_and_has_a_breadcrumb(owner_client, loop):

@@ -5,10 +5,11 @@ import json
 import pytest
 from playwright.sync_api import expect
 
-from runs.models import Run
+from loops.models import TestInput
+from runs.models import Run, Step
 from runs.services import run_trigger
 from tests.conftest import wait_until
-from tests.factories import LoopFactory
+from tests.factories import LoopFactory, RunFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -51,17 +52,16 @@ def test_trigger_and_watch_run_succeed_without_reload(worker, live_server, login
     expect(page.locator("#run-duration")).not_to_have_text("—")
 
     output = page.locator("#run-output")
-    expect(output.locator("[data-view-pane=pretty] pre")).to_contain_text(
-        '"greeting": "Hello, Ana!"'
-    )
+    formatted = output.locator("[data-view-pane=pretty] .fv")  # a key/value table
+    expect(formatted.locator("tr").filter(has_text="greeting")).to_contain_text("Hello, Ana!")
     output.get_by_role("button", name="Raw").click()
     expect(output.locator("[data-view-pane=raw]")).to_be_visible()
     raw = output.locator("[data-view-pane=raw] pre")
     expect(raw).to_contain_text('"greeting":"Hello, Ana!"')  # compact: no spaces, one line
     assert json.loads(raw.text_content()) == {"greeting": "Hello, Ana!", "items": [0, 1, 2]}
     expect(output.locator("[data-view-pane=pretty]")).to_be_hidden()
-    page.locator("[data-step=Work] summary", has_text="Output").click()
-    expect(page.locator("[data-step=Work] [data-view-pane=pretty] pre")).to_have_text('"worked"')
+    # A step with one section (Work's output) shows it open by itself.
+    expect(page.locator("[data-step=Work] [data-view-pane=pretty] .fv")).to_have_text("worked")
     screenshot("run-detail")
 
 
@@ -108,7 +108,7 @@ def test_answer_a_question_then_approve(worker, live_server, login, org, owner, 
     page.get_by_role("button", name="Approve").click()
     expect(page.locator("#run-status .badge")).to_have_text("Succeeded", timeout=30_000)
     expect(page.locator("[data-step=Send] .badge")).to_have_text("Succeeded")
-    expect(page.locator("#run-output")).to_contain_text('"name": "Ana"')
+    expect(page.locator("#run-output tr").filter(has_text="name")).to_contain_text("Ana")
 
 
 def test_reject_ends_run_succeeded_with_rejected_step(worker, live_server, login, org, owner):
@@ -124,6 +124,9 @@ def test_reject_ends_run_succeeded_with_rejected_step(worker, live_server, login
     expect(page.get_by_text("Rejected. The run stops.")).to_be_visible()
     expect(page.locator("#run-status .badge")).to_have_text("Succeeded", timeout=30_000)
     expect(page.locator("[data-step=Ship] .badge")).to_have_text("Rejected")
+    # The step the rejection stopped the program before is shown skipped.
+    expect(page.locator("[data-step=Send] .badge")).to_have_text("Skipped")
+    expect(page.locator("[data-step=Send]")).to_contain_text("not run: the rejection stopped")
     page.get_by_role("link", name="Rejected").click()
     expect(page.locator("#timeline > li")).to_have_count(1)
     expect(page.locator("[data-step=Ship]")).to_contain_text("Not today")
@@ -141,3 +144,24 @@ def test_restart_a_run(worker, live_server, login, org, owner, loop):
     assert new.restarted_from_id == first.pk
     assert new.pk in page.url
     expect(page.locator("#run-output")).to_contain_text("Hello, Rae!")
+
+
+def test_save_a_large_step_output_to_the_library_once_loaded(live_server, login, owner, loop):
+    run = RunFactory(loop=loop, status="succeeded")
+    output = {"rows": ["r" * 100 for _ in range(300)]}  # over one 20,000-character chunk
+    Step.objects.create(run=run, order=1, key="Fetch#1", name="Fetch", status="succeeded",
+                        output=output)  # fmt: skip
+    page = login(owner)
+    page.goto(live_server.url + run.get_absolute_url())
+    fetch = page.locator("[data-step=Fetch]")
+    save = fetch.get_by_role("button", name="Save Output to Library")
+    expect(save).to_be_hidden()  # not before the whole output is in the page
+    fetch.get_by_role("link", name="Load all").first.click()
+    expect(save).to_be_visible()
+    expect(fetch.get_by_label("Variable path")).to_have_value("step.Fetch.output")
+    fetch.get_by_label("Library name").fill("Big fetch")
+    save.click()
+    done = "Saved the output of “Fetch” as test input “Big fetch”."
+    expect(page.get_by_text(done)).to_be_visible()
+    saved = TestInput.objects.get(loop=loop)
+    assert saved.input == {"step": {"Fetch": {"output": output}}}
