@@ -175,7 +175,8 @@ def trigger_runs(request, loop: str, payload: LoopTriggerIn):
         return Status(202, {"data": {"batchId": batch.pk, "count": batch.count}})
     wait = _live_timeout(payload.timeout) if payload.mode == "live" else None
     key = request.headers.get("Idempotency-Key") or payload.idempotencyKey
-    run, _ = _trigger_one(request, target, payload.input, key)
+    # No input at all is an empty object, as a trigger without a body (an explicit null stays).
+    run, _ = _trigger_one(request, target, payload.input if "input" in given else {}, key)
     if wait is not None:
         ended = wait_for_end(run.pk, wait)
         if ended is not None:

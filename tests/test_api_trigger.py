@@ -57,6 +57,14 @@ def test_trigger_url_takes_any_json_value_as_input(api, loop):
     assert Run.objects.get(pk=response.json()["runId"]).input == {}
 
 
+def test_api_trigger_without_input_gives_an_empty_object_and_null_stays_null(api, loop):
+    response = api.post("/api/v1/loops/greeting/runs", json={})
+    assert response.status_code == 202
+    assert response.json()["data"]["input"] == {}
+    explicit = api.post("/api/v1/loops/greeting/runs", json={"input": None})
+    assert explicit.json()["data"]["input"] is None
+
+
 def test_a_batch_of_inputs_exists_and_is_queued_when_202_arrives(api, loop):
     inputs = [{"name": f"n{i}"} for i in range(1500)]
     response = api.post("/api/v1/loops/greeting/runs", json={"inputs": inputs})

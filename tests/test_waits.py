@@ -256,6 +256,14 @@ def test_child_run_is_nested_under_the_parent_step_and_returns_its_output(org, l
     assert parent.steps.get().kind == "child"
 
 
+def test_a_child_run_without_a_body_gets_an_empty_object(org, loop):
+    parent = execute(trigger(deploy(org, program('return step.run_loop("Greet", "greeting")'))))
+    child = execute(Run.objects.get(parent_step__run=parent))
+    assert (child.input, child.output) == ({}, {"greeting": "Hello, there!"})
+    parent = execute(Run.objects.get(pk=parent.pk))
+    assert (parent.status, parent.output) == ("succeeded", {"greeting": "Hello, there!"})
+
+
 def test_a_failed_child_run_fails_the_parent_with_its_error(org):
     deploy(org, program("raise ValueError('child broke')"), slug="breaks")
     parent = execute(
@@ -477,3 +485,25 @@ def test_due_schedules_start_system_runs_in_their_time_zone(loop):
     assert (run.trigger_type, run.input) == ("system", {"name": "cron"})
     schedule.refresh_from_db()
     assert schedule.next_run_at - schedule.last_run_at == timedelta(days=1)
+
+
+def test_a_replayed_step_failure_is_the_exception_the_program_first_caught(org):
+    loop = deploy(org, program(
+        """
+        try:
+            step.do("Parse", lambda: int("not a number"), retries=0)
+        except ValueError:
+            caught = "ValueError"
+        try:
+            step.do("Look up", lambda: {}["missing"], retries=0)
+        except KeyError:
+            caught += " and KeyError"
+        step.wait_for_event("Go", "go")
+        return caught
+        """
+    ))  # fmt: skip
+    run = execute(trigger(loop))
+    assert run.status == "waiting"
+    run_send_event(run=run, type="go")
+    run = execute(Run.objects.get(pk=run.pk))  # replays both failures from their checkpoints
+    assert (run.status, run.output) == ("succeeded", "ValueError and KeyError")

@@ -461,6 +461,9 @@ class _Timer:
         return False
 
 
+_NO_BODY = object()  # step.run_loop without a body
+
+
 class Step:
     """The `step` argument of run(). Each method is one recorded, checkpointed step."""
 
@@ -694,9 +697,10 @@ class Step:
             return saved.get("output") or {"approved": False, "reason": None}
         return self._resolved(name, saved)
 
-    def run_loop(self, name, loop, body=None):
-        """Run another loop of the organization and return its output (or raise its error)."""
-        _, saved = self._wait(name, "child", loop=str(loop), body=body)
+    def run_loop(self, name, loop, body=_NO_BODY):
+        """Run another loop of the organization and return its output (or raise its error).
+        Without a body the child's event.body is an empty object, as for a trigger without one."""
+        _, saved = self._wait(name, "child", loop=str(loop), body={} if body is _NO_BODY else body)
         return self._resolved(name, saved)
 
     def http(self, name, method, url, *, headers=None, params=None, json=None, data=None,
@@ -766,12 +770,23 @@ _REBUILDABLE = {
 
 
 def _rebuild_error(error):
+    """A failed step's exception as the program first met it, so that a replay takes the same
+    `except` branch: the runtime's own errors, or a built-in exception of the same name (a
+    class of the program's own, or one that cannot be rebuilt from a message, is RuntimeError)."""
     error = error or {}
-    cls = _REBUILDABLE.get(error.get("type"), RuntimeError)
+    kind = error.get("type")
     message = error.get("message", "step failed")
+    cls = _REBUILDABLE.get(kind)
     if cls is HttpError:
         return HttpError(message, error.get("status"), error.get("headers"), error.get("body"))
-    return cls(message)
+    if cls is None:
+        builtin = getattr(builtins, str(kind), None)
+        is_exception = isinstance(builtin, type) and issubclass(builtin, Exception)
+        cls = builtin if is_exception and builtin.__module__ == "builtins" else RuntimeError
+    try:
+        return cls(message)
+    except TypeError:  # UnicodeDecodeError and the like take more than a message
+        return RuntimeError(message)
 
 
 # --- One execution ---------------------------------------------------------------------------
