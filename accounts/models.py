@@ -304,3 +304,44 @@ class Invitation(models.Model):
         return wanted == user.get_username().lower() or (
             bool(user.email) and wanted == user.email.lower()
         )
+
+
+def audit_id() -> str:
+    return ids.new_id("aud")
+
+
+class ActorType(models.TextChoices):
+    USER = "user"
+    TOKEN = "token"  # noqa: S105 - a kind of actor, not a secret
+    SYSTEM = "system"
+
+
+class AuditEvent(models.Model):
+    """One operator action, recorded in the same transaction as the action (accounts/audit.py).
+    Never edited; deleted only by the retention setting (LOOPS_AUDIT_RETENTION_DAYS)."""
+
+    id = ids.PublicIdField(audit_id)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    at = models.DateTimeField(default=timezone.now, editable=False)
+    actor_type = models.CharField(max_length=8, choices=ActorType.choices)
+    # The actor's id and name as they were: a user or token deleted later stays readable here.
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_name = models.CharField(max_length=150, blank=True)
+    action = models.CharField(max_length=64)  # dotted: loop.deploy, run.cancel, runs.bulk …
+    object_type = models.CharField(max_length=32)
+    object_id = models.CharField(max_length=64)
+    details = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "-at", "-id"], name="audit_org_at"),
+            models.Index(fields=["organization", "object_id"], name="audit_org_object"),
+            models.Index(fields=["organization", "action", "-at"], name="audit_org_action"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type} {self.object_id} by {self.actor_name}"
