@@ -436,9 +436,9 @@ class WebhookDelivery(models.Model):
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     delivered_at = models.DateTimeField(null=True, blank=True)  # the last attempt's time
-    # When the next attempt may start; none while one is under way or once the delivery ended.
-    # An attempt is claimed by clearing it, so a task that runs twice never posts twice.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When the next attempt may start (a new delivery: now); none while one is under way or
+    # once the delivery ended. An attempt is claimed by clearing it (runs.webhooks).
+    next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
 
     class Meta:
         ordering = ["-created_at"]
@@ -452,6 +452,7 @@ class WebhookDelivery(models.Model):
 class TimerKind(models.TextChoices):
     STEP = "step", "A step's time"  # a sleep ends, a wait times out, a retry is due
     WEBHOOK = "webhook", "Webhook retry"
+    APPROVAL = "approval", "Approval reminder or escalation"  # target: the waiting step's id
 
 
 class Timer(models.Model):
