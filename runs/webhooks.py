@@ -124,7 +124,7 @@ def webhook_send_test(*, webhook: Webhook) -> WebhookDelivery:
     payload = json.loads(json.dumps({"event": TEST_EVENT, "data": data}, cls=DjangoJSONEncoder))
     with transaction.atomic():
         delivery = WebhookDelivery.objects.create(
-            webhook=webhook, event=TEST_EVENT, payload=payload, next_attempt_at=timezone.now()
+            webhook=webhook, event=TEST_EVENT, payload=payload
         )
         dispatch.deliver_webhook(delivery.pk)
     return delivery
@@ -173,7 +173,6 @@ def queue_deliveries_of(changes: list[Change]) -> None:
     if not wanted:
         return
     runs = Run.objects.select_related("loop", "version").in_bulk({c.run_id for c, _ in wanted})
-    now = timezone.now()
     deliveries = []
     for change, hook in wanted:
         event = f"run.{change.status}"
@@ -182,13 +181,7 @@ def queue_deliveries_of(changes: list[Change]) -> None:
         data = {**run_payload(runs[change.run_id]), "status": change.status}
         payload = json.loads(json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder))
         deliveries.append(
-            WebhookDelivery(
-                webhook=hook,
-                run_id=change.run_id,
-                event=event,
-                payload=payload,
-                next_attempt_at=now,
-            )
+            WebhookDelivery(webhook=hook, run_id=change.run_id, event=event, payload=payload)
         )
     with transaction.atomic():
         for delivery in WebhookDelivery.objects.bulk_create(deliveries):
