@@ -7,8 +7,15 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
-from accounts.models import ApiToken, Invitation, Membership, Organization
-from accounts.services import invitation_revoke, token_create
+from accounts.audit import Actor
+from accounts.models import ApiToken, AuditEvent, Invitation, Membership, Organization
+from accounts.services import (
+    invitation_revoke,
+    membership_change_role,
+    membership_remove,
+    token_create,
+    token_revoke,
+)
 from loops.models import Loop
 
 
@@ -83,6 +90,25 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "user__email", "organization__slug", "organization__name"]
     autocomplete_fields = ["user", "organization"]
     readonly_fields = ["id", "created_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        # Once made, a membership changes only its role (through the service, audited).
+        return (
+            self.readonly_fields if obj is None else [*self.readonly_fields, "user", "organization"]
+        )
+
+    def save_model(self, request: HttpRequest, obj: Membership, form, change: bool) -> None:
+        if change:
+            membership_change_role(membership=obj, role=obj.role, actor=Actor.from_request(request))
+            return
+        super().save_model(request, obj, form, change)
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        membership_remove(membership=obj, actor=Actor.from_request(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        for membership in queryset:
+            membership_remove(membership=membership, actor=Actor.from_request(request))
 
 
 class ApiTokenAddForm(forms.ModelForm):
@@ -159,6 +185,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
             scope=obj.scope,
             expires_at=obj.expires_at,
             created_by=request.user,
+            actor=Actor.from_request(request),
         )
         obj.pk = token.pk
         obj.refresh_from_db()
@@ -196,7 +223,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def revoke_tokens(self, request: HttpRequest, queryset) -> None:
         revoked = 0
         for token in queryset.filter(revoked_at__isnull=True):
-            token.revoke()
+            token_revoke(token=token, actor=Actor.from_request(request))
             revoked += 1
         noun = model_ngettext(self.opts, revoked)
         self.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
@@ -256,7 +283,7 @@ class InvitationAdmin(admin.ModelAdmin):
     def revoke_invitations(self, request: HttpRequest, queryset) -> None:
         revoked = 0
         for invitation in queryset.open():
-            invitation_revoke(invitation=invitation)
+            invitation_revoke(invitation=invitation, actor=Actor.from_request(request))
             revoked += 1
         noun = model_ngettext(self.opts, revoked)
         self.message_user(request, f"Revoked {revoked} {noun}.", messages.SUCCESS)
@@ -265,3 +292,26 @@ class InvitationAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"Skipped {skipped}: accepted, declined or revoked", messages.WARNING
             )
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit log, read-only: entries are written with the actions they record and deleted
+    only by the retention (LOOPS_AUDIT_RETENTION_DAYS)."""
+
+    list_display = ["at", "organization", "actor_type", "actor_name", "action", "object_type",
+                    "object_id", "ip"]  # fmt: skip
+    list_filter = ["action", "actor_type", "organization"]
+    list_select_related = ["organization"]
+    search_fields = ["object_id", "actor_name", "action"]
+    date_hierarchy = "at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

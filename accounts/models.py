@@ -316,6 +316,19 @@ class ActorType(models.TextChoices):
     SYSTEM = "system"
 
 
+# The actions the log records, for the audit page's filter (API.md names them dotted).
+AUDIT_ACTIONS = [
+    "loop.create", "loop.update", "loop.pause", "loop.unpause", "loop.deploy", "loop.rollback",
+    "schedule.create", "schedule.update", "schedule.delete",
+    "webhook.create", "webhook.update", "webhook.enable", "webhook.disable", "webhook.delete",
+    "token.create", "token.revoke",
+    "member.invite", "member.invite_revoke", "member.role", "member.remove",
+    "input.answer", "approval.approve", "approval.reject",
+    "run.cancel", "run.resume", "run.restart", "run.retry_from", "run.event",
+    "step.complete", "step.fire", "runs.bulk", "runs.bulk_abort",
+]  # fmt: skip
+
+
 class AuditEvent(models.Model):
     """One operator action, recorded in the same transaction as the action (accounts/audit.py).
     Never edited; deleted only by the retention setting (LOOPS_AUDIT_RETENTION_DAYS)."""

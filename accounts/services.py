@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import CharField, DateTimeField
 from django.utils import timezone
 
+from accounts.audit import Actor, record
 from accounts.models import (
     ApiToken,
     Invitation,
@@ -49,6 +50,14 @@ def membership_set(*, organization: Organization, user, role: str) -> Membership
     return membership
 
 
+def _audit(actor: Actor | None, organization, action: str, kind: str, ident: str,
+           details: dict) -> None:  # fmt: skip
+    if actor is not None:
+        record(organization=organization, actor=actor, action=action, object_type=kind,
+               object_id=ident, details=details)  # fmt: skip
+
+
+@transaction.atomic
 def token_create(
     *,
     organization: Organization,
@@ -56,6 +65,7 @@ def token_create(
     scope: str = TokenScope.FULL,
     expires_at: datetime | None = None,
     created_by=None,
+    actor: Actor | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token and return it with its secret, which is never stored or shown again."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -68,6 +78,8 @@ def token_create(
         expires_at=expires_at,
         created_by=created_by,
     )
+    _audit(actor, organization, "token.create", "token", token.pk,
+           {"name": name, "scope": token.scope, "prefix": token.prefix})  # fmt: skip
     return token, raw
 
 
@@ -135,8 +147,9 @@ def _owner_count(organization: Organization) -> int:
 
 @transaction.atomic
 def invitation_create(
-    *, organization: Organization, identifier: str, role: str, invited_by=None
-) -> tuple[Invitation, str]:
+    *, organization: Organization, identifier: str, role: str, invited_by=None,
+    actor: Actor | None = None,
+) -> tuple[Invitation, str]:  # fmt: skip
     """Invite a username or e-mail address to the organization; return the invitation and its
     link secret, which is never stored or shown again.
 
@@ -169,6 +182,8 @@ def invitation_create(
         created_at=now,
         expires_at=now + timedelta(days=settings.LOOPS_INVITATION_DAYS),
     )
+    _audit(actor, organization, "member.invite", "invitation", invitation.pk,
+           {"identifier": identifier, "role": invitation.role})  # fmt: skip
     return invitation, raw
 
 
@@ -236,33 +251,47 @@ def invitation_decline(*, invitation: Invitation, user) -> Invitation:
 
 
 @transaction.atomic
-def invitation_revoke(*, invitation: Invitation) -> Invitation:
+def invitation_revoke(*, invitation: Invitation, actor: Actor | None = None) -> Invitation:
     locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
     if locked.accepted_at is None and locked.revoked_at is None:
         locked.revoked_at = timezone.now()
         locked.save(update_fields=["revoked_at"])
+        _audit(actor, locked.organization_id, "member.invite_revoke", "invitation", locked.pk,
+               {"identifier": locked.identifier})  # fmt: skip
     return locked
 
 
 @transaction.atomic
-def membership_change_role(*, membership: Membership, role: str) -> Membership:
+def membership_change_role(
+    *, membership: Membership, role: str, actor: Actor | None = None
+) -> Membership:
     role = Role(role)
-    locked = Membership.objects.select_for_update().get(pk=membership.pk)
+    locked = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     if locked.role == Role.OWNER and role != Role.OWNER and _owner_count(locked.organization) <= 1:
         raise Conflict("An organization needs at least one owner.", code="last_owner")
+    before = locked.role
     locked.role = role
     locked.save(update_fields=["role"])
+    if before != role:
+        _audit(actor, locked.organization_id, "member.role", "member", locked.pk,
+               {"user": locked.user.get_username(), "before": before, "after": role})  # fmt: skip
     return locked
 
 
 @transaction.atomic
-def membership_remove(*, membership: Membership) -> None:
-    locked = Membership.objects.select_for_update().get(pk=membership.pk)
+def membership_remove(*, membership: Membership, actor: Actor | None = None) -> None:
+    locked = Membership.objects.select_for_update().select_related("user").get(pk=membership.pk)
     if locked.role == Role.OWNER and _owner_count(locked.organization) <= 1:
         raise Conflict("An organization needs at least one owner.", code="last_owner")
+    _audit(actor, locked.organization_id, "member.remove", "member", locked.pk,
+           {"user": locked.user.get_username(), "role": locked.role})  # fmt: skip
     locked.delete()
 
 
-def token_revoke(*, token: ApiToken) -> ApiToken:
-    token.revoke()
+@transaction.atomic
+def token_revoke(*, token: ApiToken, actor: Actor | None = None) -> ApiToken:
+    if token.revoked_at is None:
+        token.revoke()
+        _audit(actor, token.organization_id, "token.revoke", "token", token.pk,
+               {"name": token.name, "prefix": token.prefix})  # fmt: skip
     return token

@@ -26,6 +26,7 @@ urlpatterns = [
     ),
     path("invite/<str:secret>/", views.invitation_link, name="invitation_link"),
     path("settings/tokens/", views.tokens, name="tokens"),
+    path("settings/audit/", views.audit, name="audit"),
     path("settings/tokens/<str:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("settings/webhooks/", views.webhooks, name="webhooks"),
     path("settings/webhooks/<str:hook_id>/", views.webhook_detail, name="webhook"),

@@ -3,6 +3,7 @@ from datetime import datetime, time
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,9 +18,11 @@ from accounts.access import (
     get_membership_for,
     get_token_for,
 )
+from accounts.audit import Actor
+from accounts.audit_log import filter_audit
 from accounts.forms import InviteForm, RoleForm, TokenForm, WebhookForm
 from accounts.middleware import SESSION_KEY
-from accounts.models import ApiToken, Invitation, Membership, Role
+from accounts.models import AUDIT_ACTIONS, ActorType, ApiToken, Invitation, Membership, Role
 from accounts.permissions import current_membership, require_role
 from accounts.services import (
     invitation_accept,
@@ -97,6 +100,7 @@ def members(request: HttpRequest) -> HttpResponse:
                     identifier=form.cleaned_data["identifier"],
                     role=form.cleaned_data["role"],
                     invited_by=request.user,
+                    actor=Actor.from_request(request),
                 )
             except DomainError as exc:
                 form.add_error("identifier", exc.message)
@@ -133,7 +137,7 @@ def invitation_revoke_view(request: HttpRequest, invitation_id: str) -> HttpResp
     invitation = get_invitation_for(org, invitation_id)
     if invitation.role == Role.OWNER:
         require_role(request, Role.OWNER)
-    invitation_revoke(invitation=invitation)
+    invitation_revoke(invitation=invitation, actor=Actor.from_request(request))
     messages.success(request, f"The invitation to {invitation.identifier} was withdrawn.")
     return redirect("accounts:members")
 
@@ -204,7 +208,8 @@ def member_role(request: HttpRequest, membership_id: str) -> HttpResponse:
         if Role.OWNER in (membership.role, form.cleaned_data["role"]):
             require_role(request, Role.OWNER)  # only an owner makes or unmakes owners
         try:
-            membership_change_role(membership=membership, role=form.cleaned_data["role"])
+            membership_change_role(membership=membership, role=form.cleaned_data["role"],
+                                   actor=Actor.from_request(request))  # fmt: skip
         except DomainError as exc:
             messages.error(request, exc.message)
         else:
@@ -222,7 +227,7 @@ def member_remove(request: HttpRequest, membership_id: str) -> HttpResponse:
     if membership.role == Role.OWNER:
         require_role(request, Role.OWNER)
     try:
-        membership_remove(membership=membership)
+        membership_remove(membership=membership, actor=Actor.from_request(request))
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
@@ -251,6 +256,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 if expires
                 else None,
                 created_by=request.user,
+                actor=Actor.from_request(request),
             )
             # The secret is in this answer only: rendered here, never kept in the session (a
             # redirect would have to carry it there) nor anywhere else on the server.
@@ -270,9 +276,40 @@ def tokens(request: HttpRequest) -> HttpResponse:
 def token_revoke_view(request: HttpRequest, token_id: str) -> HttpResponse:
     org = require_role(request, Role.ADMIN)
     token = get_token_for(org, token_id)
-    token_revoke(token=token)
+    token_revoke(token=token, actor=Actor.from_request(request))
     messages.success(request, f"Token “{token.name}” was revoked. It no longer works.")
     return redirect("accounts:tokens")
+
+
+# --- Audit log ----------------------------------------------------------------------------------
+
+AUDIT_PAGE = 50
+AUDIT_FILTERS = ("action", "actor_type", "object_id", "after", "before")
+
+
+@login_required
+@require_http_methods(["GET"])
+def audit(request: HttpRequest) -> HttpResponse:
+    """The organization's audit log, newest first, for admins: filters by action (or its
+    first part), actor type, object and time."""
+    org = require_role(request, Role.ADMIN)
+    filters = {name: request.GET.get(name, "").strip() for name in AUDIT_FILTERS}
+    error = None
+    try:
+        qs = filter_audit(org, **filters).order_by("-at", "-id")
+    except DomainError as exc:
+        error, qs = exc.message, filter_audit(org).none()
+    page = Paginator(qs, AUDIT_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "page": page, "filters": filters, "error": error, "query": query.urlencode(),
+        "filtered": any(filters.values()), "actor_types": ActorType.values,
+        "actions": AUDIT_ACTIONS, "section": "audit",
+    }  # fmt: skip
+    if request.htmx:
+        return render(request, "accounts/audit.html#results", context)
+    return render(request, "accounts/audit.html", context)
 
 
 # --- Webhooks -----------------------------------------------------------------------------------
@@ -312,6 +349,7 @@ def webhooks(request: HttpRequest) -> HttpResponse:
                     url=form.cleaned_data["url"],
                     events=form.cleaned_data["events"],
                     loop=_chosen_loop(org, form),
+                    actor=Actor.from_request(request),
                 )
             except DomainError as exc:
                 _field_error(form, exc)
@@ -349,6 +387,7 @@ def webhook_detail(request: HttpRequest, hook_id: str) -> HttpResponse:
                     url=form.cleaned_data["url"],
                     events=form.cleaned_data["events"],
                     loop=_chosen_loop(org, form),
+                    actor=Actor.from_request(request),
                 )
             except DomainError as exc:
                 _field_error(form, exc)
@@ -363,7 +402,9 @@ def webhook_detail(request: HttpRequest, hook_id: str) -> HttpResponse:
 @require_http_methods(["POST"])
 def webhook_set_active_view(request: HttpRequest, hook_id: str, active: bool) -> HttpResponse:
     org = require_role(request, Role.ADMIN)
-    hook = webhook_set_active(webhook=get_webhook_for(org, hook_id), active=active)
+    hook = webhook_set_active(
+        webhook=get_webhook_for(org, hook_id), active=active, actor=Actor.from_request(request)
+    )
     if hook.active:
         messages.success(request, "Webhook enabled: run status changes are sent to it again.")
     else:
@@ -376,7 +417,7 @@ def webhook_set_active_view(request: HttpRequest, hook_id: str, active: bool) ->
 def webhook_delete_view(request: HttpRequest, hook_id: str) -> HttpResponse:
     org = require_role(request, Role.ADMIN)
     hook = get_webhook_for(org, hook_id)
-    webhook_delete(webhook=hook)
+    webhook_delete(webhook=hook, actor=Actor.from_request(request))
     messages.success(request, f"Webhook {hook.url} was deleted, with its deliveries.")
     return redirect("accounts:webhooks")
 

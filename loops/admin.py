@@ -8,9 +8,10 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.text import slugify
 
+from accounts.audit import Actor
 from loops.forms import JsonInput, clean_timezone
 from loops.models import Loop, LoopVersion, Schedule, TestInput
-from loops.schedules import next_times, schedule_create, schedule_update
+from loops.schedules import next_times, schedule_create, schedule_delete, schedule_update
 from loops.services import loop_create, loop_rollback, loop_update
 from loops_project.errors import DomainError
 from runs.services import check_input
@@ -129,14 +130,18 @@ class LoopAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request: HttpRequest, obj: Loop, form, change: bool) -> None:
+        actor = Actor.from_request(request)
         if change:
+            # The row as it is (obj holds the form's values already): the audit log's "before".
             loop_update(
-                loop=obj,
+                loop=Loop.objects.get(pk=obj.pk),
                 name=obj.name,
                 description=obj.description,
                 paused=obj.paused,
                 concurrency_limit=obj.concurrency_limit,
+                actor=actor,
             )
+            obj.refresh_from_db()
             return
         loop = loop_create(
             organization=obj.organization,
@@ -144,9 +149,10 @@ class LoopAdmin(admin.ModelAdmin):
             name=obj.name,
             description=obj.description,
             concurrency_limit=obj.concurrency_limit,
+            actor=actor,
         )
         if obj.paused:
-            loop_update(loop=loop, paused=True)
+            loop_update(loop=loop, paused=True, actor=actor)
         obj.pk = loop.pk
         obj.refresh_from_db()
         obj._state.adding = False
@@ -179,7 +185,7 @@ class LoopAdmin(admin.ModelAdmin):
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
             try:
-                loop_rollback(loop=loop, number=previous.number)
+                loop_rollback(loop=loop, number=previous.number, actor=Actor.from_request(request))
             except DomainError as exc:
                 skipped[exc.message] = skipped.get(exc.message, 0) + 1
                 continue
@@ -190,7 +196,7 @@ class LoopAdmin(admin.ModelAdmin):
     def pause_loops(self, request: HttpRequest, queryset) -> None:
         done = 0
         for loop in queryset.filter(paused=False):
-            loop_update(loop=loop, paused=True)
+            loop_update(loop=loop, paused=True, actor=Actor.from_request(request))
             done += 1
         report(self, request, "Paused", done, {})
 
@@ -198,7 +204,7 @@ class LoopAdmin(admin.ModelAdmin):
     def unpause_loops(self, request: HttpRequest, queryset) -> None:
         done = 0
         for loop in queryset.filter(paused=True):
-            loop_update(loop=loop, paused=False)
+            loop_update(loop=loop, paused=False, actor=Actor.from_request(request))
             done += 1
         report(self, request, "Unpaused", done, {})
 
@@ -296,8 +302,15 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Schedule, form, change: bool) -> None:
         # The services compute next_run_at, which the scheduler relies on.
+        actor = Actor.from_request(request)
         if change:
-            schedule_update(schedule=obj, input=obj.input, input_given=True)
+            # The row as it is (obj holds the form's values already): the audit log's "before".
+            schedule_update(
+                schedule=Schedule.objects.select_related("loop").get(pk=obj.pk), cron=obj.cron,
+                timezone_name=obj.timezone, input=obj.input, input_given=True,
+                enabled=obj.enabled, actor=actor,
+            )  # fmt: skip
+            obj.refresh_from_db()
             return
         schedule = schedule_create(
             loop=obj.loop,
@@ -305,10 +318,18 @@ class ScheduleAdmin(admin.ModelAdmin):
             timezone_name=obj.timezone,
             input=obj.input,
             enabled=obj.enabled,
+            actor=actor,
         )
         obj.pk = schedule.pk
         obj.refresh_from_db()
         obj._state.adding = False
+
+    def delete_model(self, request: HttpRequest, obj: Schedule) -> None:
+        schedule_delete(schedule=obj, actor=Actor.from_request(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> None:
+        for schedule in queryset.select_related("loop"):
+            schedule_delete(schedule=schedule, actor=Actor.from_request(request))
 
 
 @admin.register(TestInput)

@@ -2,6 +2,7 @@
 
 from ninja import Path, Router, Schema, Status
 
+from accounts.audit import Actor
 from loops import schedules, services
 from loops.access import get_loop_for, get_schedule_for, get_version_for
 from loops.models import Loop
@@ -82,7 +83,7 @@ def create_loop(request, payload: LoopIn):
     loop = services.loop_create(
         organization=request.auth.organization, slug=payload.slug, name=payload.name,
         description=payload.description, code=payload.code, author_name=_author(request),
-        concurrency_limit=payload.concurrencyLimit,
+        concurrency_limit=payload.concurrencyLimit, actor=Actor.from_request(request),
     )  # fmt: skip
     loop = get_loop_for(request.auth.organization, loop.pk)
     return Status(201, {"data": loop_payload(loop, request)})
@@ -102,6 +103,7 @@ def patch_loop(request, loop: str, payload: LoopPatch):
     services.loop_update(
         loop=target, name=payload.name, description=payload.description, paused=payload.paused,
         concurrency_limit=payload.concurrencyLimit if limit_given else services.UNCHANGED,
+        actor=Actor.from_request(request),
     )  # fmt: skip
     return {"data": loop_payload(target, request)}
 
@@ -111,8 +113,9 @@ def deploy_version(request, loop: str, payload: VersionIn):
     """Validate and deploy the next version; invalid code is 422 with the line, nothing saved."""
     target = get_loop_for(request.auth.organization, loop)
     version = services.loop_deploy(
-        loop=target, code=payload.code, note=payload.note, author_name=_author(request)
-    )
+        loop=target, code=payload.code, note=payload.note, author_name=_author(request),
+        actor=Actor.from_request(request),
+    )  # fmt: skip
     return Status(201, {"data": version_payload(version, active_id=version.pk, code=True)})
 
 
@@ -133,7 +136,7 @@ def get_version(request, loop: str, number: int = Path(..., ge=1, le=2**31 - 1))
 @router.post("/loops/{loop}/rollback", response={200: LoopEnvelope, **ERRORS_FULL})
 def rollback(request, loop: str, payload: RollbackIn):
     target = get_loop_for(request.auth.organization, loop)
-    services.loop_rollback(loop=target, number=payload.version)
+    services.loop_rollback(loop=target, number=payload.version, actor=Actor.from_request(request))
     return {"data": loop_payload(get_loop_for(request.auth.organization, target.pk), request)}
 
 
@@ -153,7 +156,7 @@ def create_schedule(request, loop: str, payload: ScheduleIn):
     target = get_loop_for(request.auth.organization, loop)
     schedule = schedules.schedule_create(
         loop=target, cron=payload.cron, timezone_name=payload.timezone, input=payload.input,
-        enabled=payload.enabled,
+        enabled=payload.enabled, actor=Actor.from_request(request),
     )  # fmt: skip
     return Status(201, {"data": schedule_payload(schedule)})
 
@@ -166,12 +169,15 @@ def patch_schedule(request, schedule_id: str, payload: SchedulePatch):
     schedule = schedules.schedule_update(
         schedule=schedule, cron=payload.cron, timezone_name=payload.timezone,
         input=payload.input, input_given="input" in payload.model_fields_set,
-        enabled=payload.enabled,
+        enabled=payload.enabled, actor=Actor.from_request(request),
     )  # fmt: skip
     return {"data": schedule_payload(schedule)}
 
 
 @router.delete("/schedules/{schedule_id}", response={204: None, **ERRORS_FULL}, tags=["schedules"])
 def delete_schedule(request, schedule_id: str):
-    get_schedule_for(request.auth.organization, schedule_id).delete()
+    schedules.schedule_delete(
+        schedule=get_schedule_for(request.auth.organization, schedule_id),
+        actor=Actor.from_request(request),
+    )
     return Status(204, None)

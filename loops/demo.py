@@ -3,6 +3,7 @@
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from accounts.audit import Actor
 from accounts.models import Membership, Organization, Role
 from loops.models import Loop
 from loops.services import loop_create
@@ -36,6 +37,6 @@ def demo_setup() -> tuple[Organization, Loop]:
         loop = loop_create(
             organization=org, slug="greeting", name="Greeting",
             description="Builds a greeting for event.body.name.", code=GREETING_CODE,
-            author=user, note="Demo loop",
+            author=user, note="Demo loop", actor=Actor.system("manage.py demo"),
         )  # fmt: skip
     return org, loop

@@ -9,6 +9,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import Actor, record
 from loops.models import Loop, Schedule
 from loops_project.errors import DomainError, Invalid
 from runs.models import TriggerType
@@ -52,6 +53,18 @@ def next_times(cron: str, tz: str, count: int = 1, after: datetime | None = None
         raise Invalid(str(exc), code="invalid_cron", details={"field": "cron"}) from None
 
 
+def _audit(actor: Actor | None, schedule: Schedule, action: str, details: dict) -> None:
+    if actor is not None:
+        record(organization=schedule.loop.organization_id, actor=actor, action=action,
+               object_type="schedule", object_id=schedule.pk, details=details)  # fmt: skip
+
+
+def _shown(schedule: Schedule) -> dict:
+    return {"loop": schedule.loop.slug, "cron": schedule.cron, "timezone": schedule.timezone,
+            "enabled": schedule.enabled}  # fmt: skip
+
+
+@transaction.atomic
 def schedule_create(
     *,
     loop: Loop,
@@ -59,6 +72,7 @@ def schedule_create(
     timezone_name: str = "UTC",
     input=None,
     enabled: bool = True,
+    actor: Actor | None = None,
 ) -> Schedule:
     """A schedule of the loop. Its input is checked as a trigger's is (JSON Loops can store,
     at most LOOPS_MAX_INPUT_BYTES), here and again when it fires."""
@@ -66,14 +80,19 @@ def schedule_create(
     next_run = next_times(cron, timezone_name)[0]
     input = {} if input is None else input
     check_input(input)
-    return Schedule.objects.create(
+    schedule = Schedule.objects.create(
         loop=loop, cron=cron, timezone=timezone_name, input=input, enabled=enabled,
         next_run_at=next_run if enabled else None,
     )  # fmt: skip
+    _audit(actor, schedule, "schedule.create", _shown(schedule))
+    return schedule
 
 
+@transaction.atomic
 def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=None,
-                    enabled=None, input_given: bool = False) -> Schedule:  # fmt: skip
+                    enabled=None, input_given: bool = False,
+                    actor: Actor | None = None) -> Schedule:  # fmt: skip
+    before = _shown(schedule)
     if cron is not None:
         schedule.cron = " ".join(cron.split())
     if timezone_name is not None:
@@ -86,7 +105,14 @@ def schedule_update(*, schedule: Schedule, cron=None, timezone_name=None, input=
     next_run = next_times(schedule.cron, schedule.timezone)[0]
     schedule.next_run_at = next_run if schedule.enabled else None
     schedule.save(update_fields=["cron", "timezone", "input", "enabled", "next_run_at"])
+    _audit(actor, schedule, "schedule.update", {"before": before, "after": _shown(schedule)})
     return schedule
+
+
+@transaction.atomic
+def schedule_delete(*, schedule: Schedule, actor: Actor | None = None) -> None:
+    _audit(actor, schedule, "schedule.delete", _shown(schedule))
+    schedule.delete()
 
 
 def fire_due_schedules(now: datetime | None = None) -> int:

@@ -8,6 +8,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts.audit import Actor, record
 from accounts.models import CONCURRENCY_LIMIT_MAX, Organization
 from loops.models import Loop, LoopVersion, TestInput
 from loops.validation import validate_code
@@ -66,7 +67,10 @@ def loop_create(
     author_name: str = "",
     note: str = "",
     concurrency_limit: int | None = None,
+    actor: Actor | None = None,
 ) -> Loop:
+    """Create a loop, and deploy its first version when code is given. `actor` (who asked)
+    is recorded in the audit log; None is an internal call its caller accounts for."""
     if code is not None:
         validate_code(code)  # before anything is saved
     if not slug or slugify(slug) != slug or len(slug) > SLUG_MAX_LENGTH:
@@ -90,15 +94,24 @@ def loop_create(
             )  # fmt: skip
     except IntegrityError:
         raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken") from None
+    _audit(actor, loop, "loop.create", {"slug": slug, "name": loop.name})
     if code is not None:
-        loop_deploy(loop=loop, code=code, author=author, author_name=author_name, note=note)
+        loop_deploy(loop=loop, code=code, author=author, author_name=author_name, note=note,
+                    actor=actor)  # fmt: skip
     return loop
+
+
+def _audit(actor: Actor | None, loop: Loop, action: str, details: dict) -> None:
+    if actor is not None:
+        record(organization=loop.organization_id, actor=actor, action=action,
+               object_type="loop", object_id=loop.pk, details=details)  # fmt: skip
 
 
 @transaction.atomic
 def loop_deploy(
-    *, loop: Loop, code: str, author=None, author_name: str = "", note: str = ""
-) -> LoopVersion:
+    *, loop: Loop, code: str, author=None, author_name: str = "", note: str = "",
+    actor: Actor | None = None,
+) -> LoopVersion:  # fmt: skip
     """Validate the code, save it as the next version and make that version active."""
     validate_code(code)
     # Lock the loop so that two deploys never take the same number.
@@ -112,7 +125,11 @@ def loop_deploy(
         author_name=author_name or _author_name(author),
         note=note[:500],
     )
+    previous = locked.active_version.number if locked.active_version_id else None
     _activate(loop, version)
+    _audit(
+        actor, loop, "loop.deploy", {"version": number, "previous": previous, "note": note[:500]}
+    )
     return version
 
 
@@ -123,23 +140,28 @@ def _activate(loop: Loop, version: LoopVersion) -> None:
 
 
 @transaction.atomic
-def loop_rollback(*, loop: Loop, number: int) -> Loop:
+def loop_rollback(*, loop: Loop, number: int, actor: Actor | None = None) -> Loop:
     """Make an older (or any existing) version active again. History is never rewritten."""
     version = loop.versions.filter(number=number).first()
     if version is None:
         raise NotFound(f"Loop '{loop.slug}' has no version {number}", code="version_not_found")
-    Loop.objects.select_for_update().get(pk=loop.pk)
+    locked = Loop.objects.select_for_update().select_related("active_version").get(pk=loop.pk)
+    previous = locked.active_version.number if locked.active_version_id else None
     _activate(loop, version)
+    _audit(actor, loop, "loop.rollback", {"before": previous, "after": number})
     return loop
 
 
+@transaction.atomic
 def loop_update(
     *, loop: Loop, name: str | None = None, description: str | None = None,
     paused: bool | None = None, concurrency_limit: int | Unchanged | None = UNCHANGED,
+    actor: Actor | None = None,
 ) -> Loop:  # fmt: skip
     """Change what is given. None leaves name, description and paused as they are; for
     concurrency_limit, None clears it (no limit of the loop's own) and UNCHANGED keeps it."""
     fields = []
+    before = {f: getattr(loop, f) for f in ("name", "description", "paused", "concurrency_limit")}
     if name is not None:
         if not name.strip():
             raise Invalid("name must not be empty", code="invalid_name", details={"field": "name"})
@@ -157,9 +179,15 @@ def loop_update(
         _check_concurrency_limit(concurrency_limit)
         loop.concurrency_limit = concurrency_limit
         fields.append("concurrency_limit")
+    changes = {f: [before[f], getattr(loop, f)] for f in fields if before[f] != getattr(loop, f)}
     if fields:
         loop.updated_at = timezone.now()
         loop.save(update_fields=[*fields, "updated_at"])
+    if changes:
+        action = "loop.update"
+        if set(changes) == {"paused"}:
+            action = "loop.pause" if loop.paused else "loop.unpause"
+        _audit(actor, loop, action, {"changes": changes})
     return loop
 
 

@@ -21,7 +21,7 @@ urlpatterns = [
     path("<slug:slug>/schedules/preview/", views.cron_preview, name="cron_preview"),
     path("<slug:slug>/schedules/<str:schedule_id>/toggle/", views.schedule_toggle,
          name="schedule_toggle"),
-    path("<slug:slug>/schedules/<str:schedule_id>/delete/", views.schedule_delete,
+    path("<slug:slug>/schedules/<str:schedule_id>/delete/", views.delete_schedule,
          name="schedule_delete"),
     path("<slug:slug>/test-inputs/<str:input_id>/delete/", views.test_input_delete,
          name="test_input_delete"),

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseClientRedirect
 
+from accounts.audit import Actor
 from accounts.models import Role
 from accounts.permissions import current_membership, current_org, require_role
 from loops.access import get_loop_for, get_schedule_for, get_version_for
@@ -25,7 +26,7 @@ from loops.forms import (
     TriggerForm,
 )
 from loops.models import Loop, TestInput
-from loops.schedules import next_times, schedule_create, schedule_update, zone
+from loops.schedules import next_times, schedule_create, schedule_delete, schedule_update, zone
 from loops.selectors import duration_percentiles, loops_with_stats, runs_per_day
 from loops.services import loop_create, loop_deploy, loop_rollback, loop_update
 from loops_project.errors import DomainError, Invalid
@@ -75,7 +76,7 @@ def loop_new(request: HttpRequest) -> HttpResponse:
                 loop = loop_create(
                     organization=org, slug=data["slug"], name=data["name"],
                     description=data["description"], code=data["code"], author=request.user,
-                    note=data["note"],
+                    note=data["note"], actor=Actor.from_request(request),
                 )  # fmt: skip
             except DomainError as exc:
                 error = _code_error(exc)
@@ -128,7 +129,8 @@ def loop_settings(request: HttpRequest, slug: str) -> HttpResponse:
     form = LoopSettingsForm(request.POST)
     if form.is_valid():
         try:
-            loop_update(loop=loop, concurrency_limit=form.cleaned_data["concurrency_limit"])
+            loop_update(loop=loop, concurrency_limit=form.cleaned_data["concurrency_limit"],
+                        actor=Actor.from_request(request))  # fmt: skip
         except DomainError as exc:
             form.add_error("concurrency_limit", exc.message)
         else:
@@ -168,7 +170,7 @@ def trigger(request: HttpRequest, slug: str) -> HttpResponse:
 def pause(request: HttpRequest, slug: str) -> HttpResponse:
     org = require_role(request, Role.EDITOR)
     loop = get_loop_for(org, slug)
-    loop_update(loop=loop, paused=not loop.paused)
+    loop_update(loop=loop, paused=not loop.paused, actor=Actor.from_request(request))
     messages.success(request, f"{loop.name} is {'paused' if loop.paused else 'active again'}.")
     return redirect(loop)
 
@@ -197,7 +199,7 @@ def editor(request: HttpRequest, slug: str) -> HttpResponse:
             try:
                 version = loop_deploy(
                     loop=loop, code=form.cleaned_data["code"], author=request.user,
-                    note=form.cleaned_data["note"],
+                    note=form.cleaned_data["note"], actor=Actor.from_request(request),
                 )  # fmt: skip
             except DomainError as exc:
                 error = _code_error(exc)
@@ -293,7 +295,7 @@ def rollback(request: HttpRequest, slug: str, number: int) -> HttpResponse:
     loop = get_loop_for(org, slug)
     get_version_for(loop, number)
     try:
-        loop_rollback(loop=loop, number=number)
+        loop_rollback(loop=loop, number=number, actor=Actor.from_request(request))
     except DomainError as exc:
         messages.error(request, exc.message)
     else:
@@ -347,7 +349,8 @@ def schedules(request: HttpRequest, slug: str) -> HttpResponse:
             data = form.cleaned_data
             try:
                 schedule_create(loop=loop, cron=data["cron"], timezone_name=data["timezone"],
-                                input=data["input"], enabled=data["enabled"])  # fmt: skip
+                                input=data["input"], enabled=data["enabled"],
+                                actor=Actor.from_request(request))  # fmt: skip
             except DomainError as exc:
                 field = (exc.details or {}).get("field", "")
                 form.add_error(field if field in form.fields else None, exc.message)
@@ -405,19 +408,20 @@ def schedule_toggle(request: HttpRequest, slug: str, schedule_id: str) -> HttpRe
     schedule = get_schedule_for(org, schedule_id)
     if schedule.loop.slug != slug:
         raise Http404("No such schedule.")
-    schedule_update(schedule=schedule, enabled=not schedule.enabled)
+    schedule_update(schedule=schedule, enabled=not schedule.enabled,
+                    actor=Actor.from_request(request))  # fmt: skip
     messages.success(request, f"Schedule {'enabled' if schedule.enabled else 'paused'}.")
     return redirect("loops:schedules", slug=slug)
 
 
 @login_required
 @require_http_methods(["POST"])
-def schedule_delete(request: HttpRequest, slug: str, schedule_id: str) -> HttpResponse:
+def delete_schedule(request: HttpRequest, slug: str, schedule_id: str) -> HttpResponse:
     org = require_role(request, Role.EDITOR)
     schedule = get_schedule_for(org, schedule_id)
     if schedule.loop.slug != slug:
         raise Http404("No such schedule.")
-    schedule.delete()
+    schedule_delete(schedule=schedule, actor=Actor.from_request(request))
     messages.success(request, "Schedule deleted.")
     return redirect("loops:schedules", slug=slug)
 

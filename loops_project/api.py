@@ -12,6 +12,7 @@ from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationEr
 from ninja.parser import Parser
 from ninja.throttling import BaseThrottle
 
+from accounts import api as accounts_api
 from loops import api as loops_api
 from loops_project import strict_json
 from loops_project.api_base import TokenAuth, error_response, parse_json, too_large_response
@@ -161,3 +162,4 @@ api.add_router("/loop", runs_api.trigger_router)
 api.add_router("/v1", runs_api.router)
 api.add_router("/v1", runs_api.full_router)
 api.add_router("/v1", loops_api.router)
+api.add_router("/v1", accounts_api.router)

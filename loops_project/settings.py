@@ -237,6 +237,8 @@ MIDDLEWARE += [
 
 # An invitation to an organization is accepted by the invited person within this many days.
 LOOPS_INVITATION_DAYS = env_int("LOOPS_INVITATION_DAYS", 7)
+# Audit log entries older than this many days are deleted by the workers' clock (0: keep all).
+LOOPS_AUDIT_RETENTION_DAYS = env_int("LOOPS_AUDIT_RETENTION_DAYS", 365)
 # The invitation link is also e-mailed when the invitation names an address: through SMTP when
 # DJANGO_EMAIL_HOST is set, to the web server's output in embedded (DEBUG) mode, else not at all
 # (the inviter still gets the link on screen).

@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from accounts.audit import Actor
 from loops.admin import json_block, report
 from loops_project.errors import DomainError
 from runs.models import (
@@ -30,6 +31,7 @@ from runs.webhooks import (
     webhook_create,
     webhook_delete,
     webhook_set_active,
+    webhook_update,
     webhook_url_refusal,
 )
 
@@ -305,18 +307,32 @@ class RunAdmin(LeanChangelistMixin, ReadOnlyMixin, admin.ModelAdmin):
             request,
             queryset,
             "Restarted",
-            lambda run: run_restart(run=run, user=request.user, trigger_type="user"),
+            lambda run: run_restart(
+                run=run, user=request.user, trigger_type="user", actor=Actor.from_request(request)
+            ),
         )
 
     @admin.action(
         description="Resume selected runs from their last checkpoint", permissions=["change"]
     )
     def resume_runs(self, request: HttpRequest, queryset) -> None:
-        apply_to_each(self, request, queryset, "Resumed", lambda run: run_resume(run=run))
+        apply_to_each(
+            self,
+            request,
+            queryset,
+            "Resumed",
+            lambda run: run_resume(run=run, actor=Actor.from_request(request)),
+        )
 
     @admin.action(description="Cancel selected runs", permissions=["change"])
     def cancel_runs(self, request: HttpRequest, queryset) -> None:
-        apply_to_each(self, request, queryset, "Cancelled", lambda run: run_cancel(run=run))
+        apply_to_each(
+            self,
+            request,
+            queryset,
+            "Cancelled",
+            lambda run: run_cancel(run=run, actor=Actor.from_request(request)),
+        )
 
 
 @admin.register(Step)
@@ -521,38 +537,47 @@ class WebhookAdmin(admin.ModelAdmin):
             self.message_user(
                 request, f"URL: saved, but deliveries to it will fail: {refusal}.", messages.WARNING
             )
+        actor = Actor.from_request(request)
         if change:
-            obj.save(update_fields=form.changed_data)
+            # Through the services (audited), from the row as it is: obj holds the form's values.
+            hook = Webhook.objects.get(pk=obj.pk)
+            webhook_update(webhook=hook, url=obj.url, events=obj.events, loop=obj.loop,
+                           actor=actor)  # fmt: skip
+            webhook_set_active(webhook=hook, active=obj.active, actor=actor)
+            obj.refresh_from_db()
             return
         # webhook_create validates the events and generates the signing secret.
         hook = webhook_create(
-            organization=obj.organization, url=obj.url, events=obj.events, loop=obj.loop
-        )
+            organization=obj.organization, url=obj.url, events=obj.events, loop=obj.loop,
+            actor=actor,
+        )  # fmt: skip
         if not obj.active:
-            Webhook.objects.filter(pk=hook.pk).update(active=False)
+            webhook_set_active(webhook=hook, active=False, actor=actor)
         obj.pk = hook.pk
         obj.refresh_from_db()
         obj._state.adding = False
 
     def delete_model(self, request: HttpRequest, obj: Webhook) -> None:
-        webhook_delete(webhook=obj)
+        webhook_delete(webhook=obj, actor=Actor.from_request(request))
 
     def delete_queryset(self, request: HttpRequest, queryset) -> None:
         for hook in queryset:
-            webhook_delete(webhook=hook)
+            webhook_delete(webhook=hook, actor=Actor.from_request(request))
 
     @admin.action(description="Enable selected webhooks", permissions=["change"])
     def enable(self, request: HttpRequest, queryset) -> None:
         apply_to_each(
             self, request, queryset, "Enabled",
-            lambda hook: webhook_set_active(webhook=hook, active=True),
+            lambda hook: webhook_set_active(webhook=hook, active=True,
+                                            actor=Actor.from_request(request)),
         )  # fmt: skip
 
     @admin.action(description="Disable selected webhooks", permissions=["change"])
     def disable(self, request: HttpRequest, queryset) -> None:
         apply_to_each(
             self, request, queryset, "Disabled",
-            lambda hook: webhook_set_active(webhook=hook, active=False),
+            lambda hook: webhook_set_active(webhook=hook, active=False,
+                                            actor=Actor.from_request(request)),
         )  # fmt: skip
 
 

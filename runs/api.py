@@ -14,6 +14,7 @@ from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from accounts.access import org_is_named
+from accounts.audit import Actor
 from loops.access import get_loop_for
 from loops_project.api_base import (
     ERRORS,
@@ -24,12 +25,12 @@ from loops_project.api_base import (
     trigger_body,
 )
 from loops_project.errors import Invalid
-from runs import services
+from runs import patches, services
 from runs.access import get_batch_for, get_run_for, get_scan_for, get_step_for, get_webhook_for
 from runs.models import LogEntry, Run, RunStatus, Step, TriggerType, Webhook
 from runs.schemas import LogOut, RunOut, log_payload, run_payload
 from runs.selectors import filter_runs, page_runs, without_values
-from runs.webhooks import webhook_create
+from runs.webhooks import webhook_create, webhook_delete
 
 trigger_router = Router(tags=["trigger"])
 router = Router(tags=["runs"])
@@ -316,7 +317,7 @@ def respond(request, run_id: str, payload: RespondIn):
     run = services.run_respond(
         run=run, action=payload.action, value=payload.input,
         has_value="input" in payload.model_fields_set and payload.input is not None,
-        reason=payload.reason, actor=request.auth.name,
+        reason=payload.reason, actor=Actor.from_request(request),
     )  # fmt: skip
     return Status(202, {"data": {"id": run.pk, "status": run.status}})
 
@@ -343,8 +344,8 @@ class EventEnvelope(Schema):
 )
 def send_event(request, run_id: str, payload: EventIn):
     run = get_run_for(request.auth.organization, run_id)
-    event = services.run_send_event(run=run, type=payload.type, payload=payload.payload)
-    event.refresh_from_db()
+    actor = Actor.from_request(request)
+    event = patches.run_event_send(run=run, type=payload.type, payload=payload.payload, actor=actor)
     return Status(
         202,
         {
@@ -362,7 +363,9 @@ def send_event(request, run_id: str, payload: EventIn):
 )
 def resume(request, run_id: str):
     """Continue a failed or cancelled run from its last checkpoint (pinned version)."""
-    run = services.run_resume(run=get_run_for(request.auth.organization, run_id))
+    run = services.run_resume(
+        run=get_run_for(request.auth.organization, run_id), actor=Actor.from_request(request)
+    )
     return Status(202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
@@ -372,7 +375,9 @@ def resume(request, run_id: str):
 def restart(request, run_id: str):
     """A new run with the same input on the active version; the original is unchanged."""
     original = get_run_for(request.auth.organization, run_id)
-    run = services.run_restart(run=original, token=request.auth, trigger_type=TriggerType.API_TOKEN)
+    run = services.run_restart(run=original, token=request.auth,
+                               trigger_type=TriggerType.API_TOKEN,
+                               actor=Actor.from_request(request))  # fmt: skip
     return Status(201, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
@@ -381,7 +386,9 @@ def restart(request, run_id: str):
 )
 def cancel(request, run_id: str):
     """Cancel a pending, running or waiting run."""
-    run = services.run_cancel(run=get_run_for(request.auth.organization, run_id))
+    run = services.run_cancel(
+        run=get_run_for(request.auth.organization, run_id), actor=Actor.from_request(request)
+    )
     return Status(202, {"data": run_payload(_runs_with_relations().get(pk=run.pk))})
 
 
@@ -503,11 +510,15 @@ def create_webhook(request, payload: WebhookIn):
     """Create a webhook; the answer carries its signing secret, shown only this once."""
     org = request.auth.organization
     loop = get_loop_for(org, payload.loop) if payload.loop else None
-    hook = webhook_create(organization=org, url=payload.url, events=payload.events, loop=loop)
+    hook = webhook_create(organization=org, url=payload.url, events=payload.events, loop=loop,
+                          actor=Actor.from_request(request))  # fmt: skip
     return Status(201, {"data": webhook_payload(hook, secret=True)})
 
 
 @full_router.delete("/webhooks/{hook_id}", response={204: None, **ERRORS_FULL}, tags=["webhooks"])
 def delete_webhook(request, hook_id: str):
-    get_webhook_for(request.auth.organization, hook_id).delete()
+    webhook_delete(
+        webhook=get_webhook_for(request.auth.organization, hook_id),
+        actor=Actor.from_request(request),
+    )
     return Status(204, None)

@@ -4,10 +4,12 @@ It runs in the `qcluster` process (runs/management/commands/qcluster.py), beside
 workers, and on every machine that runs one; each round claims its work with row locks
 (SKIP LOCKED on PostgreSQL; SQLite serializes writers), so no timer fires twice. Each round:
 
-- timers that are due fire (a sleep ends, a wait times out, a webhook's next attempt);
+- timers that are due fire (a sleep ends, a wait times out, a webhook's next attempt, a wait
+  for a person is reminded or escalated);
 - cron schedules that are due start their runs;
 - runs whose worker died (lease expired) go back to the queue;
-- if runs may start and no turn is queued for them, a turn is (runs.dispatch).
+- if runs may start and no turn is queued for them, a turn is (runs.dispatch);
+- once an hour, audit log entries past their retention are deleted.
 
 Between rounds it sleeps LOOPS_CLOCK_SECONDS at most, less when a timer is due sooner.
 """
@@ -21,12 +23,15 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 
+from accounts.audit_log import prune_audit
 from loops.schedules import fire_due_schedules
-from runs import dispatch, reactions, state
+from runs import approvals, dispatch, reactions, state
 from runs.models import Timer, TimerKind
 
 logger = logging.getLogger(__name__)
 BATCH = 100
+PRUNE_EVERY_SECONDS = 3600
+_pruned_at = [0.0]  # this process's last prune (time.monotonic())
 
 
 def fire_due_timers(now: datetime | None = None) -> int:
@@ -57,6 +62,8 @@ def _fire(timer: Timer) -> None:
                 reactions.after(state.step_time_up(timer.target))
             elif timer.kind == TimerKind.WEBHOOK:
                 dispatch.deliver_webhook(timer.target)
+            elif timer.kind == TimerKind.APPROVAL:
+                approvals.approval_timer_fire(timer.target)
     except DatabaseError:
         logger.exception("timer %s failed", timer)
 
@@ -76,6 +83,9 @@ def round_(now: datetime | None = None) -> float:
         logger.warning("run %s: its worker died; queued again", run_id)
     if state.may_start():
         dispatch.wake_workers()
+    if time.monotonic() - _pruned_at[0] >= PRUNE_EVERY_SECONDS:
+        _pruned_at[0] = time.monotonic()
+        prune_audit(now)
     wait = settings.LOOPS_CLOCK_SECONDS
     soonest = next_due(timezone.now())
     return max(0.0, min(wait, soonest)) if soonest is not None else wait

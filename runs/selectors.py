@@ -33,6 +33,7 @@ SORTS = {
     "durationMs": "duration_ms",
 }
 NULLABLE = {"started_at", "completed_at", "duration_ms"}
+DATETIME_SORTS = {"created_at", "started_at", "completed_at", "at"}
 STEP_STATUS_FILTERS = {"failed", "rejected"}
 MAX_LIMIT = 100
 MAX_OFFSET = 1_000_000
@@ -137,7 +138,7 @@ def _decode_cursor(cursor: str, sort: str, field: str):
         raise bad
     if value is None:
         return None, pk
-    if field in ("created_at", "started_at", "completed_at"):
+    if field in DATETIME_SORTS:
         try:
             value = parse_datetime(value) if isinstance(value, str) else None
         except ValueError:
@@ -152,18 +153,20 @@ def _decode_cursor(cursor: str, sort: str, field: str):
 
 
 def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset: int = 0,
-              cursor: str | None = None) -> tuple[list[Run], bool, str | None]:  # fmt: skip
-    """One page: (runs, hasMore, nextCursor). Cursor pages never repeat or skip a run while
-    new runs arrive, because they continue from the last (sort value, id) seen."""
+              cursor: str | None = None, sorts: dict[str, str] = SORTS,
+              ) -> tuple[list, bool, str | None]:  # fmt: skip
+    """One page of runs (or of any list whose `sorts` name its API sort keys' fields):
+    (rows, hasMore, nextCursor). Cursor pages never repeat or skip a row while new rows
+    arrive, because they continue from the last (sort value, id) seen."""
     if limit < 1 or limit > MAX_LIMIT:
         raise _invalid("limit", f"must be between 1 and {MAX_LIMIT}")
     if offset < 0 or offset > MAX_OFFSET:
         raise _invalid("offset", f"must be between 0 and {MAX_OFFSET} (use cursor for deep pages)")
     desc = sort.startswith("-")
     name = sort.lstrip("-")
-    if name not in SORTS:
-        raise _invalid("sort", f"'{sort}' is not one of {', '.join(SORTS)} (with - for descending)")
-    field = SORTS[name]
+    if name not in sorts:
+        raise _invalid("sort", f"'{sort}' is not one of {', '.join(sorts)} (with - for descending)")
+    field = sorts[name]
     if field in NULLABLE:
         primary = F(field).desc(nulls_last=True) if desc else F(field).asc(nulls_last=True)
     else:

@@ -2,17 +2,19 @@
 checks what it is given, makes its change through runs.state and hands the change to
 runs.reactions."""
 
+import json
 from contextlib import nullcontext
 from datetime import timedelta
 
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import ApiToken
+from accounts.audit import Actor, record
+from accounts.models import ActorType, ApiToken
 from loops.models import Loop
 from loops.validation import validate_code
-from loops_project.errors import Conflict, DomainError, Invalid
-from runs import dispatch, reactions, state
+from loops_project.errors import Conflict, DomainError, Forbidden, Invalid
+from runs import dispatch, inbox, reactions, state
 from runs.batches import analyze_if_outgrown, insert_runs, new_run_ids
 from runs.models import (
     Batch,
@@ -108,6 +110,8 @@ def run_trigger(
 
 PERSON_KINDS = {"input", "approval"}
 ACTIONS = {"input": "input", "approve": "approval", "reject": "approval"}
+ANSWER_AUDIT = {"input": "input.answer", "approve": "approval.approve", "reject": "approval.reject"}
+AUDITED_ANSWER_CHARS = 2000  # a longer answer is audited by its start
 
 
 def _waiting_step(run: Run, kind: str) -> Step | None:
@@ -120,8 +124,11 @@ def _waiting_step(run: Run, kind: str) -> Step | None:
 
 @transaction.atomic
 def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
-                reason: str | None = None, actor: str = "") -> Run:  # fmt: skip
-    """Answer a run waiting for a person: an `ask` answer, or an approval decision."""
+                reason: str | None = None, actor: Actor | None = None) -> Run:  # fmt: skip
+    """Answer a run waiting for a person: an `ask` answer, or an approval decision, audited
+    (`input.answer`, `approval.approve`, `approval.reject`). A wait with assignees takes a
+    person's answer only from them or an admin (runs.inbox.refusal: Forbidden otherwise); an
+    API token acts for its organization and may answer any."""
     run = state.lock_run(run.pk)
     pending = run.pending or {}
     if run.status != RunStatus.WAITING or pending.get("kind") not in PERSON_KINDS:
@@ -143,13 +150,25 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
     step = _waiting_step(run, pending["kind"])
     if step is None:
         raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
+    if actor is not None and actor.type == ActorType.USER:
+        role = inbox.member_role(run.organization_id, actor.id)
+        refused = inbox.refusal(pending, role=role, username=actor.name)
+        if refused:
+            raise Forbidden(refused, code="not_assignee")
+    details = {"stepId": step.pk, "stepName": step.name}
     if action == "input":
         check_input(value, field="input")
+        answer = json.dumps(value, ensure_ascii=False)
+        details["answer"] = value if len(answer) <= AUDITED_ANSWER_CHARS else answer[:200] + "…"
         reactions.after(state.step_resolve(step, status=StepStatus.SUCCEEDED, output=value))
     else:
-        decision = {"approved": action == "approve", "reason": reason, "by": actor or None}
+        by = actor.name if actor is not None else None
+        decision = {"approved": action == "approve", "reason": reason, "by": by}
         status = StepStatus.SUCCEEDED if action == "approve" else StepStatus.REJECTED
+        details["reason"] = reason
         reactions.after(state.step_resolve(step, status=status, output=decision))
+    record(organization=run.organization_id, actor=actor, action=ANSWER_AUDIT[action],
+           object_type="run", object_id=run.pk, details=details)  # fmt: skip
     run.refresh_from_db()
     return run
 
@@ -188,14 +207,21 @@ def scan_submit_result(*, scan: ScanRequest, result) -> ScanRequest:
     return scan
 
 
+def _audit(actor: Actor | None, run: Run, action: str, details: dict) -> None:
+    if actor is not None:
+        record(organization=run.organization_id, actor=actor, action=action,
+               object_type="run", object_id=run.pk, details=details)  # fmt: skip
+
+
 @transaction.atomic
-def run_cancel(*, run: Run) -> Run:
+def run_cancel(*, run: Run, actor: Actor | None = None) -> Run:
     """Cancel a pending, running or waiting run, and every run below it that step.run_loop
     started (children, their children …) and that has not ended. A running execution stops
     at its next step boundary (it finds the run no longer running)."""
     run = state.lock_run(run.pk)
     if run.is_ended:
         raise Conflict(f"The run has already ended ({run.status}).", code="run_ended")
+    _audit(actor, run, "run.cancel", {"before": run.status, "after": RunStatus.CANCELLED})
     reactions.after(state.run_cancel(run))
     # Parents before children: a child's end resumes its parent, which is cancelled already.
     for child_id in _descendant_ids(run.pk):
@@ -221,7 +247,7 @@ def _descendant_ids(run_id: str) -> list[str]:
 
 
 @transaction.atomic
-def run_resume(*, run: Run) -> Run:
+def run_resume(*, run: Run, actor: Actor | None = None) -> Run:
     """Continue a failed or cancelled run on its pinned version from its last checkpoint."""
     run = state.lock_run(run.pk)
     if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
@@ -229,13 +255,14 @@ def run_resume(*, run: Run) -> Run:
             f"Only a failed or cancelled run can be resumed; this one is {run.status}.",
             code="not_resumable",
         )
+    _audit(actor, run, "run.resume", {"before": run.status, "attempt": run.attempt + 1})
     reactions.after(state.run_resume(run))
     run.refresh_from_db()
     return run
 
 
 def run_restart(*, run: Run, user=None, token: ApiToken | None = None,
-                trigger_type: str | None = None) -> Run:  # fmt: skip
+                trigger_type: str | None = None, actor: Actor | None = None) -> Run:  # fmt: skip
     """A new run with the same input on the loop's currently active version."""
     loop = Loop.objects.select_related("active_version").get(pk=run.loop_id)
     with transaction.atomic():
@@ -250,6 +277,7 @@ def run_restart(*, run: Run, user=None, token: ApiToken | None = None,
         )
         Run.objects.filter(pk=new.pk).update(restarted_from=run)
         new.restarted_from = run
+        _audit(actor, run, "run.restart", {"newRun": new.pk})
     return new
 
 

@@ -12,6 +12,7 @@ from django.utils.http import content_disposition_header
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_http_methods
 
+from accounts.audit import Actor
 from accounts.models import Role
 from accounts.permissions import current_membership, current_org, require_role
 from loops.access import get_loop_for
@@ -449,7 +450,8 @@ def _act(request: HttpRequest, run_id: str, action, success: str) -> HttpRespons
 def restart(request: HttpRequest, run_id: str) -> HttpResponse:
     return _act(
         request, run_id,
-        lambda run: run_restart(run=run, user=request.user, trigger_type=TriggerType.USER),
+        lambda run: run_restart(run=run, user=request.user, trigger_type=TriggerType.USER,
+                                actor=Actor.from_request(request)),
         "Restarted: this is the new run.",
     )  # fmt: skip
 
@@ -457,14 +459,15 @@ def restart(request: HttpRequest, run_id: str) -> HttpResponse:
 @login_required
 @require_http_methods(["POST"])
 def resume(request: HttpRequest, run_id: str) -> HttpResponse:
-    return _act(request, run_id, lambda run: run_resume(run=run),
+    return _act(request, run_id, lambda run: run_resume(run=run, actor=Actor.from_request(request)),
                 "Resumed from the last checkpoint.")  # fmt: skip
 
 
 @login_required
 @require_http_methods(["POST"])
 def cancel(request: HttpRequest, run_id: str) -> HttpResponse:
-    return _act(request, run_id, lambda run: run_cancel(run=run), "Run cancelled.")
+    return _act(request, run_id, lambda run: run_cancel(run=run, actor=Actor.from_request(request)),
+                "Run cancelled.")  # fmt: skip
 
 
 @login_required
@@ -482,7 +485,7 @@ def respond(request: HttpRequest, run_id: str) -> HttpResponse:
     try:
         run_respond(
             run=run, action=action, value=value, has_value=action == "input" and value != "",
-            reason=form.cleaned_data["reason"] or None, actor=request.user.get_username(),
+            reason=form.cleaned_data["reason"] or None, actor=Actor.from_request(request),
         )  # fmt: skip
     except DomainError as exc:
         messages.error(request, exc.message)

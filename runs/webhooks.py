@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from accounts.audit import Actor, record
 from accounts.models import Organization
 from loops.models import Loop
 from loops_project import sql
@@ -73,40 +74,63 @@ def _check_loop(organization_id: str, loop: Loop | None) -> None:
         raise Invalid("the loop belongs to another organization", details={"field": "loop"})
 
 
+def _audit(actor: Actor | None, webhook: Webhook, action: str, details: dict) -> None:
+    if actor is not None:
+        record(organization=webhook.organization_id, actor=actor, action=action,
+               object_type="webhook", object_id=webhook.pk, details=details)  # fmt: skip
+
+
+def _shown(webhook: Webhook) -> dict:
+    return {"url": webhook.url, "events": webhook.events, "loop": webhook.loop_id,
+            "active": webhook.active}  # fmt: skip
+
+
+@transaction.atomic
 def webhook_create(
     *, organization: Organization, url: str, events: list[str] | None = None,
-    loop: Loop | None = None,
+    loop: Loop | None = None, actor: Actor | None = None,
 ) -> Webhook:  # fmt: skip
     events = _clean(url, events)
     _check_loop(organization.pk, loop)
-    return Webhook.objects.create(
+    webhook = Webhook.objects.create(
         organization=organization, loop=loop, url=url, events=events,
         secret="whsec_" + secrets.token_urlsafe(24),
     )  # fmt: skip
-
-
-def webhook_update(
-    *, webhook: Webhook, url: str, events: list[str] | None, loop: Loop | None
-) -> Webhook:
-    """Change where a webhook posts and what for; its secret and deliveries stay."""
-    events = _clean(url, events)
-    _check_loop(webhook.organization_id, loop)
-    webhook.url, webhook.events, webhook.loop = url, events, loop
-    webhook.save(update_fields=["url", "events", "loop"])
-    return webhook
-
-
-def webhook_set_active(*, webhook: Webhook, active: bool) -> Webhook:
-    """Enable or disable a webhook. A disabled one gets no new deliveries, and the attempts of
-    those already queued are not made (runs.webhooks.deliver)."""
-    webhook.active = active
-    webhook.save(update_fields=["active"])
+    _audit(actor, webhook, "webhook.create", _shown(webhook))
     return webhook
 
 
 @transaction.atomic
-def webhook_delete(*, webhook: Webhook) -> None:
+def webhook_update(
+    *, webhook: Webhook, url: str, events: list[str] | None, loop: Loop | None,
+    actor: Actor | None = None,
+) -> Webhook:  # fmt: skip
+    """Change where a webhook posts and what for; its secret and deliveries stay."""
+    events = _clean(url, events)
+    _check_loop(webhook.organization_id, loop)
+    before = _shown(webhook)
+    webhook.url, webhook.events, webhook.loop = url, events, loop
+    webhook.save(update_fields=["url", "events", "loop"])
+    _audit(actor, webhook, "webhook.update", {"before": before, "after": _shown(webhook)})
+    return webhook
+
+
+@transaction.atomic
+def webhook_set_active(*, webhook: Webhook, active: bool, actor: Actor | None = None) -> Webhook:
+    """Enable or disable a webhook. A disabled one gets no new deliveries, and the attempts of
+    those already queued are not made (runs.webhooks.deliver)."""
+    changed = webhook.active != active
+    webhook.active = active
+    webhook.save(update_fields=["active"])
+    if changed:
+        _audit(actor, webhook, "webhook.enable" if active else "webhook.disable", _shown(webhook))
+    return webhook
+
+
+@transaction.atomic
+def webhook_delete(*, webhook: Webhook, actor: Actor | None = None) -> None:
     """Delete a webhook with its deliveries and the timers of their next attempts."""
+    _audit(actor, webhook, "webhook.delete", _shown(webhook))
     Timer.objects.filter(
         kind=TimerKind.WEBHOOK,
         target__in=webhook.deliveries.filter(status=DeliveryStatus.PENDING).values("pk"),

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.audit import Actor
 from accounts.models import ApiToken, TokenScope
 from accounts.services import token_create
 from loops_project.commands import org_or_error
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         limit = ApiToken._meta.get_field("name").max_length
         if len(name) > limit:
             raise CommandError(f"--name is longer than {limit} characters")
-        token, raw = token_create(organization=organization, name=name, scope=scope)
+        token, raw = token_create(organization=organization, name=name, scope=scope,
+                                  actor=Actor.system("manage.py create_token"))  # fmt: skip
         self.stdout.write(
             f"Created {token.scope} token {token.pk} for {organization.slug}; "
             "it is shown only once:"

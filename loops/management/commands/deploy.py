@@ -2,6 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts.audit import Actor
 from loops.models import Loop
 from loops.services import loop_create, loop_deploy
 from loops_project.commands import loop_or_error, org_or_error
@@ -41,11 +42,12 @@ class Command(BaseCommand):
             if target is None:
                 target = loop_create(
                     organization=organization, slug=loop, name=loop, code=code,
-                    author_name="cli", note=note,
+                    author_name="cli", note=note, actor=Actor.system("manage.py deploy"),
                 )  # fmt: skip
                 version = target.active_version
             else:
-                version = loop_deploy(loop=target, code=code, author_name="cli", note=note)
+                version = loop_deploy(loop=target, code=code, author_name="cli", note=note,
+                                      actor=Actor.system("manage.py deploy"))  # fmt: skip
         except DomainError as exc:
             raise CommandError(exc.message) from None
         self.stdout.write(str(version.number))
