@@ -171,3 +171,21 @@ def test_pages_at_a_glance(live_server, login, org, owner, member, loop, screens
     expect(page.get_by_text("Webhook created.")).to_be_visible()
     expect(page.locator("#hook-secret")).to_contain_text("whsec_")
     screenshot("webhook")
+
+
+def test_the_audit_log_shows_who_did_what(live_server, login, owner, loop, screenshot):
+    loop_deploy(loop=loop, code=loop.active_version.code.replace("Hello", "Hey"))
+    page = login(owner)
+    page.goto(f"{live_server.url}/loops/{loop.slug}/versions/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Roll back to v1").click()
+    expect(page.get_by_text("Version 1 is active again.")).to_be_visible()
+    page.get_by_role("link", name="Audit log").click()
+    row = page.locator("table.audit tbody tr").first
+    expect(row).to_contain_text("loop.rollback")
+    expect(row).to_contain_text("olivia")
+    expect(row).to_contain_text("127.0.0.1")
+    screenshot("audit")
+    page.get_by_label("Action").select_option("token.revoke")
+    expect(page.get_by_text("No matching entries.")).to_be_visible()
+    assert "action=token.revoke" in page.url
