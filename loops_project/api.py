@@ -15,9 +15,17 @@ from ninja.throttling import BaseThrottle
 from accounts import api as accounts_api
 from loops import api as loops_api
 from loops_project import strict_json
-from loops_project.api_base import TokenAuth, error_response, parse_json, too_large_response
+from loops_project.api_base import (
+    TokenAuth,
+    error_response,
+    field_errors,
+    parse_json,
+    too_large_response,
+)
 from loops_project.errors import DomainError
 from runs import api as runs_api
+from runs import api_approvals, api_bulk
+from runs import api_patches as runs_api_patches
 
 
 class StrictParser(Parser):
@@ -78,7 +86,9 @@ api = LoopsAPI(
     version="1",
     description="Durable workflows for operations teams. Authenticate with "
     "`Authorization: Bearer <token>` (a per-organization API token). Errors answer "
-    '`{"error": {"code", "message", "details"?}}`.',
+    '`{"error": {"code", "message", "details"?}}`; `details`, when present, is always a list '
+    'of field errors `[{"field", "message"}]` (an `invalid_code` error adds the program\'s '
+    "`line`), whatever the error: bad JSON, a body of the wrong shape, a refused value.",
     auth=TokenAuth(),
     throttle=[TokenRateThrottle()],
     parser=StrictParser(),
@@ -103,7 +113,7 @@ def on_throttled(request, exc: Throttled):
 
 @api.exception_handler(DomainError)
 def on_domain_error(request, exc: DomainError):
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    return error_response(exc.status, exc.code, exc.message, field_errors(exc))
 
 
 @api.exception_handler(Http404)
@@ -136,9 +146,8 @@ def on_http_error(request, exc: HttpError):
         return on_domain_error(request, cause)
     if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
         # ninja could not parse the body: name the problem instead of a generic sentence.
-        return error_response(
-            400, "invalid_json", f"The request body is not valid JSON: {cause}", {"field": "body"}
-        )
+        message = f"The request body is not valid JSON: {cause}"
+        return error_response(400, "invalid_json", message, [{"field": "body", "message": message}])
     code = HTTP_CODES.get(exc.status_code, "error")
     return error_response(exc.status_code, code, str(exc.message))
 
@@ -156,10 +165,15 @@ def on_data_error(request, exc):
     )
 
 
-# A token's scope is its router's: a `trigger` token may trigger runs and read them (the first
-# three), every other call needs a `full` one (routers made with api_base.FullScopeAuth).
+# A token's scope is its router's: a `trigger` token may trigger runs and read them
+# (trigger_router, router), every other call needs a `full` one (routers made with
+# api_base.FullScopeAuth). api_bulk comes before router, whose GET /runs/{run_id} would
+# otherwise take POST /runs/bulk (405).
 api.add_router("/loop", runs_api.trigger_router)
+api.add_router("/v1", api_bulk.router)
 api.add_router("/v1", runs_api.router)
 api.add_router("/v1", runs_api.full_router)
+api.add_router("/v1", api_approvals.router)
+api.add_router("/v1", runs_api_patches.router)
 api.add_router("/v1", loops_api.router)
 api.add_router("/v1", accounts_api.router)

@@ -7,7 +7,7 @@ import json
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from ninja import Schema
+from ninja import Field, Schema
 from ninja.errors import AuthorizationError
 from ninja.security import HttpBearer
 
@@ -23,17 +23,44 @@ def parse_json(raw: bytes | str, *, field: str = ""):
     return strict_json.parse(raw, field=field)
 
 
+class FieldError(Schema):
+    field: str | None = Field(
+        description="The offending field, dotted as in the request (`input.items[2]`); null "
+        "when no one field is to blame."
+    )
+    message: str = Field(description="What is wrong with it.")
+    line: int | None = Field(
+        None, description="The program's line, only for `invalid_code` (field `code`)."
+    )
+
+
 class ErrorBody(Schema):
     code: str
     message: str
-    details: dict | list | None = None
+    details: list[FieldError] | None = Field(
+        None, description="The field errors, when the error is about the request's fields."
+    )
 
 
 class ErrorOut(Schema):
     error: ErrorBody
 
 
-def error_response(status: int, code: str, message: str, details=None) -> HttpResponse:
+def field_errors(exc: DomainError) -> list[dict] | None:
+    """A domain error's details (loops_project.errors) as the API's `details`: a list of
+    {"field", "message"} like a validation error's, with the program's `line` for code."""
+    if not exc.details:
+        return None
+    error = {"field": exc.details.get("field"), "message": exc.details.get("reason", exc.message)}
+    if "line" in exc.details:
+        error["line"] = exc.details["line"]
+    return [error]
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict] | None = None
+) -> HttpResponse:
+    """The API's error answer; `details`, when given, is a list of FieldError."""
     body = {"error": {"code": code, "message": message}}
     if details is not None:
         body["error"]["details"] = details

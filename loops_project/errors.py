@@ -2,6 +2,11 @@
 
 
 class DomainError(Exception):
+    """`details` says where the error is, for the pages, the commands and the API alike:
+    `field` (the request's name for it), and for a program `line` and `reason`. The API answers
+    it as its one `details` shape, a list of field errors (loops_project.api_base.field_errors).
+    """
+
     status = 400
     code = "bad_request"
 

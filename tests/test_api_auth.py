@@ -134,14 +134,15 @@ def test_an_input_over_the_input_limit_is_413(api, loop, settings):
 def test_malformed_json_is_400_naming_the_field(api, loop, path, body, field):
     response = api.post(path, content=body, headers={"Content-Type": "application/json"})
     error = assert_error(response, 400, "invalid_json")
-    assert error["details"] == {"field": field}
+    assert error["details"] == [{"field": field, "message": error["message"]}]
     assert "JSON" in error["message"]
     assert not Run.objects.exists()
 
 
 def test_a_nul_character_is_refused_not_a_server_error(api, loop):
     response = api.post("/api/v1/loops/greeting/runs", json={"input": {"a": "b\x00c"}})
-    assert assert_error(response, 422, "invalid_value")["details"] == {"field": "input.a"}
+    error = assert_error(response, 422, "invalid_value")
+    assert [e["field"] for e in error["details"]] == ["input.a"]
     assert_error(api.get("/api/v1/runs/run_%00x"), 400, "bad_request")
     assert_error(api.get("/api/v1/runs", params={"loop": "a\x00"}), 400, "bad_request")
     assert not Run.objects.exists()

@@ -81,7 +81,7 @@ def test_an_action_that_does_not_match_the_wait_is_400(api, waits):
     assert error_code(response, 400) == "action_mismatch"
     response = api.post(f"/api/v1/runs/{question.pk}/respond", json={"action": "input"})
     assert error_code(response, 400) == "input_required"
-    assert response.json()["error"]["details"] == {"field": "input"}
+    assert [e["field"] for e in response.json()["error"]["details"]] == ["input"]
     response = api.post(f"/api/v1/runs/{question.pk}/respond", json={"action": "shrug"})
     assert error_code(response, 400) == "invalid_action"
     response = api.post(f"/api/v1/runs/{question.pk}/respond", json={})

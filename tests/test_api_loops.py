@@ -45,11 +45,11 @@ def test_create_with_code_deploys_version_1(api, org):
 def test_create_with_invalid_code_or_taken_or_bad_slug_saves_nothing(api, loop):
     response = api.post("/api/v1/loops", json={"slug": "bad", "name": "Bad", "code": BROKEN_CODE})
     assert response.status_code == 422
-    assert response.json()["error"]["details"]["line"]
+    assert response.json()["error"]["details"][0]["line"]
     assert api.post("/api/v1/loops", json={"slug": "greeting"}).status_code == 409
     response = api.post("/api/v1/loops", json={"slug": "Not A Slug"})
     assert response.status_code == 422
-    assert response.json()["error"]["details"] == {"field": "slug"}
+    assert [e["field"] for e in response.json()["error"]["details"]] == ["slug"]
     assert list(Loop.objects.values_list("slug", flat=True)) == ["greeting"]
 
 
@@ -65,7 +65,7 @@ def test_patch_name_description_and_paused(api, loop):
     assert (loop.name, loop.paused) == ("Greeter", True)
     response = api.patch("/api/v1/loops/greeting", json={"name": "  "})
     assert response.status_code == 422
-    assert response.json()["error"]["details"] == {"field": "name"}
+    assert [e["field"] for e in response.json()["error"]["details"]] == ["name"]
 
 
 def test_a_paused_loop_answers_triggers_with_409(api, loop):
@@ -118,12 +118,17 @@ def test_deploying_invalid_code_is_422_with_line_and_reason_and_saves_nothing(ap
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "invalid_code"
-    assert isinstance(error["details"]["line"], int)
-    assert error["details"]["line"] >= 1
-    assert error["details"]["reason"]
+    [detail] = error["details"]
+    assert detail["field"] == "code"
+    assert isinstance(detail["line"], int)
+    assert detail["line"] >= 1
+    assert detail["message"]
+    assert error["message"] == f"Line {detail['line']}: {detail['message']}"
     response = api.post("/api/v1/loops/greeting/versions", json={"code": ""})
     assert response.status_code == 422
-    assert response.json()["error"]["details"]["line"] == 1
+    assert response.json()["error"]["details"] == [
+        {"field": "code", "message": "the program is empty", "line": 1}
+    ]
     assert LoopVersion.objects.filter(loop=loop).count() == 1
     loop.refresh_from_db()
     assert loop.active_version.number == 1

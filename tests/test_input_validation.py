@@ -46,7 +46,7 @@ def assert_refused(response, status: int, code: str, field: str) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code
-    assert error["details"] == {"field": field}
+    assert [e["field"] for e in error["details"]] == [field]
     assert field in error["message"]
     return error
 
@@ -235,10 +235,12 @@ def test_code_that_cannot_be_compiled_is_422_and_nothing_is_saved(
         error = response.json()["error"]
         assert error["code"] == code_name
         if field:
-            assert error["details"] == {"field": field}
+            assert [e["field"] for e in error["details"]] == [field]
         else:
-            assert error["details"]["line"] >= 1
-            assert error["details"]["reason"]
+            [detail] = error["details"]
+            assert detail["field"] == "code"
+            assert detail["line"] >= 1
+            assert detail["message"]
     assert LoopVersion.objects.count() == 1
     assert Loop.objects.count() == 1
 

@@ -99,7 +99,7 @@ def test_create_shows_the_secret_once_list_and_delete(api, loop):
 def test_invalid_webhooks_are_422_naming_the_field(api, body, field):
     response = api.post("/api/v1/webhooks", json=body)
     assert response.status_code == 422
-    assert response.json()["error"]["details"] == {"field": field}
+    assert [e["field"] for e in response.json()["error"]["details"]] == [field]
     assert not Webhook.objects.exists()
 
 
