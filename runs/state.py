@@ -560,6 +560,27 @@ def run_resume(run: Run) -> Change:
     return change_of(run, RunStatus.PENDING)
 
 
+def steps_forget(run: Run, step_ids: list[str]) -> None:
+    """Checkpoints of a run that is not executing (locked by the caller) are dropped: its next
+    execution runs those steps again as new work. Runs they started (step.run_loop) are kept,
+    no longer attached to a step, so that nothing they do later wakes a step that is gone."""
+    Run.objects.filter(parent_step_id__in=step_ids).update(parent_step=None)
+    waiting = Step.objects.filter(pk__in=step_ids, status=StepStatus.WAITING)
+    for step_id in waiting.values_list("pk", flat=True):
+        dispatch.clear_timer(TimerKind.STEP, step_id)
+    Step.objects.filter(run=run, pk__in=step_ids).delete()
+
+
+def step_succeed_with(step: Step, output) -> bool:
+    """A failed step of a failed or cancelled run (locked by the caller) takes an operator's
+    output: it succeeded, as if it had returned it. False if it is no longer failed."""
+    return bool(
+        Step.objects.filter(pk=step.pk, status=StepStatus.FAILED).update(
+            status=StepStatus.SUCCEEDED, output=output, error=None, finished_at=timezone.now()
+        )
+    )
+
+
 def step_time_up(step_id: str) -> Change | None:
     """A waiting step's time has come (runs.clock, in a transaction): a sleep ends, a wait
     for an event, an answer or a scan times out (StepTimeout)."""

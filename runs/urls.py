@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs import views
+from runs import patch_views, views
 
 app_name = "runs"
 urlpatterns = [
@@ -17,4 +17,8 @@ urlpatterns = [
     path(
         "<str:run_id>/steps/<str:step_id>/save-output/", views.save_step_output, name="save_output"
     ),
+    path("<str:run_id>/send-event/", patch_views.send_event, name="send_event"),
+    path("<str:run_id>/steps/<str:step_id>/retry-from/", patch_views.retry_from, name="retry_from"),
+    path("<str:run_id>/steps/<str:step_id>/complete/", patch_views.complete_step, name="complete"),
+    path("<str:run_id>/steps/<str:step_id>/fire/", patch_views.fire_step, name="fire"),
 ]
