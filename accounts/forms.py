@@ -40,7 +40,8 @@ class WebhookForm(forms.Form):
     events = forms.MultipleChoiceField(
         required=False,
         choices=[(f"run.{s}", f"run.{s}") for s in
-                 ("succeeded", "failed", "cancelled", "waiting", "running", "pending")],
+                 ("succeeded", "failed", "cancelled", "waiting", "running", "pending")]
+        + [(e, e) for e in ("approval.reminder", "approval.escalated")],
         widget=forms.CheckboxSelectMultiple,
         help_text="None selected means every event.",
     )  # fmt: skip

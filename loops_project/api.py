@@ -24,6 +24,7 @@ from loops_project.api_base import (
 )
 from loops_project.errors import DomainError
 from runs import api as runs_api
+from runs import api_approvals
 from runs import api_patches as runs_api_patches
 
 
@@ -169,6 +170,7 @@ def on_data_error(request, exc):
 api.add_router("/loop", runs_api.trigger_router)
 api.add_router("/v1", runs_api.router)
 api.add_router("/v1", runs_api.full_router)
+api.add_router("/v1", api_approvals.router)
 api.add_router("/v1", runs_api_patches.router)
 api.add_router("/v1", loops_api.router)
 api.add_router("/v1", accounts_api.router)

@@ -1,6 +1,7 @@
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.fields.json import KeyTextTransform
 from django.urls import reverse
 from django.utils import timezone
 
@@ -170,6 +171,15 @@ class Run(models.Model):
                 fields=["loop", "idempotency_key", "created_at"],
                 name="run_idempotency",
                 condition=Q(idempotency_key__isnull=False),
+            ),
+            # The inbox (runs.inbox): runs waiting for a person, by organization and by when
+            # the wait began (pending's `since`), oldest first; its COUNT is the nav badge.
+            models.Index(
+                F("organization"),
+                KeyTextTransform("since", "pending"),
+                F("id"),
+                name="run_waiting_person",
+                condition=Q(status="waiting", pending__kind__in=["input", "approval"]),
             ),
             # Mostly empty references: only the rows that have one are indexed.
             *(

@@ -36,6 +36,7 @@ from runs.models import (
     ScanRequest,
     ScanStatus,
     Step,
+    StepKind,
     StepStatus,
     TimerKind,
     Turn,
@@ -420,6 +421,8 @@ def step_resolve(step: Step, *, status: str, output=None, error=None) -> Change 
     if not closed:
         return None
     dispatch.clear_timer(TimerKind.STEP, step.pk)
+    if step.kind in (StepKind.INPUT, StepKind.APPROVAL):  # its reminder or escalation
+        dispatch.clear_timer(TimerKind.APPROVAL, step.pk)
     return run_wake(step.run_id)
 
 
@@ -536,6 +539,7 @@ def run_cancel(run: Run) -> Change:
     )
     for step_id in waiting:
         dispatch.clear_timer(TimerKind.STEP, step_id)
+        dispatch.clear_timer(TimerKind.APPROVAL, step_id)
     ScanRequest.objects.filter(run=run, status=ScanStatus.PENDING).update(status=ScanStatus.EXPIRED)
     return change_of(run, RunStatus.CANCELLED)
 

@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import URLValidator
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from accounts.audit import Actor, record
@@ -37,7 +37,9 @@ from runs.schemas import run_payload
 from runs.state import Change
 
 SIGNATURE_HEADER = "X-Loops-Signature"
-EVENT_NAMES = {f"run.{s}" for s in RunStatus.values}
+# A run waiting for a person is overdue (step.ask/step.approve's remind_after, escalate_after).
+APPROVAL_EVENTS = ("approval.reminder", "approval.escalated")
+EVENT_NAMES = {f"run.{s}" for s in RunStatus.values} | set(APPROVAL_EVENTS)
 # Not a status change: what "Send test event" sends, so a receiver can be checked at any time.
 TEST_EVENT = "ping"
 DELIVERY_TIMEOUT_SECONDS = 10
@@ -50,10 +52,10 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def _clean(url: str, events: list[str] | None) -> list[str]:
-    """The events as stored (each "run.<status>", once); Invalid naming the field if the URL
-    or an event is not one."""
+    """The events as stored (each "run.<status>" or "approval.<…>", once); Invalid naming the
+    field if the URL or an event is not one."""
     # A status alone ("failed") names the same event as "run.failed".
-    events = list(dict.fromkeys(e if e.startswith("run.") else f"run.{e}" for e in events or []))
+    events = list(dict.fromkeys(e if "." in str(e) else f"run.{e}" for e in events or []))
     unknown = [e for e in events if e not in EVENT_NAMES]
     if unknown:
         raise Invalid(
@@ -210,6 +212,25 @@ def queue_deliveries_of(changes: list[Change]) -> None:
     with transaction.atomic():
         for delivery in WebhookDelivery.objects.bulk_create(deliveries):
             dispatch.deliver_webhook(delivery.pk)
+
+
+def queue_event(*, run: Run, event: str, data: dict) -> int:
+    """A delivery of an event that is not a status change (APPROVAL_EVENTS) for each active
+    webhook of the run's organization subscribed to it, queued in the caller's transaction;
+    returns how many."""
+    hooks = Webhook.objects.filter(organization_id=run.organization_id, active=True).filter(
+        Q(loop__isnull=True) | Q(loop_id=run.loop_id)
+    )
+    payload = json.loads(json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder))
+    deliveries = [
+        WebhookDelivery(webhook=hook, run_id=run.pk, event=event, payload=payload)
+        for hook in hooks
+        if not hook.events or event in hook.events
+    ]
+    with transaction.atomic():
+        for delivery in WebhookDelivery.objects.bulk_create(deliveries):
+            dispatch.deliver_webhook(delivery.pk)
+    return len(deliveries)
 
 
 def _claim(delivery_id: str) -> bool:

@@ -8,10 +8,12 @@ import json
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest.mock import ANY
 
 import pytest
 from django.utils import timezone
 
+from accounts.audit import Actor
 from loops.schedules import fire_due_schedules, schedule_create
 from loops.services import loop_deploy
 from loops_project.errors import Conflict, DomainError, Invalid, TooLarge
@@ -148,8 +150,10 @@ def _waiting_for_approval(org, on_reject="stop"):
     loop = deploy(org, ASK_APPROVE)
     run = execute(trigger(loop, {"onReject": on_reject}))
     assert run.status == "waiting"
-    assert run.pending == {"kind": "input", "prompt": "Who should we greet?", "stepName": "Name"}
-    run_respond(run=run, action="input", value="Khaya", has_value=True, actor="olivia")
+    assert run.pending == {"kind": "input", "prompt": "Who should we greet?", "stepName": "Name",
+                           "stepId": ANY, "since": ANY, "assignees": []}  # fmt: skip
+    run_respond(run=run, action="input", value="Khaya", has_value=True,
+                actor=Actor.system("olivia"))  # fmt: skip
     run = execute(Run.objects.get(pk=run.pk))
     assert run.status == "waiting"
     assert run.pending == {
@@ -158,13 +162,16 @@ def _waiting_for_approval(org, on_reject="stop"):
         "tool": "email",
         "toolInput": {"to": "Khaya"},
         "stepName": "Send",
+        "stepId": run.steps.get(name="Send").pk,
+        "since": ANY,
+        "assignees": [],
     }
     return run
 
 
 def test_approved_approval_lets_the_program_go_on(org):
     run = _waiting_for_approval(org)
-    run_respond(run=run, action="approve", reason="looks right", actor="olivia")
+    run_respond(run=run, action="approve", reason="looks right", actor=Actor.system("olivia"))
     run = execute(Run.objects.get(pk=run.pk))
     assert run.status == "succeeded"
     assert run.output["decision"] == {"approved": True, "reason": "looks right", "by": "olivia"}

@@ -13,7 +13,7 @@ from django.utils.dateparse import parse_datetime
 from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project.errors import DomainError
-from runs import dispatch, reactions, rules, state
+from runs import dispatch, inbox, reactions, rules, state
 from runs.models import Run, RunEvent, ScanRequest, StepStatus, TimerKind, TriggerType
 
 WAIT_KINDS = {"sleep", "event", "input", "approval", "scan", "child"}
@@ -57,20 +57,63 @@ def handle_wait(execution, message: dict) -> dict:
 
 
 def _suspend(execution, message, *, kind: str, pending: dict, timeout=None, input=None,
-             wake_at=None) -> dict:  # fmt: skip
-    """Open the waiting step; it ends at `wake_at`, or times out after `timeout` seconds."""
+             wake_at=None, person: dict | None = None) -> dict:  # fmt: skip
+    """Open the waiting step; it ends at `wake_at`, or times out after `timeout` seconds. A
+    wait for a person (`person`: _person()) is also an inbox item (runs.inbox), with a timer
+    for its reminder or escalation if it has one (runs.approvals)."""
+    now = timezone.now()
     deadline = wake_at
     if deadline is None and timeout is not None:
-        deadline = timezone.now() + timedelta(seconds=_cap(timeout))
+        deadline = now + timedelta(seconds=_cap(timeout))
     step_id = execution.open_step(
-        message, kind=kind, status=StepStatus.WAITING, input=input, wake_at=deadline
-    )
+        message, kind=kind, status=StepStatus.WAITING, input=input, wake_at=deadline,
+        started_at=now,
+    )  # fmt: skip
     if step_id is None:
         return {"cancelled": True}
+    overdue_at = None
+    if person is not None:
+        pending = {**pending, "stepId": step_id, "since": inbox.stamp(now),
+                   "assignees": person["assignees"]}  # fmt: skip
+        afters = [person[a] for a in ("remindAfter", "escalateAfter") if person[a] is not None]
+        if afters:
+            overdue_at = now + timedelta(seconds=_cap(min(afters)))
+            pending["overdueAt"] = inbox.stamp(overdue_at)
     state.run_waits_for(execution.run.pk, {"stepName": message.get("name"), **pending})
     if deadline is not None:
         dispatch.set_timer(TimerKind.STEP, step_id, deadline)
+    if overdue_at is not None:
+        dispatch.set_timer(TimerKind.APPROVAL, step_id, overdue_at)
     return SUSPEND
+
+
+def _after(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0")
+    return float(min(value, settings.LOOPS_MAX_WAIT_SECONDS))
+
+
+def _person(execution, params: dict) -> dict:
+    """step.ask's and step.approve's assignee, remind_after and escalate_after, checked:
+    ValueError naming the argument (the step fails with it)."""
+    assignees = inbox.parse_assignees(params.get("assignee"))
+    strangers = inbox.unknown_users(execution.run.organization_id, assignees)
+    if strangers:
+        raise ValueError(f"assignee: no member named '{strangers[0]}' in this organization")
+    return {
+        "assignees": assignees,
+        "remindAfter": _after("remind_after", params.get("remind_after")),
+        "escalateAfter": _after("escalate_after", params.get("escalate_after")),
+    }
+
+
+def _with_person(step_input: dict, person: dict) -> dict:
+    """The waiting step's input with its assignees and reminder times, where it has them."""
+    extra = {"assignees": person["assignees"]} if person["assignees"] else {}
+    extra.update({k: person[k] for k in ("remindAfter", "escalateAfter") if person[k] is not None})
+    return {**step_input, **extra}
 
 
 def wait_sleep(execution, message, params):
@@ -123,9 +166,11 @@ def wait_event(execution, message, params):
 
 def wait_input(execution, message, params):
     prompt = str(params.get("prompt") or "")[:5000]
+    timeout = _seconds(params.get("timeout"))
+    person = _person(execution, params)
     return _suspend(
         execution, message, kind="input", pending={"kind": "input", "prompt": prompt},
-        timeout=_seconds(params.get("timeout")), input={"prompt": prompt},
+        timeout=timeout, input=_with_person({"prompt": prompt}, person), person=person,
     )  # fmt: skip
 
 
@@ -139,9 +184,11 @@ def wait_approval(execution, message, params):
     }
     step_input = {**pending, "onReject": params.get("on_reject", "stop")}
     del step_input["kind"]
+    timeout = _seconds(params.get("timeout"))
+    person = _person(execution, params)
     return _suspend(
-        execution, message, kind="approval", pending=pending,
-        timeout=_seconds(params.get("timeout")), input=step_input,
+        execution, message, kind="approval", pending=pending, timeout=timeout,
+        input=_with_person(step_input, person), person=person,
     )  # fmt: skip
 
 

@@ -678,18 +678,28 @@ class Step:
         _, saved = self._wait(name, "scan", subject=subject, timeout=timeout)
         return self._resolved(name, saved)
 
-    def ask(self, name, prompt, timeout=None):
-        """Ask a person a question; the run waits for the answer, which is returned."""
-        _, saved = self._wait(name, "input", prompt=str(prompt), timeout=timeout)
+    def ask(self, name, prompt, timeout=None, *, assignee=None, remind_after=None,
+            escalate_after=None):  # fmt: skip
+        """Ask a person a question; the run waits for the answer, which is returned. `assignee`
+        ("role:<role>", "user:<username>" or a list) limits who may answer; `remind_after` and
+        `escalate_after` (seconds) send the approval.reminder and approval.escalated webhook
+        events and mark the wait overdue in the inbox (the worker checks them)."""
+        _, saved = self._wait(
+            name, "input", prompt=str(prompt), timeout=timeout, assignee=assignee,
+            remind_after=remind_after, escalate_after=escalate_after,
+        )  # fmt: skip
         return self._resolved(name, saved)
 
-    def approve(self, name, prompt, tool=None, tool_input=None, on_reject="stop", timeout=None):
-        """An approval gate. Returns {"approved": bool, "reason": str|None}."""
+    def approve(self, name, prompt, tool=None, tool_input=None, on_reject="stop", timeout=None,
+                *, assignee=None, remind_after=None, escalate_after=None):  # fmt: skip
+        """An approval gate. Returns {"approved": bool, "reason": str|None}. `assignee`,
+        `remind_after` and `escalate_after` as for ask()."""
         if on_reject not in ("stop", "return"):
             raise ValueError('on_reject must be "stop" or "return"')
         _, saved = self._wait(
             name, "approval", prompt=str(prompt), tool=tool, tool_input=tool_input,
-            on_reject=on_reject, timeout=timeout,
+            on_reject=on_reject, timeout=timeout, assignee=assignee, remind_after=remind_after,
+            escalate_after=escalate_after,
         )  # fmt: skip
         if saved["status"] == "rejected":
             if on_reject == "stop":
