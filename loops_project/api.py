@@ -24,7 +24,7 @@ from loops_project.api_base import (
 )
 from loops_project.errors import DomainError
 from runs import api as runs_api
-from runs import api_approvals
+from runs import api_approvals, api_bulk
 from runs import api_patches as runs_api_patches
 
 
@@ -165,9 +165,12 @@ def on_data_error(request, exc):
     )
 
 
-# A token's scope is its router's: a `trigger` token may trigger runs and read them (the first
-# three), every other call needs a `full` one (routers made with api_base.FullScopeAuth).
+# A token's scope is its router's: a `trigger` token may trigger runs and read them
+# (trigger_router, router), every other call needs a `full` one (routers made with
+# api_base.FullScopeAuth). api_bulk comes before router, whose GET /runs/{run_id} would
+# otherwise take POST /runs/bulk (405).
 api.add_router("/loop", runs_api.trigger_router)
+api.add_router("/v1", api_bulk.router)
 api.add_router("/v1", runs_api.router)
 api.add_router("/v1", runs_api.full_router)
 api.add_router("/v1", api_approvals.router)

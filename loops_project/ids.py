@@ -70,5 +70,9 @@ def test_input_id() -> str:
     return new_id("tin")
 
 
+def bulk_id() -> str:
+    return new_id("bulk")
+
+
 def PublicIdField(default) -> models.CharField:
     return models.CharField(primary_key=True, max_length=ID_LENGTH, default=default, editable=False)

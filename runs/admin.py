@@ -16,6 +16,7 @@ from loops.admin import json_block, report
 from loops_project.errors import DomainError
 from runs.models import (
     Batch,
+    BulkJob,
     LogEntry,
     Run,
     RunEvent,
@@ -636,3 +637,23 @@ class WebhookDeliveryAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "Queued for redelivery",
             lambda delivery: delivery_redeliver(delivery=delivery),
         )
+
+
+@admin.register(BulkJob)
+class BulkJobAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Bulk actions (runs.bulk), as they went; started from the runs pages or the API."""
+
+    list_display = ["id", "organization", "action", "job_status", "total", "done", "failed",
+                    "created_by_name", "created_at", "completed_at"]  # fmt: skip
+    list_filter = ["action", "status", "organization"]
+    list_select_related = ["organization"]
+    search_fields = ["=id", "created_by_name"]
+    date_hierarchy = "created_at"
+    fields = ["id", "organization", "action", "status", "filter", "total", "done", "failed",
+              "failures", "created_by_type", "created_by_name", "created_by_user",
+              "created_by_token", "cursor", "heartbeat_at", "created_at",
+              "completed_at"]  # fmt: skip
+
+    @admin.display(description="Status", ordering="status")
+    def job_status(self, obj: BulkJob) -> str:
+        return status_badge(obj.status)

@@ -20,7 +20,7 @@ from datetime import datetime
 from functools import cache
 
 from django.conf import settings
-from django.db import router, transaction
+from django.db import connection, router, transaction
 from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.brokers.orm import ORM
@@ -36,6 +36,7 @@ from runs.models import Timer
 
 WORK_TASK = "runs.tasks.work"
 DELIVER_TASK = "runs.tasks.deliver_webhook"
+BULK_TASK = "runs.tasks.bulk_work"
 DEFAULT_DB = "default"
 QUEUE_FIELDS = tuple(OrmQ._meta.get_field(name) for name in ("key", "payload", "lock"))
 
@@ -136,6 +137,18 @@ def deliver_webhook(delivery_id: str) -> None:
     transaction.on_commit(lambda: async_task(DELIVER_TASK, delivery_id, broker=broker()))
 
 
+def queue_bulk_work(job_id: str, token: str) -> None:
+    """Queue the task that works on a bulk job (runs.bulk). With the ORM broker in this
+    database it is written in the caller's transaction, so it exists exactly when the job's
+    change that asked for it has committed; with another broker it is pushed after commit."""
+    if orm_broker_in_database():
+        OrmQ.objects.create(
+            key=queue_key(), payload=package(BULK_TASK, job_id, token), lock=timezone.now()
+        )
+        return
+    transaction.on_commit(lambda: async_task(BULK_TASK, job_id, token, broker=broker()))
+
+
 # --- Timers -------------------------------------------------------------------------------------
 
 
@@ -147,3 +160,16 @@ def set_timer(kind: str, target: str, due_at: datetime) -> None:
 
 def clear_timer(kind: str, target: str) -> None:
     Timer.objects.filter(kind=kind, target=target).delete()
+
+
+def clear_timers(targets: list[str]) -> None:
+    """Every timer of these steps (their time, their approval's reminders), in one DELETE:
+    on PostgreSQL with the targets as one array (a bulk cancel names thousands)."""
+    if not targets:
+        return
+    if connection.vendor == "postgresql":
+        column = sql.column(Timer, "target")
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {sql.table(Timer)} WHERE {column} = ANY(%s)", [targets])
+        return
+    Timer.objects.filter(target__in=targets).delete()

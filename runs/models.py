@@ -493,3 +493,98 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} at {self.claimed_at:%Y-%m-%d %H:%M:%S}"
+
+
+class BulkAction(models.TextChoices):
+    CANCEL = "cancel", "Cancel"
+    RESUME = "resume", "Resume"
+    RESTART = "restart", "Restart"
+
+
+class BulkStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    ABORTED = "aborted", "Aborted"
+
+
+class BulkJob(models.Model):
+    """An action on every run a runs-list filter matched when the job was created (runs.bulk).
+    Those runs are its items; django-q2 tasks work through them in chunks."""
+
+    id = ids.PublicIdField(ids.bulk_id)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    action = models.CharField(max_length=16, choices=BulkAction.choices)
+    # The filter as the API names it (GET /api/v1/runs), empty values left out.
+    filter = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=BulkStatus.choices, default=BulkStatus.RUNNING)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    # Why runs were not acted on: {error code: how many} (run_ended, not_resumable …).
+    failures = models.JSONField(default=dict, blank=True)
+    # Who started it, as the audit names them; a restart's new runs are the user's or token's.
+    created_by_type = models.CharField(max_length=8)
+    created_by_name = models.CharField(max_length=150, blank=True)
+    created_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )  # fmt: skip
+    created_by_token = models.ForeignKey(
+        ApiToken, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Runs per chunk, fixed when the job is made (runs.bulk.CHUNK_SIZES).
+    chunk_size = models.PositiveIntegerField(default=1000)
+    # The keyset cursor: the last item (BulkJobItem.id) done. A chunk moves it in the same
+    # transaction that acts on its runs, so a chunk done again starts after it.
+    cursor = models.BigIntegerField(default=0)
+    # The one task that may work on the job now (runs.tasks.bulk_work's argument): a copy of
+    # a task delivered twice, or one replaced after it stalled, finds another name and stops.
+    task_token = models.CharField(max_length=32, blank=True)
+    # The last chunk's time: a running job whose work has stalled is given a new task.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"], name="bulk_org_created")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(done__lte=models.F("total") - models.F("failed")),
+                name="bulk_counts_within_total",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    def get_absolute_url(self) -> str:
+        return reverse("runs:bulk_detail", args=[self.id])
+
+    @property
+    def is_running(self) -> bool:
+        return self.status == BulkStatus.RUNNING
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.failed
+
+
+class BulkJobItem(models.Model):
+    """A run a bulk job acts on: the filter's runs when the job was created, oldest first.
+    Each chunk deletes its items. No foreign keys in the database: a job's 100,000 items are
+    written by one INSERT … SELECT, and a run deleted meanwhile is reported, not cascaded."""
+
+    id = models.BigAutoField(primary_key=True)
+    job = models.ForeignKey(
+        BulkJob, on_delete=models.CASCADE, related_name="+", db_index=False, db_constraint=False
+    )
+    run_id = models.CharField(max_length=ids.ID_LENGTH)
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "id"], name="bulk_item_job")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} · {self.run_id}"

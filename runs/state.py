@@ -544,6 +544,82 @@ def run_cancel(run: Run) -> Change:
     return change_of(run, RunStatus.CANCELLED)
 
 
+NOT_ENDED = (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING)
+
+
+def runs_cancel(run_ids: list[str], has_webhooks: bool | None = None) -> list[Change]:
+    """Cancel those of `run_ids` that have not ended, and the runs they started with
+    step.run_loop that have not ended (as runs.services.run_cancel cancels one), in a few
+    statements whatever their number (bulk actions): the runs in one UPDATE, which locks each
+    row and skips one that ended meanwhile; then their steps in progress or waiting end as
+    cancelled, those steps' timers go and their pending scans expire; then the same for the
+    children the failed steps waited for, level by level. An execution in flight stops at its
+    next step boundary. Call inside a transaction; returns the runs cancelled."""
+    if not run_ids:
+        return []
+    now = sql.prep(Run._meta.get_field("completed_at"), timezone.now())
+    r = lambda name: sql.column(Run, name)  # noqa: E731
+    started = r("started_at")
+    if connection.vendor == "postgresql":
+        elapsed = f"GREATEST(FLOOR(EXTRACT(EPOCH FROM (%s - {started})) * 1000), 0)"
+    else:
+        elapsed = f"MAX(CAST((julianday(%s) - julianday({started})) * 86400000 AS INTEGER), 0)"
+    among, ids = _among(r("id"), run_ids)
+    rows = _fetch_all(
+        f"UPDATE {sql.table(Run)} SET {r('status')} = %s, {r('completed_at')} = %s, "
+        f"{r('duration_ms')} = CASE WHEN {started} IS NULL THEN 0 ELSE {elapsed} END, "
+        f"{r('lease_expires_at')} = NULL WHERE {among} AND {r('status')} IN (%s, %s, %s) "
+        f"RETURNING {r('id')}, {r('organization')}, {r('loop')}, {r('parent_step')}",
+        [RunStatus.CANCELLED, now, now, *ids, *NOT_ENDED],
+    )
+    cancelled = [row[0] for row in rows]
+    step_ids: list[str] = []
+    if cancelled:
+        s = lambda name: sql.column(Step, name)  # noqa: E731
+        among, ids = _among(s("run"), cancelled)
+        error = sql.prep(Step._meta.get_field("error"), CANCELLED_STEP_ERROR)
+        steps = _fetch_all(
+            f"UPDATE {sql.table(Step)} SET {s('status')} = %s, {s('error')} = %s, "
+            f"{s('finished_at')} = %s WHERE {among} AND {s('status')} IN (%s, %s) "
+            f"RETURNING {s('id')}",
+            [StepStatus.FAILED, error, now, *ids, StepStatus.WAITING, StepStatus.RUNNING],
+        )
+        step_ids = [row[0] for row in steps]
+        dispatch.clear_timers(step_ids)
+        among, ids = _among(sql.column(ScanRequest, "run"), cancelled)
+        status = sql.column(ScanRequest, "status")
+        _fetch_all(
+            f"UPDATE {sql.table(ScanRequest)} SET {status} = %s WHERE {among} AND {status} = %s",
+            [ScanStatus.EXPIRED, *ids, ScanStatus.PENDING],
+        )
+    changes = [Change(run_id, org_id, loop_id, parent_step_id, RunStatus.CANCELLED, has_webhooks)
+               for run_id, org_id, loop_id, parent_step_id in rows]  # fmt: skip
+    if cancelled and step_ids:
+        # A child run that has not ended is waited for by a step of its parent (step.run_loop
+        # waits): one of the steps just failed. Parents before children, as run_cancel.
+        among, ids = _among(r("parent_step"), step_ids)
+        children = _fetch_all(
+            f"SELECT {r('id')} FROM {sql.table(Run)} WHERE {among} AND {r('status')} IN "
+            "(%s, %s, %s)", [*ids, *NOT_ENDED],
+        )  # fmt: skip
+        changes += runs_cancel([row[0] for row in children], has_webhooks)
+    return changes
+
+
+def _among(column: str, values: list) -> tuple[str, list]:
+    """`column` is one of `values`: one array parameter on PostgreSQL (the same statement to
+    parse and plan whatever their number), one parameter each elsewhere."""
+    if connection.vendor == "postgresql":
+        return f"{column} = ANY(%s)", [list(values)]
+    return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
+
+
+def _fetch_all(statement: str, params: list) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
 def run_resume(run: Run) -> Change:
     """A failed or cancelled run (locked by the caller) continues from its last checkpoint."""
     Run.objects.filter(pk=run.pk).update(

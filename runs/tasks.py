@@ -6,7 +6,7 @@ import time
 
 from django.conf import settings
 
-from runs import dispatch, state, webhooks
+from runs import bulk, dispatch, state, webhooks
 from runs.engine import executor
 
 # Whether the worker cluster is stopping: shared memory made by `manage.py qcluster` before it
@@ -50,3 +50,8 @@ def execute_run(run_id: str) -> str:
 
 def deliver_webhook(delivery_id: str) -> str:
     return webhooks.deliver(delivery_id)
+
+
+def bulk_work(job_id: str, token: str) -> None:
+    """Work on a bulk job for a few seconds (runs.bulk), then hand on to a new task."""
+    bulk.bulk_job_work(job_id=job_id, token=token)

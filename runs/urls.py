@@ -1,10 +1,15 @@
 from django.urls import path
 
-from runs import patch_views, views
+from runs import bulk_views, patch_views, views
 
 app_name = "runs"
 urlpatterns = [
     path("", views.run_list, name="list"),
+    # Before "<run_id>/…": "bulk" is no run's id.
+    path("bulk/", bulk_views.bulk_start, name="bulk_start"),
+    path("bulk/new/", bulk_views.bulk_preview, name="bulk_preview"),
+    path("bulk/<str:job_id>/", bulk_views.bulk_detail, name="bulk_detail"),
+    path("bulk/<str:job_id>/abort/", bulk_views.bulk_abort, name="bulk_abort"),
     path("<str:run_id>/", views.detail, name="detail"),
     path("<str:run_id>/row/", views.run_row, name="row"),
     path("<str:run_id>/card/", views.run_card, name="card"),

@@ -4,9 +4,11 @@ answers 403." An operation added later is full-scope until it is listed here."""
 
 import pytest
 
+from accounts.audit import Actor
 from accounts.models import TokenScope
 from loops.models import Loop, Schedule
 from loops.schedules import schedule_create
+from runs.bulk import bulk_job_create
 from runs.models import Run, ScanRequest, Step, Webhook
 from runs.services import run_trigger_batch
 from runs.webhooks import webhook_create
@@ -47,6 +49,8 @@ def named(org, loop) -> dict:
         "batch_id": batch.pk, "scan_id": scan.pk,
         "hook_id": webhook_create(organization=org, url="https://example.com/hook").pk,
         "schedule_id": schedule_create(loop=loop, cron="0 * * * *").pk,
+        "job_id": bulk_job_create(organization=org, action="cancel", filter={"status": "failed"},
+                                  actor=Actor.system("tests")).pk,
     }  # fmt: skip
 
 
