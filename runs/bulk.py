@@ -279,6 +279,12 @@ def _cancel(job: BulkJob, run_ids: list[str]) -> tuple[int, Counter]:
     chunk = set(run_ids)
     cancelled = sum(change.run_id in chunk for change in changes)
     failures = Counter({"run_ended": len(run_ids) - cancelled} if len(run_ids) > cancelled else {})
+    # Children cancelled with their parent that are runs of the job too count as done now;
+    # their later chunk would otherwise find them ended.
+    below = [change.run_id for change in changes if change.run_id not in chunk]
+    if below:
+        met, _ = BulkJobItem.objects.filter(job_id=job.pk, run_id__in=below).delete()
+        cancelled += met
     return cancelled, failures
 
 

@@ -371,6 +371,26 @@ def test_cancel_ends_steps_scans_and_children_and_counts_ended_runs_as_failed(or
     assert sorted(delivered) == sorted((r.pk, "run.cancelled") for r in (parent, child, scan_run))
 
 
+def test_a_child_cancelled_with_its_parent_counts_once_as_done(org, loop, monkeypatch):
+    monkeypatch.setitem(bulk.CHUNK_SIZES, "cancel", 1)
+    parent = waiting(loop, 1)[0]
+    step = Step.objects.create(
+        run=parent, order=1, key="Child#1", name="Child", kind="child", status="waiting"
+    )
+    child = RunFactory(loop=loop, status="running", parent_step=step, trigger_type="system")
+    grandchild_step = Step.objects.create(
+        run=child, order=0, key="Child#1", name="Child", kind="child", status="waiting"
+    )
+    grandchild = RunFactory(loop=loop, status="pending", parent_step=grandchild_step)
+    job = bulk.bulk_job_create(organization=org, action="cancel", filter={}, actor=ACTOR)
+    assert job.total == 3
+    # The first chunk (the oldest run, the parent) cancels the two below it as well.
+    assert bulk.bulk_job_chunk(job_id=job.pk, token=job.task_token)
+    assert statuses([parent, child, grandchild]) == ["cancelled"] * 3
+    job = work_through(job.pk)
+    assert (job.total, job.done, job.failed) == (3, 3, 0)
+
+
 def test_restart_leaves_runs_still_going(org, loop, owner):
     RunFactory(loop=loop, status="succeeded", input={"n": 1})
     RunFactory(loop=loop, status="running")
