@@ -4,8 +4,9 @@ and the real worker; it can be aborted; it is audited once, not once per run."""
 
 from datetime import timedelta
 
+import psycopg
 import pytest
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.urls import reverse
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -27,7 +28,7 @@ from runs.models import (
 )
 from runs.state import Owner
 from runs.webhooks import webhook_create
-from tests.conftest import wait_until
+from tests.conftest import database_url_for_subprocess, wait_until
 from tests.factories import LoopFactory, MembershipFactory, RunFactory, make_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -277,6 +278,39 @@ def test_a_chunk_that_fails_midway_is_done_again_without_acting_twice(org, loop,
     # The same task delivered again, and a task the job no longer names: nothing happens.
     assert bulk.bulk_job_chunk(job_id=job.pk, token=job.task_token) is False
     assert [r.attempt for r in Run.objects.filter(pk__in=[r.pk for r in runs])] == [2] * 5
+
+
+def test_a_chunk_whose_connection_dies_in_the_worker_is_done_again_once(
+    worker, api, org, loop, monkeypatch
+):
+    """The real worker's chunk dies midway (its database connection is ended while it waits
+    for a run's lock, after it resumed the runs before that one): the database rolls it back,
+    the task makes its connection anew and does the chunk again; each run is resumed once."""
+    if connection.vendor != "postgresql":
+        pytest.skip("ends a PostgreSQL backend")
+    monkeypatch.setitem(bulk.CHUNK_SIZES, "resume", 5)
+    runs = RunFactory.create_batch(12, loop=loop, status="failed", error_message="boom")
+    first = sorted(runs, key=lambda r: (r.created_at, r.pk))[:5]
+    dsn = database_url_for_subprocess()
+    with psycopg.connect(dsn) as blocker, psycopg.connect(dsn, autocommit=True) as admin:
+        blocker.execute("SELECT 1 FROM runs_run WHERE id = %s FOR UPDATE", [first[2].pk])
+        data = api.post("/api/v1/runs/bulk", json={"action": "resume", "filter": {}}).json()
+        job_id = data["data"]["id"]
+
+        def stuck() -> list[int]:
+            return [row[0] for row in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()]  # fmt: skip
+
+        pids = wait_until(stuck, timeout=30)
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        blocker.rollback()
+    wait_until(lambda: BulkJob.objects.get(pk=job_id).status == "done", timeout=60)
+    job = BulkJob.objects.get(pk=job_id)
+    assert (job.total, job.done, job.failed) == (12, 12, 0)
+    assert [r.attempt for r in Run.objects.filter(pk__in=[r.pk for r in runs])] == [2] * 12
 
 
 def test_a_task_delivered_twice_does_each_chunk_once(org, loop, monkeypatch):
