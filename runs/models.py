@@ -308,6 +308,11 @@ class Step(models.Model):
                 name="step_failed_or_rejected",
                 condition=Q(status__in=["failed", "rejected"]),
             ),
+            # Nested steps (a step.each's) by their parent: deleting steps (a retry from a
+            # step, runs.patches) checks each deleted row's children here instead of reading
+            # every step of every run (the self foreign key's check). Partial: top-level steps,
+            # most of them, never touch it.
+            models.Index(fields=["parent"], name="step_parent", condition=Q(parent__isnull=False)),
         ]
 
     def __str__(self) -> str:
