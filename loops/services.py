@@ -145,7 +145,7 @@ def loop_rollback(*, loop: Loop, number: int, actor: Actor | None = None) -> Loo
     version = loop.versions.filter(number=number).first()
     if version is None:
         raise NotFound(f"Loop '{loop.slug}' has no version {number}", code="version_not_found")
-    locked = Loop.objects.select_for_update().select_related("active_version").get(pk=loop.pk)
+    locked = Loop.objects.select_for_update().get(pk=loop.pk)
     previous = locked.active_version.number if locked.active_version_id else None
     _activate(loop, version)
     _audit(actor, loop, "loop.rollback", {"before": previous, "after": number})
