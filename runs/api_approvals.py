@@ -10,7 +10,8 @@ from ninja import Field, Query, Router, Schema
 from accounts.audit import Actor
 from loops_project.api_base import ERRORS_FULL, FullScopeAuth
 from runs.approvals import MAX_DECISIONS, approvals_decide
-from runs.inbox import filter_inbox, for_list, item_payload, page_inbox, waiting_for_people
+from runs.inbox import INBOX_SORTS, filter_inbox, for_list, item_payload, waiting_for_people
+from runs.selectors import page_runs
 
 router = Router(tags=["approvals"], auth=FullScopeAuth())
 
@@ -88,7 +89,9 @@ def list_approvals(
         for_list(waiting_for_people(org)), org, loop=loop, kind=kind, assignee=assignee,
         older_than=olderThan,
     )  # fmt: skip
-    rows, has_more, next_cursor = page_inbox(qs, limit=limit, offset=offset, cursor=cursor)
+    rows, has_more, next_cursor = page_runs(
+        qs, sort="since", limit=limit, offset=offset, cursor=cursor, sorts=INBOX_SORTS
+    )
     return {
         "data": [item_payload(run) for run in rows],
         "limit": limit,

@@ -8,7 +8,6 @@ does), its assignees and, with `remind_after`/`escalate_after`, when it becomes 
 runs_run alone, through the partial index `run_waiting_person` (runs.models).
 """
 
-import base64
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -20,15 +19,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ROLE_RANK, Membership, Role
-from loops.access import loop_lookup_field
-from loops.models import Loop
-from loops_project.errors import Invalid
 from runs.models import Run, RunStatus
+from runs.selectors import invalid_filter, loop_id_for
 
 PERSON_KINDS = ("input", "approval")
 MAX_ASSIGNEES = 20
-MAX_LIMIT = 100
-MAX_OFFSET = 1_000_000
 # A username as Django's default validator allows it.
 ASSIGNEE = re.compile(r"^(role:(?P<role>[a-z]+)|user:(?P<user>[\w.@+-]{1,150}))$")
 ASSIGNEE_FORMS = '"role:<owner|admin|editor|viewer>" or "user:<username>"'
@@ -144,7 +139,7 @@ def waiting_for_people(org) -> QuerySet:
         Run.objects.filter(
             organization=org, status=RunStatus.WAITING, pending__kind__in=PERSON_KINDS
         )
-        .alias(since=Cast(KeyTextTransform("since", "pending"), TextField()))
+        .annotate(since=Cast(KeyTextTransform("since", "pending"), TextField()))
         .order_by("since", "pk")
     )
 
@@ -154,10 +149,6 @@ def waiting_count(org) -> int:
     return waiting_for_people(org).count()
 
 
-def _invalid(field: str, message: str) -> Invalid:
-    return Invalid(f"Invalid {field}: {message}", code="invalid_filter", details={"field": field})
-
-
 def filter_inbox(qs: QuerySet, org, *, loop: str | None = None, kind: str | None = None,
                  assignee: str | None = None, older_than: int | None = None,
                  me: list[str] | None = None) -> QuerySet:  # fmt: skip
@@ -165,17 +156,10 @@ def filter_inbox(qs: QuerySet, org, *, loop: str | None = None, kind: str | None
     `assignee` is `role:…`, `user:…` or `none`; `me` (the page's "Assigned to me") is the list
     `mine()` gives."""
     if loop:
-        loop_id = (
-            Loop.objects.filter(organization=org, **{loop_lookup_field(loop): loop})
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if loop_id is None:
-            raise _invalid("loop", f"no loop '{loop}' in this organization")
-        qs = qs.filter(loop_id=loop_id)
+        qs = qs.filter(loop_id=loop_id_for(org, loop))
     if kind:
         if kind not in PERSON_KINDS:
-            raise _invalid("kind", f"'{kind}' is not one of {', '.join(PERSON_KINDS)}")
+            raise invalid_filter("kind", f"'{kind}' is not one of {', '.join(PERSON_KINDS)}")
         qs = qs.filter(pending__kind=kind)
     if assignee == NOBODY:
         qs = qs.filter(Q(pending__assignees=[]) | Q(pending__assignees__isnull=True))
@@ -183,7 +167,7 @@ def filter_inbox(qs: QuerySet, org, *, loop: str | None = None, kind: str | None
         try:
             wanted = parse_assignees(assignee)
         except ValueError:
-            raise _invalid(
+            raise invalid_filter(
                 "assignee", f"'{assignee}' is not {ASSIGNEE_FORMS} or {NOBODY}"
             ) from None
         qs = qs.filter(_assigned_to(wanted))
@@ -191,7 +175,7 @@ def filter_inbox(qs: QuerySet, org, *, loop: str | None = None, kind: str | None
         qs = qs.filter(_assigned_to(me))
     if older_than is not None:
         if older_than < 0:
-            raise _invalid("olderThan", "must be a number of seconds >= 0")
+            raise invalid_filter("olderThan", "must be a number of seconds >= 0")
         try:
             cutoff = timezone.now() - timedelta(seconds=older_than)
         except OverflowError:
@@ -217,40 +201,7 @@ def for_list(qs: QuerySet) -> QuerySet:
     )  # fmt: skip
 
 
-def _encode_cursor(since: str, pk: str) -> str:
-    raw = json.dumps(["since", since, pk]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    bad = _invalid("cursor", "not a cursor this API gave out for this list")
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        name, since, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, TypeError):
-        raise bad from None
-    if name != "since" or not isinstance(since, str) or not isinstance(pk, str):
-        raise bad
-    return since, pk
-
-
-def page_inbox(qs: QuerySet, *, limit: int = 10, offset: int = 0,
-               cursor: str | None = None) -> tuple[list[Run], bool, str | None]:  # fmt: skip
-    """One page of waiting_for_people(): (runs, hasMore, nextCursor), as GET /api/v1/runs
-    pages (limit 1 to 100, offset, or a cursor that continues after the last item seen)."""
-    if limit < 1 or limit > MAX_LIMIT:
-        raise _invalid("limit", f"must be between 1 and {MAX_LIMIT}")
-    if offset < 0 or offset > MAX_OFFSET:
-        raise _invalid("offset", f"must be between 0 and {MAX_OFFSET} (use cursor for deep pages)")
-    if cursor:
-        since, pk = _decode_cursor(cursor)
-        qs = qs.filter(Q(since__gt=since) | Q(since=since, pk__gt=pk), since__gte=since)
-    rows = list(qs[offset : offset + limit + 1])
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    last = rows[-1] if has_more else None
-    next_cursor = _encode_cursor(last.pending.get("since") or "", last.pk) if last else None
-    return rows, has_more, next_cursor
+INBOX_SORTS = {"since": "since"}  # for runs.selectors.page_runs: oldest wait first
 
 
 # --- One item ------------------------------------------------------------------------------

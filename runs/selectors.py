@@ -39,13 +39,26 @@ MAX_LIMIT = 100
 MAX_OFFSET = 1_000_000
 
 
-def _invalid(field: str, message: str) -> Invalid:
+def invalid_filter(field: str, message: str) -> Invalid:
+    """A list filter's bad value: 422 invalid_filter naming the field."""
     return Invalid(f"Invalid {field}: {message}", code="invalid_filter", details={"field": field})
+
+
+def loop_id_for(org, loop: str) -> str:
+    """The id of the organization's loop named by id or slug, for a `loop` filter."""
+    loop_id = (
+        Loop.objects.filter(organization=org, **{loop_lookup_field(loop): loop})
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if loop_id is None:
+        raise invalid_filter("loop", f"no loop '{loop}' in this organization")
+    return loop_id
 
 
 def _choice(field: str, value: str, allowed) -> str:
     if value not in allowed:
-        raise _invalid(field, f"'{value}' is not one of {', '.join(sorted(allowed))}")
+        raise invalid_filter(field, f"'{value}' is not one of {', '.join(sorted(allowed))}")
     return value
 
 
@@ -55,9 +68,9 @@ def _when(field: str, value: str) -> datetime:
     except ValueError:  # well formed but impossible, like month 13
         parsed = None
     if parsed is None:
-        raise _invalid(field, f"'{value}' is not an ISO 8601 date-time")
+        raise invalid_filter(field, f"'{value}' is not an ISO 8601 date-time")
     if parsed.tzinfo is None:
-        raise _invalid(field, "give a time zone (for example 2026-01-01T00:00:00Z)")
+        raise invalid_filter(field, "give a time zone (for example 2026-01-01T00:00:00Z)")
     return parsed
 
 
@@ -67,26 +80,19 @@ def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None,
     if status:
         statuses = [s.strip() for s in status.split(",") if s.strip()]
         if not statuses:
-            raise _invalid("status", "give one or more statuses separated by commas")
+            raise invalid_filter("status", "give one or more statuses separated by commas")
         for s in statuses:
             _choice("status", s, RunStatus.values)
         qs = qs.filter(status__in=statuses)
     if loop:
-        loop_id = (
-            Loop.objects.filter(organization=org, **{loop_lookup_field(loop): loop})
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if loop_id is None:
-            raise _invalid("loop", f"no loop '{loop}' in this organization")
-        qs = qs.filter(loop_id=loop_id)
+        qs = qs.filter(loop_id=loop_id_for(org, loop))
     if trigger_type:
         qs = qs.filter(trigger_type=_choice("triggerType", trigger_type, TriggerType.values))
     if mode:
         qs = qs.filter(mode=_choice("mode", mode, RunMode.values))
     if batch:
         if not Batch.objects.filter(organization=org, pk=batch).exists():
-            raise _invalid("batch", f"no batch '{batch}' in this organization")
+            raise invalid_filter("batch", f"no batch '{batch}' in this organization")
         qs = qs.filter(batch_id=batch)
     if created_after:
         qs = qs.filter(created_at__gte=_when("createdAfter", created_after))
@@ -115,7 +121,7 @@ def _triggered_by(org, ident: str) -> dict:
         members = members.filter(user__username=ident)
     user_id = members.values_list("user_id", flat=True).first()
     if user_id is None:
-        raise _invalid("triggeredBy", f"no token or member '{ident}' in this organization")
+        raise invalid_filter("triggeredBy", f"no token or member '{ident}' in this organization")
     return {"triggered_by_user_id": user_id}
 
 
@@ -128,7 +134,7 @@ def _encode_cursor(sort: str, value, pk: str) -> str:
 
 def _decode_cursor(cursor: str, sort: str, field: str):
     """(sort value, id) of the last run of the previous page; 422 for anything else."""
-    bad = _invalid("cursor", "not a cursor this API gave out for this sort")
+    bad = invalid_filter("cursor", "not a cursor this API gave out for this sort")
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         given_sort, value, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -159,13 +165,17 @@ def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset
     (rows, hasMore, nextCursor). Cursor pages never repeat or skip a row while new rows
     arrive, because they continue from the last (sort value, id) seen."""
     if limit < 1 or limit > MAX_LIMIT:
-        raise _invalid("limit", f"must be between 1 and {MAX_LIMIT}")
+        raise invalid_filter("limit", f"must be between 1 and {MAX_LIMIT}")
     if offset < 0 or offset > MAX_OFFSET:
-        raise _invalid("offset", f"must be between 0 and {MAX_OFFSET} (use cursor for deep pages)")
+        raise invalid_filter(
+            "offset", f"must be between 0 and {MAX_OFFSET} (use cursor for deep pages)"
+        )
     desc = sort.startswith("-")
     name = sort.lstrip("-")
     if name not in sorts:
-        raise _invalid("sort", f"'{sort}' is not one of {', '.join(sorts)} (with - for descending)")
+        raise invalid_filter(
+            "sort", f"'{sort}' is not one of {', '.join(sorts)} (with - for descending)"
+        )
     field = sorts[name]
     if field in NULLABLE:
         primary = F(field).desc(nulls_last=True) if desc else F(field).asc(nulls_last=True)
