@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from accounts.models import ApiToken, Membership, Organization, Role
+from accounts.models import ApiToken, AuditEvent, Membership, Organization, Role
 from accounts.services import token_authenticate
 from loops.models import Loop, LoopVersion
 from runs.models import Run, RunStatus
@@ -360,3 +360,23 @@ def test_demo_stopped_by_sigterm_takes_its_worker_cluster_along(tmp_path):
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_cancels_what_the_filter_matches_through_the_workers(worker, org, loop, other_org):
+    waiting = [RunFactory(loop=loop, status="waiting") for _ in range(3)]
+    done = RunFactory(loop=loop, status="succeeded")
+    theirs = RunFactory(loop=LoopFactory(organization=other_org), status="waiting")
+    assert call("bulk", "acme", "cancel", "--status", "waiting", "--dry-run") == (
+        "3 runs match; nothing was done (--dry-run).\n"
+    )
+    assert Run.objects.filter(status="cancelled").count() == 0
+    out = call("bulk", "acme", "cancel", "--status", "waiting", "--wait")
+    assert out.splitlines()[-1] == "done: 3 done, 0 failed."
+    assert {r.status for r in Run.objects.filter(pk__in=[r.pk for r in waiting])} == {"cancelled"}
+    assert Run.objects.get(pk=done.pk).status == "succeeded"
+    assert Run.objects.get(pk=theirs.pk).status == "waiting"  # another organization's
+    entry = AuditEvent.objects.get(action="runs.bulk")
+    assert (entry.actor_type, entry.actor_name) == ("system", "manage.py bulk")
+    with pytest.raises(CommandError, match="Invalid status"):
+        call("bulk", "acme", "cancel", "--status", "sleeping", "--dry-run")
