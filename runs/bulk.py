@@ -38,7 +38,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import CharField, QuerySet, Value
+from django.db.models import CharField, Q, QuerySet, Value
 from django.http import Http404
 from django.utils import timezone
 
@@ -209,6 +209,16 @@ def bulk_job_revive(job: BulkJob) -> bool:
         locked.save(update_fields=["task_token", "heartbeat_at"])
         dispatch.queue_bulk_work(locked.pk, locked.task_token)
     return True
+
+
+def bulk_revive_stalled() -> int:
+    """Revive every running job whose work has stalled (the workers' clock asks, so that a
+    job nobody looks at still ends); how many got a new task."""
+    stale = BulkJob.objects.filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lte=timezone.now() - STALE_AFTER),
+        status=BulkStatus.RUNNING,
+    )  # fmt: skip
+    return sum(bulk_job_revive(job) for job in stale[:100])
 
 
 # --- The work: chunks -----------------------------------------------------------------------

@@ -9,6 +9,7 @@ workers, and on every machine that runs one; each round claims its work with row
 - cron schedules that are due start their runs;
 - runs whose worker died (lease expired) go back to the queue;
 - if runs may start and no turn is queued for them, a turn is (runs.dispatch);
+- every few seconds, a bulk job whose task was lost gets another (runs.bulk);
 - once an hour, audit log entries past their retention are deleted.
 
 Between rounds it sleeps LOOPS_CLOCK_SECONDS at most, less when a timer is due sooner.
@@ -26,12 +27,15 @@ from django.utils import timezone
 from accounts.audit_log import prune_audit
 from loops.schedules import fire_due_schedules
 from runs import approvals, dispatch, reactions, state
+from runs.bulk import bulk_revive_stalled
 from runs.models import Timer, TimerKind
 
 logger = logging.getLogger(__name__)
 BATCH = 100
 PRUNE_EVERY_SECONDS = 3600
+REVIVE_EVERY_SECONDS = 10
 _pruned_at = [0.0]  # this process's last prune (time.monotonic())
+_revived_at = [0.0]  # and its last look for stalled bulk jobs
 
 
 def fire_due_timers(now: datetime | None = None) -> int:
@@ -83,6 +87,9 @@ def round_(now: datetime | None = None) -> float:
         logger.warning("run %s: its worker died; queued again", run_id)
     if state.may_start():
         dispatch.wake_workers()
+    if time.monotonic() - _revived_at[0] >= REVIVE_EVERY_SECONDS:
+        _revived_at[0] = time.monotonic()
+        bulk_revive_stalled()
     if time.monotonic() - _pruned_at[0] >= PRUNE_EVERY_SECONDS:
         _pruned_at[0] = time.monotonic()
         prune_audit(now)

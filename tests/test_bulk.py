@@ -14,7 +14,7 @@ from django_q.signing import SignedPackage
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent, Role, TokenScope
-from runs import bulk, dispatch
+from runs import bulk, clock, dispatch
 from runs.models import (
     CANCELLED_STEP_ERROR,
     BulkJob,
@@ -369,6 +369,22 @@ def test_a_stalled_job_gets_a_new_task_when_it_is_read(api, org, loop):
     job.refresh_from_db()
     queued = [SignedPackage.loads(q.payload)["args"] for q in OrmQ.objects.all()]
     assert queued == [(job.pk, job.task_token)]
+    assert work_through(job.pk).done == 2
+
+
+def test_the_workers_clock_revives_a_stalled_job_nobody_looks_at(org, loop, monkeypatch):
+    waiting(loop, 2)
+    job = bulk.bulk_job_create(organization=org, action="cancel", filter={}, actor=ACTOR)
+    OrmQ.objects.all().delete()  # its task was lost with its worker
+    monkeypatch.setattr(clock, "_revived_at", [0.0])
+    clock.round_()
+    assert not OrmQ.objects.exists()  # not stalled yet
+    BulkJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+    monkeypatch.setattr(clock, "_revived_at", [0.0])
+    clock.round_()
+    job.refresh_from_db()
+    queued = [SignedPackage.loads(q.payload)["args"] for q in OrmQ.objects.all()]
+    assert (job.pk, job.task_token) in queued
     assert work_through(job.pk).done == 2
 
 
