@@ -154,10 +154,12 @@ def test_save_a_large_step_output_to_the_library_once_loaded(live_server, login,
     page = login(owner)
     page.goto(live_server.url + run.get_absolute_url())
     fetch = page.locator("[data-step=Fetch]")
-    save = fetch.get_by_role("button", name="Save Output to Library")
-    expect(save).to_be_hidden()  # not before the whole output is in the page
+    offer = fetch.get_by_text("Save Output to Library…")
+    expect(offer).to_be_hidden()  # not before the whole output is in the page
     fetch.get_by_role("link", name="Load all").first.click()
-    expect(save).to_be_visible()
+    expect(offer).to_be_visible()
+    offer.click()
+    save = fetch.get_by_role("button", name="Save Output to Library")
     expect(fetch.get_by_label("Variable path")).to_have_value("step.Fetch.output")
     fetch.get_by_label("Library name").fill("Big fetch")
     save.click()
