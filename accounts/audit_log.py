@@ -6,10 +6,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from accounts.models import ActorType, AuditEvent, Organization
 from loops_project.errors import Invalid
+from loops_project.timestamps import aware_datetime
 
 AUDIT_SORTS = {"at": "at"}  # for runs.selectors.page_runs: newest first, keyset on (at, id)
 PRUNE_BATCH = 1000
@@ -17,13 +17,10 @@ PRUNE_BATCH = 1000
 
 def _when(field: str, value: str):
     try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise Invalid(f"{field} must be an ISO 8601 date and time with a time zone",
-                      details={"field": field})  # fmt: skip
-    return parsed
+        return aware_datetime(value)
+    except ValueError as exc:
+        raise Invalid(f"{field} must be an ISO 8601 date and time with a time zone: {exc}",
+                      details={"field": field}) from None  # fmt: skip
 
 
 def filter_audit(organization: Organization, *, action: str = "", actor_type: str = "",

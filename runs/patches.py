@@ -33,6 +33,7 @@ from runs.rules import check_input
 RETRYABLE = (RunStatus.FAILED, RunStatus.CANCELLED)
 # Waiting steps a timer ends by itself: a sleep, and a step.do waiting for its retry's delay.
 TIMED = (StepKind.SLEEP, StepKind.DO)
+PERSON_STEP_KINDS = (StepKind.INPUT, StepKind.APPROVAL)
 EVENT_TYPE_MAX = 200
 
 
@@ -138,6 +139,9 @@ def step_complete(*, run: Run, step: Step, output, actor: Actor) -> Run:
     if step.kind == StepKind.EACH or not (waiting or failed):
         raise _not_completable(run, step)
     before = {"status": step.shown_status, "error": step.error, "runStatus": run.status}
+    if waiting and step.kind in PERSON_STEP_KINDS:
+        # Completing a question or an approval answers it: only those who may answer it may.
+        services.check_may_answer(run, run.pending, actor)
     if waiting:
         dropped = []
         ScanRequest.objects.filter(step=step, status=ScanStatus.PENDING).update(

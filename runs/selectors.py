@@ -13,6 +13,7 @@ from accounts.models import ApiToken, Membership
 from loops.access import loop_lookup_field
 from loops.models import Loop
 from loops_project.errors import Invalid
+from loops_project.timestamps import aware_datetime
 from runs.models import (
     CANCELLED_STEP_ERROR,
     Batch,
@@ -64,14 +65,9 @@ def _choice(field: str, value: str, allowed) -> str:
 
 def _when(field: str, value: str) -> datetime:
     try:
-        parsed = parse_datetime(value) if value else None
-    except ValueError:  # well formed but impossible, like month 13
-        parsed = None
-    if parsed is None:
-        raise invalid_filter(field, f"'{value}' is not an ISO 8601 date-time")
-    if parsed.tzinfo is None:
-        raise invalid_filter(field, "give a time zone (for example 2026-01-01T00:00:00Z)")
-    return parsed
+        return aware_datetime(value)
+    except ValueError as exc:
+        raise invalid_filter(field, str(exc)) from None
 
 
 def filter_runs(qs: QuerySet, org, *, status=None, loop=None, trigger_type=None, mode=None,

@@ -150,11 +150,7 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
     step = _waiting_step(run, pending["kind"])
     if step is None:
         raise Conflict("This run is not waiting for a person.", code="not_waiting_for_person")
-    if actor is not None and actor.type == ActorType.USER:
-        role = inbox.member_role(run.organization_id, actor.id)
-        refused = inbox.refusal(pending, role=role, username=actor.name)
-        if refused:
-            raise Forbidden(refused, code="not_assignee")
+    check_may_answer(run, pending, actor)
     details = {"stepId": step.pk, "stepName": step.name}
     if action == "input":
         check_input(value, field="input")
@@ -171,6 +167,16 @@ def run_respond(*, run: Run, action: str, value=None, has_value: bool = False,
            object_type="run", object_id=run.pk, details=details)  # fmt: skip
     run.refresh_from_db()
     return run
+
+
+def check_may_answer(run: Run, pending: dict | None, actor: Actor | None) -> None:
+    """Forbidden unless the member acting may answer what the run waits for (its assignees and
+    admins: runs.inbox.refusal). A token acts for its organization; None is an internal call."""
+    if actor is not None and actor.type == ActorType.USER:
+        role = inbox.member_role(run.organization_id, actor.id)
+        refused = inbox.refusal(pending, role=role, username=actor.name)
+        if refused:
+            raise Forbidden(refused, code="not_assignee")
 
 
 @transaction.atomic

@@ -29,6 +29,10 @@ PAGE_SIZE = 25
 LOG_TAIL = 200  # the run page shows this many of a run's last log lines; the Logs tab has all
 CHUNK_CHARS = 20_000  # a huge value is shown this many characters at a time
 ARRAY_PAGE = 20  # a long array is shown this many items at a time
+# "Load all" / "Show all" send at most this much per request (then offer the rest): one click
+# for a 1 MB string, and no request that a viewer can make cost seconds of a web worker.
+ALL_CHARS = 2_000_000
+ALL_ITEMS = 1_000
 
 
 def query_int(value, *, maximum: int = 2**31 - 1) -> int | None:
@@ -264,14 +268,14 @@ def run_value(request: HttpRequest, run_id: str) -> HttpResponse:
     if view in {"items", "raw-items"}:
         if not isinstance(value, list):
             raise Http404("Not an array.")
-        count = len(value) - start if request.GET.get("all") == "1" else ARRAY_PAGE
+        count = ALL_ITEMS if request.GET.get("all") == "1" else ARRAY_PAGE
         nxt = start + count
         return render(request, "runs/detail.html#more-items", {
             "items": _items(value, start, view, count), "url": url, "view": view,
             "next": nxt if nxt < len(value) else None, "remaining": max(len(value) - nxt, 0),
         })  # fmt: skip
     text = _raw(value) if view == "raw" else _pretty(value)
-    nxt = len(text) if request.GET.get("all") == "1" else start + CHUNK_CHARS
+    nxt = start + (ALL_CHARS if request.GET.get("all") == "1" else CHUNK_CHARS)
     return render(request, "runs/detail.html#more-text", {
         "text": text[start:nxt], "url": url, "view": view,
         "next": nxt if nxt < len(text) else None, "remaining": max(len(text) - nxt, 0),

@@ -647,3 +647,22 @@ def test_webhooks_subscribe_to_the_approval_events(api):
     body = {"url": "https://example.com/h", "events": ["approval.nagged"]}
     error = error_of(api.post("/api/v1/webhooks", json=body), 422)
     assert "approval.escalated" in error["message"]
+
+
+def test_completing_an_assigned_wait_is_answering_it_and_only_for_those_who_may(
+    client, waits, member, admin
+):
+    """Patch and continue's Complete is not a way round the assignees (a review finding)."""
+    run = waiting(waits, assignee="role:admin")
+    step = Step.objects.get(run=run)
+    output = '{"approved": true, "reason": "x", "by": "ada"}'
+    client.force_login(member)  # an editor, not an admin
+    response = client.post(f"/runs/{run.pk}/steps/{step.pk}/complete/", {"output": output},
+                           follow=True)  # fmt: skip
+    assert "only they or an admin may answer it" in response.content.decode()
+    assert Step.objects.get(pk=step.pk).status == "waiting"
+    assert not AuditEvent.objects.exists()
+    client.force_login(admin)
+    client.post(f"/runs/{run.pk}/steps/{step.pk}/complete/", {"output": output})
+    assert Step.objects.get(pk=step.pk).status == "succeeded"
+    assert AuditEvent.objects.get().action == "step.complete"

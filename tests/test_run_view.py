@@ -153,3 +153,34 @@ def test_save_output_is_for_editors_of_the_runs_organization(client, org, loop, 
     client.force_login(outsider)
     assert client.post(url, {"name": "x", "path": ""}).status_code == 404
     assert not TestInput.objects.exists()
+
+
+def test_load_all_is_bounded_per_request(owner_client, loop):
+    """A viewer's "Show all" on a 50,000-item value costs one bounded page, not seconds
+    (a review finding): the rest stays one more click away."""
+    run = RunFactory(loop=loop, output=[{"n": n} for n in range(5000)], input="z" * 2_500_000)
+    items = _value(owner_client, run, field="output", view="items", start=20, all=1)
+    body = items.content.decode()
+    assert body.count('<span class="idx">') == 1000
+    assert "Show 20 more (3980 left)" in body
+    text = _value(owner_client, run, field="input", view="raw", start=20_000, all=1)
+    assert text.content.decode().count("z") == 2_000_000
+    assert "Load all" in text.content.decode()  # more than one request's worth is left
+
+
+def test_runs_and_audit_filters_refuse_dates_past_the_calendar(owner_client, api):
+    for params in ({"createdAfter": "9999-12-31T23:00:00-05:00"},
+                   {"createdBefore": "0001-01-01T00:30:00+05:00"}):  # fmt: skip
+        response = api.get("/api/v1/runs", params=params)
+        assert response.status_code == 422, response.text
+        assert "out of range" in response.json()["error"]["message"]
+    bulk = api.post("/api/v1/runs/bulk", json={
+        "action": "cancel", "filter": {"createdAfter": "9999-12-31T23:00:00-05:00"},
+        "dryRun": True,
+    })  # fmt: skip
+    assert bulk.status_code == 422, bulk.text
+    audit = api.get("/api/v1/audit", params={"after": "9999-12-31T23:00:00-05:00"})
+    assert audit.status_code == 422, audit.text
+    page = owner_client.get(reverse("accounts:audit"), {"before": "0001-01-01T00:30:00+05:00"})
+    assert page.status_code == 200
+    assert "out of range" in page.content.decode()

@@ -44,7 +44,7 @@ def test_live_updates_keep_what_the_reader_opened(worker, live_server, login, or
     prepare = page.locator("[data-step=Prepare]")
     output = prepare.locator("details.section").filter(has_text="Output")
     expect(output).to_have_attribute("open", "")  # its only section opens by itself
-    output.locator("summary").click()  # the reader closes it
+    output.locator(":scope > summary").click()  # the reader closes it
     expect(output).not_to_have_attribute("open", "")
     box = page.locator("#run-input [data-value-box]")
     box.get_by_role("button", name="Raw").click()
