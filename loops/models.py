@@ -99,6 +99,8 @@ class Schedule(models.Model):
 class TestInput(models.Model):
     """A saved input for test runs from the editor ("Save as test input")."""
 
+    __test__ = False  # a model, not a pytest test class
+
     id = ids.PublicIdField(ids.test_input_id)
     loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="test_inputs")
     name = models.CharField(max_length=100)
