@@ -170,7 +170,7 @@ def bwrap_command(identity: tuple[int, int] | None) -> list[str]:
     if not python.startswith(prefix) and not python.startswith("/usr/"):
         cmd += _bind(python, python)
     cmd += ["--", python, "-I", "-S", "-B", "/loops/sandbox/zygote.py", "--lib", "/sandbox/lib",
-            "--seccomp"]  # fmt: skip
+            "--seccomp", "--empty-network"]  # fmt: skip
     if identity is not None:
         cmd += ["--uid", str(identity[0]), "--gid", str(identity[1])]
     return cmd

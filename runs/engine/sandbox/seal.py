@@ -2,13 +2,21 @@
 no capabilities, and the seccomp allow-list.
 
 Runs inside the sandbox (the standard library and pyseccomp only). The zygote builds the
-seccomp programs once, before it serves anything; for each execution it forks a process that
-enters fresh namespaces (`enter_namespaces`) and forks the execution as PID 1 of its new PID
-namespace, which seals itself (`seal_process`, then `seal_limits` once its limits arrive)
-before it reads a byte of the organization's code or input. When PID 1 ends, the kernel kills
-everything else in its namespace, so nothing an
-execution starts outlives it (pid_namespaces(7)); its mount, IPC, network and user namespaces
-disappear with their last process, taking its /tmp, its IPC objects and its sockets along.
+seccomp programs once, before it serves anything; for each execution it forks the execution
+straight into fresh namespaces (`fork_into_namespaces`: one clone(2), the child is PID 1 of its
+new PID namespace), which maps its own ids (`map_own_ids`) and seals itself (`seal_process`,
+then `seal_limits` once its limits arrive) before it reads a byte of the organization's code or
+input. When PID 1 ends, the kernel kills everything else in its namespace, so nothing an
+execution starts outlives it (pid_namespaces(7)); its mount, IPC and user namespaces disappear
+with their last process, taking its /tmp and its IPC objects along.
+
+Under bubblewrap the network namespace is bubblewrap's, one per zygote, empty but for loopback,
+and seccomp allows AF_UNIX sockets only. A zygote runs one execution at a time and all of an
+execution's processes are gone before the next one is made, so no socket of one execution meets
+another; a network namespace per execution cost a millisecond of CPU for nothing more
+(bench/README.md). Without bubblewrap the zygote shares the host's network namespace, and each
+execution gets one of its own (ISOLATED_NETWORK), which keeps it from the host's abstract
+unix sockets.
 """
 
 import ctypes
@@ -18,6 +26,10 @@ import resource
 import signal
 
 libc = ctypes.CDLL(None, use_errno=True)
+# Calls that must keep the GIL held (the raw clone): a PyDLL does not release it.
+python_libc = ctypes.PyDLL(None, use_errno=True)
+python_libc.syscall.restype = ctypes.c_long
+python = ctypes.pythonapi
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -35,12 +47,16 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 
 NAMESPACES = (
-    os.CLONE_NEWUSER | os.CLONE_NEWPID | os.CLONE_NEWNS | os.CLONE_NEWIPC | os.CLONE_NEWNET
-    | os.CLONE_NEWUTS
+    os.CLONE_NEWUSER | os.CLONE_NEWPID | os.CLONE_NEWNS | os.CLONE_NEWIPC | os.CLONE_NEWUTS
 )  # fmt: skip
 # Flags that would let a thread or child leave the execution's namespaces.
-CLONE_NAMESPACE_FLAGS = NAMESPACES | os.CLONE_NEWCGROUP | 0x80  # 0x80: CLONE_NEWTIME
+CLONE_NAMESPACE_FLAGS = (
+    NAMESPACES | os.CLONE_NEWNET | os.CLONE_NEWCGROUP | 0x80  # 0x80: CLONE_NEWTIME
+)  # fmt: skip
 CLONE_THREAD = 0x10000
+# What an execution adds when the zygote's own network namespace is the host's.
+ISOLATED_NETWORK = os.CLONE_NEWNET
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
 
 TMP_BYTES = 16 * 1024 * 1024
 TMP_INODES = 1024
@@ -69,16 +85,35 @@ def die_with_parent() -> None:
 # --- Namespaces --------------------------------------------------------------------------------
 
 
-def enter_namespaces() -> None:
-    """Give this process (and the execution it forks next) namespaces of its own.
+def fork_into_namespaces(extra: int = 0) -> int:
+    """fork(2), with the child in new namespaces (NAMESPACES and `extra`): the child is PID 1
+    of its own PID namespace. Returns 0 in the child and its pid in the parent, like os.fork().
 
-    A new user namespace is what lets an unprivileged process create the others; it maps only
-    this process's own uid and gid, so the execution is the same unprivileged host user."""
-    uid, gid = os.getuid(), os.getgid()
+    One clone(2) where unshare(2) would need a process in between: unshare(CLONE_NEWPID) moves
+    only the caller's next child. Python has no clone, so this is os.fork's own sequence
+    around the raw system call (the interpreter's before/after-fork hooks, the GIL held
+    throughout); glibc's fork handlers have nothing to do in the single-threaded zygote."""
+    if SYS_CLONE is None:
+        raise OSError(errno.ENOSYS, "clone into namespaces: unknown architecture")
+    python.PyOS_BeforeFork()
+    flags = ctypes.c_ulong(NAMESPACES | extra | signal.SIGCHLD)
+    pid = python_libc.syscall(SYS_CLONE, flags, 0, 0, 0, 0)
+    code = ctypes.get_errno()
+    if pid == 0:
+        python.PyOS_AfterFork_Child()
+        return 0
+    python.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(code, f"clone into namespaces: {os.strerror(code)}")
+    return pid
+
+
+def map_own_ids(uid: int, gid: int) -> None:
+    """In a new user namespace: map only this process's own uid and gid, as its parent knew
+    them (the execution stays the same unprivileged host user)."""
     # Writing our own uid_map needs /proc/self to be ours; a process that changed its uid is
     # not dumpable and /proc/self belongs to root.
     _prctl(PR_SET_DUMPABLE, 1)
-    os.unshare(NAMESPACES)
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
                        ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
         with open(f"/proc/self/{name}", "w") as f:

@@ -9,12 +9,13 @@ everything an execution needs, builds the seccomp programs and installs its own 
 serves "exec" requests one at a time.
 
 The zygote holds no organization's code, input or results, ever. Ahead of each execution it
-forks a process that enters new user, PID, mount, IPC, network and UTS namespaces and forks
-PID 1 there, which seals itself (seal.py) and waits: a spare execution, holding nothing. An
-"exec" request carries only limits and, as SCM_RIGHTS, one end of a socket pair the worker
-made for that execution alone; the zygote hands both to the spare and closes its copy of the
-socket at once, so no other execution can ever reach it. PID 1 applies the limits and only
-then reads the program and its input from its own socket.
+forks a process straight into new user, PID, mount, IPC and UTS namespaces, PID 1 of its own
+PID namespace, which maps its ids, seals itself (seal.py) and waits: a spare execution, holding
+nothing. An "exec" request carries only limits and, as SCM_RIGHTS, one end of a socket pair the
+worker made for that execution alone; the zygote hands both to the spare and closes its copy of
+the socket at once, so no other execution can ever reach it. PID 1 applies the limits and only
+then reads the program and its input from its own socket. The zygote keeps the wall clock and
+reports how the execution ended.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ import select
 import signal
 import socket
 import sys
+import time
 
 # This file runs as a script; its siblings are imported as the package `sandbox` (the folder
 # above it is bound at /loops in bubblewrap), so that they import each other relatively.
@@ -43,11 +45,8 @@ from sandbox import policy, protocol, runtime, seal  # noqa: E402
 
 CONTROL_FD = 0
 MAX_CONTROL_BYTES = 65536
-# How the middle process reports the way the execution ended (its own exit code).
-EXIT_TIMED_OUT = 200
-EXIT_KILLED = 201
+# PID 1's exit code when it could not seal itself (it says why on its socket first).
 EXIT_SEAL_FAILED = 202
-EXIT_SIGNAL_BASE = 100
 
 
 def become_unprivileged(uid: int, gid: int) -> None:
@@ -65,6 +64,9 @@ def become_unprivileged(uid: int, gid: int) -> None:
 
 
 BEST_EFFORT = "--best-effort" in sys.argv
+# Bubblewrap gave the zygote an empty network namespace of its own; otherwise each execution
+# gets one (seal.py).
+NETWORK = 0 if "--empty-network" in sys.argv else seal.ISOLATED_NETWORK
 
 
 def send(control: socket.socket, message: dict) -> None:
@@ -124,79 +126,31 @@ def execution(sock: socket.socket, filters: dict, namespaces: bool, error: str |
     return 0
 
 
-def middle(zygote_sock: socket.socket, filters: dict) -> int:
-    """The process between the zygote and PID 1: enters the namespaces and forks PID 1 ahead
-    of time; once the zygote hands it an execution, passes that on, enforces the wall clock,
-    and reports how PID 1 ended as its own exit code."""
-    seal.die_with_parent()
-    namespaces, error = True, None
-    try:
-        seal.enter_namespaces()
-    except OSError as exc:
-        namespaces = False  # without bubblewrap and user namespaces: the other layers only
-        if not BEST_EFFORT:
-            error = f"namespaces: {exc}"
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            ours.close()
-            zygote_sock.close()
-            code = execution(theirs, filters, namespaces, error)
-        finally:
-            os._exit(code)
-    theirs.close()
-    data, fds, _, _ = socket.recv_fds(zygote_sock, MAX_CONTROL_BYTES, 1)
-    if len(fds) != 1:
-        os.kill(pid, signal.SIGKILL)
-        return 1
-    socket.send_fds(ours, [data], fds)
-    os.close(fds[0])
-    ended = {"why": None}
-
-    def stop(why: str):
-        def handler(signum, frame):
-            ended["why"] = ended["why"] or why
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-        return handler
-
-    signal.signal(signal.SIGALRM, stop("timed_out"))
-    signal.signal(signal.SIGTERM, stop("killed"))
-    signal.setitimer(signal.ITIMER_REAL, float(_limits(data).get("wall_seconds", 60)))
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except ChildProcessError:
-            return 1
-        except InterruptedError:
-            continue
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    if ended["why"] == "timed_out":
-        return EXIT_TIMED_OUT
-    if ended["why"] == "killed":
-        return EXIT_KILLED
-    if os.WIFSIGNALED(status):
-        return EXIT_SIGNAL_BASE + os.WTERMSIG(status)
-    return min(os.waitstatus_to_exitcode(status), 99)
-
-
 class Spare:
-    """An execution made ahead of time: namespaces entered, PID 1 sealed and waiting. It
+    """An execution made ahead of time: PID 1 of its own namespaces, sealed and waiting. It
     holds nothing of any organization until the zygote hands it one execution's socket."""
 
     def __init__(self, control: socket.socket, filters: dict):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.pid = os.fork()
+        uid, gid = os.getuid(), os.getgid()
+        namespaces, error = True, None
+        try:
+            self.pid = seal.fork_into_namespaces(NETWORK)
+        except OSError as exc:
+            namespaces = False  # without bubblewrap and user namespaces: the other layers only
+            error = None if BEST_EFFORT else f"namespaces: {exc}"
+            self.pid = os.fork()
         if self.pid == 0:
             code = 1
             try:
                 control.close()
                 self.sock.close()
-                code = middle(theirs, filters)
+                if namespaces:
+                    try:
+                        seal.map_own_ids(uid, gid)
+                    except OSError as exc:
+                        error = f"namespaces: {exc}"
+                code = execution(theirs, filters, namespaces, error)
             finally:
                 os._exit(code)
         theirs.close()
@@ -216,51 +170,53 @@ class Spare:
             os.waitpid(self.pid, 0)
 
 
-def report(middle_status: int, usage) -> dict:
-    code = os.waitstatus_to_exitcode(middle_status)
+def report(status: int, usage, ended: str | None) -> dict:
+    """How PID 1 ended. `ended` is why the zygote killed it ("timed_out", "killed"), if it did."""
+    code = os.waitstatus_to_exitcode(status)
     message = {
         "op": protocol.EXIT,
         "code": code,
         "signal": None,
-        "timed_out": code == EXIT_TIMED_OUT,
-        "killed": code == EXIT_KILLED,
+        "timed_out": ended == "timed_out",
+        "killed": ended == "killed",
         "seal_failed": code == EXIT_SEAL_FAILED,
         "cpu_ms": int((usage.ru_utime + usage.ru_stime) * 1000),
         "max_rss_kb": usage.ru_maxrss,
     }
-    if os.WIFSIGNALED(middle_status):
-        message["signal"] = os.WTERMSIG(middle_status)
-    elif EXIT_SIGNAL_BASE < code < EXIT_TIMED_OUT:
-        message["signal"] = code - EXIT_SIGNAL_BASE
+    if ended is None and os.WIFSIGNALED(status):
+        message["signal"] = os.WTERMSIG(status)
     return message
 
 
 def watch(control: socket.socket, spare: Spare, limits: dict) -> None:
-    """Watch the execution `spare` was handed until it ends, then report how."""
+    """Watch the execution `spare` was handed until it ends, then report how. Killing PID 1
+    ends everything of the execution (pid_namespaces(7))."""
     pidfd = os.pidfd_open(spare.pid)
-    # Backstop: the middle process enforces the wall clock; if it cannot, the zygote does.
-    backstop = float(limits.get("wall_seconds", 60)) + 5
+    deadline = time.monotonic() + float(limits.get("wall_seconds", 60))
+    ended = None
     try:
         while True:
-            ready, _, _ = select.select([pidfd, control], [], [], backstop)
-            if not ready:
-                os.kill(spare.pid, signal.SIGKILL)
-                continue
-            if control in ready:
-                data = control.recv(MAX_CONTROL_BYTES)
-                if not data:
-                    os.kill(spare.pid, signal.SIGKILL)  # the worker went away
-                    os._exit(0)
-                with contextlib.suppress(ValueError):
-                    if json.loads(data).get("op") == protocol.KILL:
-                        os.kill(spare.pid, signal.SIGTERM)
+            timeout = None if ended else max(deadline - time.monotonic(), 0)
+            ready, _, _ = select.select([pidfd, control], [], [], timeout)
             if pidfd in ready:
                 break
+            if not ready:
+                ended = "timed_out"
+                os.kill(spare.pid, signal.SIGKILL)
+                continue
+            data = control.recv(MAX_CONTROL_BYTES)
+            if not data:
+                os.kill(spare.pid, signal.SIGKILL)  # the worker went away
+                os._exit(0)
+            with contextlib.suppress(ValueError):
+                if json.loads(data).get("op") == protocol.KILL and ended is None:
+                    ended = "killed"
+                    os.kill(spare.pid, signal.SIGKILL)
     finally:
         os.close(pidfd)
     _, status, usage = os.wait4(spare.pid, 0)
     spare.sock.close()
-    send(control, report(status, usage))
+    send(control, report(status, usage, ended))
 
 
 def main() -> None:
