@@ -11,6 +11,7 @@ process and PID 1 per execution). What no live process accounts for is the kerne
 Usage, from the repository root (BENCH_DATABASE_URL as for the other scripts):
     .venv/bin/python bench/engine_cpu.py                  # one-step loop
     .venv/bin/python bench/engine_cpu.py --steps 0 --runs 3000
+    .venv/bin/python bench/engine_cpu.py --via trigger      # runs made one by one
 """
 
 import argparse
@@ -55,6 +56,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--via",
+        choices=["batch", "trigger"],
+        default="batch",
+        help="the runs are made by one batch, or one by one like triggers",
+    )
     args = parser.parse_args()
     common.setup("loops_bench_cpu")
     from accounts.models import Organization
@@ -62,7 +69,7 @@ def main() -> int:
     from loops.models import Loop
     from loops.services import loop_create
     from runs.models import Run
-    from runs.services import run_trigger_batch
+    from runs.services import run_trigger, run_trigger_batch
 
     org = Organization.objects.filter(slug="bench-cpu").first() or organization_create(
         slug="bench-cpu"
@@ -78,7 +85,11 @@ def main() -> int:
         organization=org, slug=slug, name=slug, code=code
     )
     Run.objects.filter(organization=org).delete()
-    run_trigger_batch(loop=loop, inputs=[{}] * args.runs, trigger_type="user")
+    if args.via == "batch":
+        run_trigger_batch(loop=loop, inputs=[{}] * args.runs, trigger_type="user")
+    else:
+        for _ in range(args.runs):
+            run_trigger(loop=loop, input={}, trigger_type="api_token")
     runs = Run.objects.filter(loop=loop)
 
     env = {**os.environ, "LOOPS_WORKERS": str(args.workers), "DJANGO_LOG_LEVEL": "WARNING"}
@@ -107,7 +118,7 @@ def main() -> int:
             split.get(f"{name} (children)", 0) + children - children_before
         )
     total = busy_after - busy_before
-    print(f"{args.runs:,} runs of {args.steps} step(s), LOOPS_WORKERS={args.workers}, "
+    print(f"{args.runs:,} runs of {args.steps} step(s) by {args.via}, LOOPS_WORKERS={args.workers}, "
           f"{os.cpu_count()} cores: {args.runs / wall:,.0f} runs/s (including start-up)")  # fmt: skip
     print(f"machine CPU per run: {per_run(total):.2f} ms")
     for name, ticks in sorted(split.items(), key=lambda item: -item[1])[:8]:
