@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -155,6 +156,39 @@ def test_another_organizations_later_runs_see_none_of_its_processes_or_files(
     assert seen["pids"] == [1]  # only itself, PID 1 of its own namespace
     assert marker not in seen["names"]
     assert seen["abstract_socket"] == "Connection refused"
+    assert_next_run_of_another_org_is_right(other_org)
+
+
+REACH_THE_HOST = """
+import os, socket
+client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    client.connect("\\0" + event.body["name"])
+    reached = "connected"
+except OSError as exc:
+    reached = exc.strerror
+return {"reached": reached, "net": os.readlink("/proc/self/ns/net")}
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "process"])
+def test_an_execution_reaches_no_abstract_socket_of_the_host(org, other_org, settings, mode):
+    """Under bubblewrap the zygote's network namespace is empty; without it (a laptop), each
+    execution gets one of its own, so the host's abstract unix sockets (a desktop bus, X11, a
+    database's) stay out of reach."""
+    settings.LOOPS_SANDBOX = mode
+    get_zygote().stop()  # the next execution starts a zygote in this mode
+    name = f"loops-host-{secrets.token_hex(4)}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind("\0" + name)
+        listener.listen(1)
+        try:
+            run = run_program(org, REACH_THE_HOST, {"name": name})
+        finally:
+            get_zygote().stop()
+    assert run.status == "succeeded", run.error_message
+    assert run.output["reached"] == "Connection refused"
+    assert run.output["net"] != os.readlink("/proc/self/ns/net")
     assert_next_run_of_another_org_is_right(other_org)
 
 
