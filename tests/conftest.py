@@ -17,6 +17,7 @@ from django_q.brokers import get_broker
 
 from accounts.models import Role
 from runs import dispatch
+from runs.models import Run, RunStatus
 from tests.factories import (
     LoopFactory,
     MembershipFactory,
@@ -210,10 +211,33 @@ def _session_cluster(django_db_setup, django_db_blocker):
 @pytest.fixture
 def worker(_session_cluster, transactional_db, monkeypatch):
     """The real django-q2 worker cluster (shared by the session) on the test database; what
-    this test queues goes to it."""
+    this test queues goes to it. When the test ends, its data is flushed only once the cluster
+    is quiet: a TRUNCATE beside a worker's statement can deadlock (a run the test resumed at
+    its very end was still running)."""
     assert _session_cluster.proc.poll() is None, "the qcluster process died"
     monkeypatch.setattr(dispatch, "broker", lambda: _session_cluster.broker)
-    return _session_cluster
+    yield _session_cluster
+    Run.objects.filter(status=RunStatus.PENDING).update(status=RunStatus.CANCELLED)
+    quiet = []
+
+    def settled() -> bool:
+        busy = _session_cluster.broker.queue_size() or _busy_sessions()
+        quiet[:] = [] if busy else [*quiet, True]
+        return len(quiet) >= 3
+
+    wait_until(settled, timeout=60)
+
+
+def _busy_sessions() -> int:
+    """Other sessions on the test database in a statement or a transaction (PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')"
+        )
+        return cursor.fetchone()[0]
 
 
 def _comm(pid: int) -> str:
