@@ -450,6 +450,32 @@ def test_limit_on_log_lines_per_run(org, settings):
     assert messages[5:] == ["Log limit of 5 lines reached; later lines dropped."]
 
 
+def test_the_log_limit_counts_every_execution_of_the_run(org, settings):
+    """A run that waits is executed again; its lines do not start counting afresh."""
+    settings.LOOPS_MAX_LOG_LINES_PER_RUN = 5
+    body = (
+        "step.do('Before', lambda: print('a') or print('b') or print('c'))\n"
+        "step.sleep('Nap', 60)\n"
+        "step.do('After', lambda: [print(x) for x in 'defg'])"
+    )
+    run = run_program(org, body)
+    assert run.status == "waiting"
+    fire_timer_of(run.steps.get(name="Nap"))
+    run = execute(run)
+    assert run.status == "succeeded", run.error_message
+    messages = list(
+        LogEntry.objects.filter(run=run).order_by("time", "id").values_list("message", flat=True)
+    )
+    assert messages == [
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+        "Log limit of 5 lines reached; later lines dropped.",
+    ]
+
+
 def test_limit_on_input_size(org, loop, settings):
     settings.LOOPS_MAX_INPUT_BYTES = 100
     with pytest.raises(TooLarge) as caught:

@@ -499,6 +499,11 @@ def build_request(execution: Execution, program: Program) -> dict:
                     "run_attempt": run_attempt,
                 }
     execution.next_order = max((e.order for e in execution.steps.values()), default=-1) + 1
+    if run.executions > 1:
+        # LOOPS_MAX_LOG_LINES_PER_RUN counts the earlier executions' lines too; past the limit,
+        # the line that says so is one more than it.
+        execution.log_count = LogEntry.objects.filter(run_id=run.pk).count()
+        execution.log_limit_noted = execution.log_count > settings.LOOPS_MAX_LOG_LINES_PER_RUN
     return {
         "op": protocol.EXEC,
         "code": program.code,
