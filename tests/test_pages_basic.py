@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import ApiToken, Invitation, Membership, Role
 from loops import models as loop_models
-from runs.models import Run, Step
+from runs.models import LogEntry, Run, Step
 from tests.engine_helpers import execute, run_program
 from tests.factories import MembershipFactory, RunFactory, UserFactory
 
@@ -309,3 +309,18 @@ def test_relative_times_show_the_absolute_time_on_hover(owner_client, loop):
     assert re.search(r'queued <time datetime="[^"]+" title="[^"]+">', row)
     page = owner_client.get(done.get_absolute_url()).content.decode()
     assert re.search(r'id="run-duration" title="Completed [^"]+"', page)
+
+
+def test_a_loops_logs_page_in_pages_keeps_its_filters(owner_client, loop):
+    run = RunFactory(loop=loop)
+    LogEntry.objects.bulk_create(
+        LogEntry(run=run, loop=loop, level="info", message=f"line {n}", time=timezone.now())
+        for n in range(60)
+    )
+    url = reverse("loops:logs", args=[loop.slug])
+    first = owner_client.get(url, {"level": "info"}).content.decode()
+    assert "Page 1 of 2" in first
+    assert 'href="?level=info&page=2">Older →</a>' in first
+    second = owner_client.get(url, {"level": "info", "page": 2}).content.decode()
+    assert 'href="?level=info&page=1">← Newer</a>' in second
+    assert "Older →" not in second
