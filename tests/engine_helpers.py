@@ -6,6 +6,7 @@ program really runs in the sandbox; only the queue is skipped.
 
 import textwrap
 
+from django.db import transaction
 from django.test import TestCase
 from django.utils import timezone
 
@@ -50,8 +51,11 @@ def run_program(org, body: str, input=None, imports: str = "", slug: str = "subj
 
 
 def fire_timer_of(step) -> int:
-    """Make the step's timer due now and let the clock fire what is due (runs.clock)."""
-    now = timezone.now()
-    Step.objects.filter(pk=step.pk).update(wake_at=now)
-    Timer.objects.filter(target=step.pk).update(due_at=now)
-    return fire_due_timers()
+    """Make the step's timer due now and let the clock fire what is due (runs.clock), in one
+    transaction: until it commits, no other clock (the session's worker cluster, which sees
+    committed data) can see the timer due or take its row."""
+    with transaction.atomic():
+        now = timezone.now()
+        Step.objects.filter(pk=step.pk).update(wake_at=now)
+        Timer.objects.filter(target=step.pk).update(due_at=now)
+        return fire_due_timers(now)

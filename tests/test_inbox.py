@@ -629,7 +629,9 @@ def test_a_decided_or_cancelled_wait_drops_its_timers(api, waits, org):
     api.post(f"/api/v1/runs/{cancelled.pk}/cancel")
     assert not Timer.objects.filter(kind=TimerKind.APPROVAL).exists()
     # A timer left over from before (another clock, a crash) finds the wait over and sends nothing.
-    Timer.objects.create(kind=TimerKind.APPROVAL, target=timed_out_step.pk, due_at=timezone.now())
+    # Due tomorrow: the session's worker cluster must not fire it before the test does.
+    tomorrow = timezone.now() + timedelta(days=1)
+    Timer.objects.create(kind=TimerKind.APPROVAL, target=timed_out_step.pk, due_at=tomorrow)
     fire_approval_timer(timed_out_step)
     assert not WebhookDelivery.objects.filter(event__startswith="approval.").exists()
 

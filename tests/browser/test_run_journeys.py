@@ -19,7 +19,7 @@ import time
 class SlowLoop(Loop):
     def run(self, event, step):
         name = step.do("Prepare", lambda: event.body.get("name", "there"))
-        step.do("Work", lambda: time.sleep(2.5) or "worked")
+        step.do("Work", lambda: time.sleep(5) or "worked")
         return {"greeting": f"Hello, {name}!", "items": list(range(3))}
 """
 
