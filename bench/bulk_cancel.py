@@ -311,8 +311,7 @@ def main() -> int:
 
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    say(f"bulk_cancel: {args.runs:,} runs; load average "
-        + " ".join(f"{x:.2f}" for x in os.getloadavg()))  # fmt: skip
+    say(f"bulk_cancel: {args.runs:,} runs; load average {common.load_average()}")
     common.setup(args.database)
     bench = Bench(args)
     bench.seed()
@@ -320,7 +319,7 @@ def main() -> int:
         ok = bench.run()
     finally:
         et.stop_all()
-    say("done; load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    say(f"done; load average {common.load_average()}")
     return 0 if ok else 1
 
 

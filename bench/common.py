@@ -79,6 +79,19 @@ def seed(slug: str = "bench", loop_slug: str = "greeting"):
     return org, loop, raw
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # per second, as /proc counts CPU time
+
+
+def machine_busy_ticks() -> int:
+    """The machine's busy CPU time so far, all cores: all of /proc/stat but idle and iowait."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4]
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def psycopg_dsn() -> str:
     return BENCH_URL
 

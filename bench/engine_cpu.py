@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
 
-HZ = os.sysconf("SC_CLK_TCK")
+HZ = common.CLOCK_TICKS
 
 
 def processes() -> dict[int, tuple[str, int, int]]:
@@ -44,11 +44,6 @@ def processes() -> dict[int, tuple[str, int, int]]:
         found[int(entry.name)] = (name, int(fields[11]) + int(fields[12]),
                                   int(fields[13]) + int(fields[14]))  # fmt: skip
     return found
-
-
-def machine_busy() -> int:
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
 
 
 def main() -> int:
@@ -93,7 +88,7 @@ def main() -> int:
     runs = Run.objects.filter(loop=loop)
 
     env = {**os.environ, "LOOPS_WORKERS": str(args.workers), "DJANGO_LOG_LEVEL": "WARNING"}
-    before, busy_before = processes(), machine_busy()
+    before, busy_before = processes(), common.machine_busy_ticks()
     cluster = subprocess.Popen(
         [sys.executable, "manage.py", "qcluster"], cwd=common.BASE_DIR, env=env,
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -105,7 +100,7 @@ def main() -> int:
                 raise SystemExit("the runs did not drain in 15 minutes")
             time.sleep(0.5)
         wall = time.monotonic() - started
-        after, busy_after = processes(), machine_busy()
+        after, busy_after = processes(), common.machine_busy_ticks()
     finally:
         os.killpg(cluster.pid, signal.SIGTERM)
         cluster.wait()

@@ -1050,7 +1050,7 @@ def main() -> int:
         raise SystemExit(f"unknown parts: {sorted(unknown)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     say(f"engine_throughput: parts {args.only}, brokers {args.brokers} / (d, e) {args.brokers_de}")
-    say("load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    say(f"load average {common.load_average()}")
     common.setup(args.database)
     bench = Bench(args)
     bench.seed()
@@ -1058,7 +1058,7 @@ def main() -> int:
         ok = bench.run()
     finally:
         stop_all()
-    say("done; load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    say(f"done; load average {common.load_average()}")
     return 0 if ok else 1
 
 

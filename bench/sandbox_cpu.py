@@ -31,17 +31,17 @@ import django  # noqa: E402
 
 django.setup()
 
+from bench import common  # noqa: E402
 from loops.demo import GREETING_CODE  # noqa: E402
 from runs.engine.programs import compiled_program  # noqa: E402
 from runs.engine.zygote_client import Zygote  # noqa: E402
 
-HZ = os.sysconf("SC_CLK_TCK")
+HZ = common.CLOCK_TICKS
 LIMITS = {"wall_seconds": 10, "cpu_seconds": 5, "memory_mb": 512, "max_processes": 1}
 
 
 def machine_busy() -> float:
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / HZ
+    return common.machine_busy_ticks() / HZ
 
 
 def subtree_cpu(pid: int) -> float:
