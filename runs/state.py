@@ -238,12 +238,10 @@ going AS (
     SELECT {org_id} AS organization_id, {loop_id} AS loop_id, COUNT(*) AS n
     FROM {run} WHERE {running} GROUP BY {org_id}, {loop_id}
 ),
-candidates AS (
+candidates AS MATERIALIZED (
     SELECT waiting.loop_id, l.{lc("organization")} AS organization_id,
         (SELECT {r("id")} FROM {run} WHERE {pending} AND {loop_id} = waiting.loop_id
          ORDER BY {r("created_at")}, {r("id")} LIMIT 1) AS run_id,
-        (SELECT {r("created_at")} FROM {run} WHERE {pending} AND {loop_id} = waiting.loop_id
-         ORDER BY {r("created_at")}, {r("id")} LIMIT 1) AS run_created,
         COALESCE((SELECT SUM(n) FROM going
                   WHERE going.organization_id = l.{lc("organization")}), 0) AS org_going,
         COALESCE((SELECT n FROM going WHERE going.loop_id = waiting.loop_id), 0) AS loop_going,
@@ -264,7 +262,7 @@ WHERE run_id IS NOT NULL
   AND (loop_limit IS NULL OR loop_going < loop_limit)
   AND (org_limit <= 0 OR org_going < org_limit)
 ORDER BY org_going, org_turn IS NOT NULL, org_turn, loop_going, loop_turn IS NOT NULL, loop_turn,
-    run_created
+    (SELECT {r("created_at")} FROM {run} WHERE {r("id")} = candidates.run_id)
 LIMIT 1
 """
 
