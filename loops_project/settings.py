@@ -269,6 +269,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = LOOPS_MAX_REQUEST_BYTES
 # --- Workers (django-q2) --------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
 LOOPS_WORKERS = env_int("LOOPS_WORKERS", 2)
+# Runs each worker process executes at once (runs.engine.turns): while an execution's sandbox
+# works, its worker thread only waits, and a second one keeps the cores busy. SQLite takes
+# one writer at a time: one.
+LOOPS_EXECUTIONS_PER_WORKER = env_int(
+    "LOOPS_EXECUTIONS_PER_WORKER", 1 if _db["ENGINE"] == "django.db.backends.sqlite3" else 2
+)
+if LOOPS_EXECUTIONS_PER_WORKER < 1:
+    raise ImproperlyConfigured("LOOPS_EXECUTIONS_PER_WORKER must be at least 1")
 LOOPS_WALL_SECONDS = env_int("LOOPS_WALL_SECONDS", 60)
 # A worker's turn (runs.tasks.work) claims runs one after the other for this long, then hands
 # the turn on; its last run may start just before and take its whole wall clock.

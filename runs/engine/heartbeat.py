@@ -25,8 +25,12 @@ def enable() -> None:
 
 
 class Heartbeat:
+    """One thread per worker process renews the lease of every execution in hand (one per
+    lane, runs.engine.turns)."""
+
     def __init__(self) -> None:
-        self.owner: state.Owner | None = None
+        self.owners: set[state.Owner] = set()
+        self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
     @contextmanager
@@ -34,25 +38,28 @@ class Heartbeat:
         if not _enabled:
             yield
             return
-        if self.thread is None or not self.thread.is_alive():
-            self.thread = threading.Thread(target=self._beat, name="loops-heartbeat", daemon=True)
-            self.thread.start()
-        self.owner = owner
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._beat, name="loops-heartbeat",
+                                               daemon=True)  # fmt: skip
+                self.thread.start()
+            self.owners.add(owner)
         try:
             yield
         finally:
-            self.owner = None
+            with self.lock:
+                self.owners.discard(owner)
 
     def _beat(self) -> None:
         while True:
             time.sleep(settings.LOOPS_HEARTBEAT_SECONDS)
-            owner = self.owner
-            if owner is None:
-                continue
-            try:
-                state.renew_lease(owner)
-            except DatabaseError:
-                connection.close()  # a new connection next time
+            with self.lock:
+                owners = list(self.owners)
+            for owner in owners:
+                try:
+                    state.renew_lease(owner)
+                except DatabaseError:
+                    connection.close()  # a new connection next time
 
 
 heartbeat = Heartbeat()

@@ -2,11 +2,12 @@
 
 The runner is a separate program started with an empty environment and no inherited
 descriptors but its control socket (never a fork of this DB-connected worker), inside
-bubblewrap where available. Each worker process owns one zygote and runs one execution at a
-time through it. Every execution gets a socket pair made for it alone: one end travels to the
-zygote as SCM_RIGHTS and on to the sealed execution; the program and its input are written
-into the other end only after the execution has sealed itself (sandbox/zygote.py). Every
-message read from an execution is bounded by LOOPS_MAX_MESSAGE_BYTES.
+bubblewrap where available. Each lane of a worker process (runs.engine.turns) owns one zygote
+and runs one execution at a time through it. Every execution gets a socket pair made for it
+alone: one end travels to the zygote as SCM_RIGHTS and on to the sealed execution; the program
+and its input are written into the other end only after the execution has sealed itself
+(sandbox/zygote.py). Every message read from an execution is bounded by
+LOOPS_MAX_MESSAGE_BYTES.
 """
 
 import contextlib
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import cache
@@ -410,12 +412,14 @@ class Zygote:
         return info
 
 
-_zygote: Zygote | None = None
+_local = threading.local()
 
 
 def get_zygote() -> Zygote:
-    """This process's zygote (a forked worker never reuses its parent's)."""
-    global _zygote
-    if _zygote is None or _zygote.owner_pid != os.getpid():
-        _zygote = Zygote()
-    return _zygote
+    """This thread's zygote: one per lane of a worker (runs.engine.turns), since a zygote runs
+    one execution at a time; a forked worker never reuses its parent's. A zygote dies with the
+    thread that started it (bubblewrap's --die-with-parent follows the thread)."""
+    zygote = getattr(_local, "zygote", None)
+    if zygote is None or zygote.owner_pid != os.getpid():
+        zygote = _local.zygote = Zygote()
+    return zygote

@@ -5,9 +5,11 @@ monitor). This one also:
 
 - runs the clock (runs.clock) in this process until the cluster stops: timers, cron
   schedules, runs of dead workers taken up, idle workers woken;
-- stops gracefully in about one run's time: workers finish the run in hand and take no more
+- stops gracefully in about one run's time: workers finish the runs in hand and take no more
   (a turn would otherwise go on claiming for up to LOOPS_TURN_SECONDS);
-- turns on the heartbeat of executions in the workers (runs.engine.heartbeat);
+- turns on the heartbeat of executions in the workers (runs.engine.heartbeat), and their
+  lanes: each worker executes up to LOOPS_EXECUTIONS_PER_WORKER runs at once
+  (runs.engine.turns);
 - makes every process of the cluster die with its parent, so that killing this process
   never leaves workers running beside the next cluster;
 - stops even when the whole process group is signalled (systemd, a terminal's Ctrl-C, a
@@ -25,8 +27,8 @@ from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
 
 from loops_project.lifeline import die_with_parent
-from runs import clock, tasks
-from runs.engine import heartbeat
+from runs import clock
+from runs.engine import heartbeat, turns
 
 
 class _Lifeline:
@@ -51,13 +53,14 @@ class Command(DjangoQCommand):
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         heartbeat.enable()
+        turns.enable_lanes()
         multiprocessing.util.register_after_fork(LIFELINE, _Lifeline.attach)
         cluster = Cluster()
         stopping = threading.Event()
-        turns = tasks.share_stop_flag()
+        stop_flag = turns.share_stop_flag()
 
         def stop_soon(*_):
-            turns.value = True  # workers finish the run in hand and take no more
+            stop_flag.value = True  # workers finish the runs in hand and take no more
             stopping.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):

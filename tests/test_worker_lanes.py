@@ -1,0 +1,36 @@
+"""A worker process executes up to LOOPS_EXECUTIONS_PER_WORKER runs at once, one per lane
+(runs.engine.turns), with a real `qcluster` of one worker on a queue of its own."""
+
+import pytest
+
+from runs.models import Run, RunStatus
+from tests.conftest import Cluster, wait_until
+from tests.engine_helpers import deploy, program
+from tests.factories import RunFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# A step longer than the lease: each lane's run goes on only if the worker renews its lease.
+SLOW = program('step.do("Slow", lambda: time.sleep(4))', imports="import time")
+LEASE = {"LOOPS_LEASE_SECONDS": "3", "LOOPS_HEARTBEAT_SECONDS": "1"}
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_one_worker_executes_as_many_runs_at_once_as_it_has_lanes(org, lanes):
+    loop = deploy(org, SLOW, slug="slow")
+    queue = f"lanes-{lanes}"
+    cluster = Cluster(
+        {**LEASE, "LOOPS_QUEUE": queue, "LOOPS_WORKERS": "1",
+         "LOOPS_EXECUTIONS_PER_WORKER": str(lanes)}
+    )  # fmt: skip
+    try:
+        for _ in range(3):
+            RunFactory(loop=loop, status=RunStatus.PENDING, queue=queue)
+        wait_until(lambda: not Run.objects.exclude(status=RunStatus.SUCCEEDED).exists(), timeout=90)
+    finally:
+        cluster.stop()
+    assert set(Run.objects.values_list("executions", flat=True)) == {1}  # no lease ran out
+    spans = sorted(Run.objects.values_list("started_at", "completed_at"))
+    # How many runs were going at once, at each start.
+    at_once = [sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans]
+    assert max(at_once) == lanes, spans
