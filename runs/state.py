@@ -215,54 +215,63 @@ def _choice_params() -> list:
 
 @cache
 def _choice_sql() -> str:
-    """The run that should start next, of this cluster's queue: loops with pending runs found
-    by a loose scan of the partial index run_pending; for each, its oldest run, the runs going
-    in it and in its organization, and when each was last served; the limits applied; the
-    fairest first."""
+    """The run that should start next, of this cluster's queue: the oldest pending run of each
+    loop, found by a loose scan of the partial index run_pending (queue, loop, created_at, id);
+    for each, the runs going in its loop and in its organization, and when each was last
+    served; the limits applied; the fairest first.
+
+    The scan orders by loop, then age, and steps from one loop to the next with `loop >`: an
+    order only run_pending gives, so no planner, however stale its statistics, walks the
+    loop's whole history in run_loop_created instead (it did, mid-drain, after a batch)."""
     run, loop, org = sql.table(Run), sql.table(Loop), sql.table(Organization)
     r = lambda name: sql.column(Run, name)  # noqa: E731
     lc = lambda name: sql.column(Loop, name)  # noqa: E731
     pending = f"{r('status')} = '{RunStatus.PENDING}' AND {r('queue')} = (SELECT queue FROM p)"
     running = f"{r('status')} = '{RunStatus.RUNNING}'"
     loop_id, org_id = r("loop"), r("organization")
+    in_order = f"ORDER BY {loop_id}, {r('created_at')}, {r('id')} LIMIT 1"
     return f"""
 WITH RECURSIVE p(queue, org_limit) AS (SELECT CAST(%s AS VARCHAR(100)), CAST(%s AS INTEGER)),
-waiting(loop_id) AS (
-    SELECT * FROM (SELECT {loop_id} FROM {run} WHERE {pending} ORDER BY {loop_id} LIMIT 1) AS s
+waiting(run_id) AS (
+    SELECT * FROM (SELECT {r("id")} FROM {run} WHERE {pending} {in_order}) AS s
     UNION ALL
-    SELECT (SELECT {loop_id} FROM {run} WHERE {pending} AND {loop_id} > waiting.loop_id
-            ORDER BY {loop_id} LIMIT 1)
-    FROM waiting WHERE waiting.loop_id IS NOT NULL
+    SELECT (SELECT {r("id")} FROM {run} WHERE {pending} AND {loop_id} >
+                (SELECT w.{loop_id} FROM {run} w WHERE w.{r("id")} = waiting.run_id)
+            {in_order})
+    FROM waiting WHERE waiting.run_id IS NOT NULL
 ),
 going AS (
     SELECT {org_id} AS organization_id, {loop_id} AS loop_id, COUNT(*) AS n
     FROM {run} WHERE {running} GROUP BY {org_id}, {loop_id}
 ),
+heads AS MATERIALIZED (
+    SELECT run_id,
+        (SELECT {loop_id} FROM {run} WHERE {r("id")} = waiting.run_id) AS loop_id,
+        (SELECT {r("created_at")} FROM {run} WHERE {r("id")} = waiting.run_id) AS run_created
+    FROM waiting WHERE run_id IS NOT NULL
+),
 candidates AS MATERIALIZED (
-    SELECT waiting.loop_id, l.{lc("organization")} AS organization_id,
-        (SELECT {r("id")} FROM {run} WHERE {pending} AND {loop_id} = waiting.loop_id
-         ORDER BY {r("created_at")}, {r("id")} LIMIT 1) AS run_id,
+    SELECT heads.run_id, heads.loop_id, heads.run_created,
+        l.{lc("organization")} AS organization_id,
         COALESCE((SELECT SUM(n) FROM going
                   WHERE going.organization_id = l.{lc("organization")}), 0) AS org_going,
-        COALESCE((SELECT n FROM going WHERE going.loop_id = waiting.loop_id), 0) AS loop_going,
+        COALESCE((SELECT n FROM going WHERE going.loop_id = heads.loop_id), 0) AS loop_going,
         l.{lc("concurrency_limit")} AS loop_limit,
         COALESCE(o.{sql.column(Organization, "concurrency_limit")}, (SELECT org_limit FROM p))
             AS org_limit,
         (SELECT t.{sql.column(Turn, "claimed_at")} FROM {sql.table(Turn)} t
          WHERE t.{sql.column(Turn, "scope")} = l.{lc("organization")}) AS org_turn,
         (SELECT t.{sql.column(Turn, "claimed_at")} FROM {sql.table(Turn)} t
-         WHERE t.{sql.column(Turn, "scope")} = waiting.loop_id) AS loop_turn
-    FROM waiting
-    JOIN {loop} l ON l.{lc("id")} = waiting.loop_id
+         WHERE t.{sql.column(Turn, "scope")} = heads.loop_id) AS loop_turn
+    FROM heads
+    JOIN {loop} l ON l.{lc("id")} = heads.loop_id
     JOIN {org} o ON o.{sql.column(Organization, "id")} = l.{lc("organization")}
-    WHERE waiting.loop_id IS NOT NULL
 )
 SELECT run_id, loop_id, organization_id FROM candidates
-WHERE run_id IS NOT NULL
-  AND (loop_limit IS NULL OR loop_going < loop_limit)
+WHERE (loop_limit IS NULL OR loop_going < loop_limit)
   AND (org_limit <= 0 OR org_going < org_limit)
 ORDER BY org_going, org_turn IS NOT NULL, org_turn, loop_going, loop_turn IS NOT NULL, loop_turn,
-    (SELECT {r("created_at")} FROM {run} WHERE {r("id")} = candidates.run_id)
+    run_created
 LIMIT 1
 """
 

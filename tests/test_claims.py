@@ -67,3 +67,34 @@ def test_racing_claimers_each_get_a_run_of_their_own(org):
     assert len(claims) == CLAIMERS
     assert len({claim.run.pk for claim in claims}) == CLAIMERS
     assert Run.objects.filter(status=RunStatus.RUNNING).count() == CLAIMERS
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's planner")
+def test_a_claim_reads_the_head_of_the_queue_not_the_loops_history(org, loop):
+    """Statistics gathered while a batch was all pending (runs.batches analyzes a batch that
+    outgrew them) must not lead claims through every run of the loop: mid-drain, a claim that
+    walked run_loop_created read each claimed run again."""
+    queue = dispatch.queue_key()
+    pending = [
+        RunFactory.build(loop=loop, status=RunStatus.PENDING, queue=queue) for _ in range(2000)
+    ]
+    Run.objects.bulk_create(pending)
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Run._meta.db_table}")
+    for _ in range(1400):
+        claim = state.claim_next()
+        Run.objects.filter(pk=claim.run.pk).update(status=RunStatus.SUCCEEDED)
+
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + state._choice_sql(),
+                       state._choice_params())  # fmt: skip
+        plan = cursor.fetchone()[0]
+
+    def nodes(node):
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    scans = [n for n in nodes(plan[0]["Plan"]) if n.get("Relation Name") == Run._meta.db_table]
+    assert {n.get("Index Name") for n in scans} <= {"run_pending", "run_running", "runs_run_pkey"}
+    assert sum(n.get("Rows Removed by Filter", 0) for n in scans) == 0
