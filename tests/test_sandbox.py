@@ -1,12 +1,13 @@
 """Loop code runs sandboxed: refused at deploy, or failing its run, never reaching the worker."""
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from loops_project.errors import Invalid
-from runs.engine.zygote_client import get_zygote, sandbox_identity, sandbox_mode
+from runs.engine.zygote_client import Zygote, get_zygote, sandbox_identity, sandbox_mode
 from tests.engine_helpers import deploy, execute, run_program, trigger
 
 pytestmark = pytest.mark.django_db
@@ -220,3 +221,27 @@ def test_the_runner_has_no_secrets_no_privileges_and_no_network(org, loop):
 def test_sandbox_mode_is_bubblewrap_here():
     """CI installs bubblewrap: the full sandbox, not the fallback, is what the tests exercise."""
     assert sandbox_mode() == "bwrap"
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "process"])
+def test_a_zygote_dies_with_the_worker_thread_that_started_it(settings, mode):
+    """Each lane of a worker (runs.engine.turns) starts its own zygote: when that thread ends,
+    its zygote goes too, in either mode, even while its control socket is still open."""
+    if mode == "bwrap" and sandbox_mode() != "bwrap":
+        pytest.skip("bubblewrap is not working on this machine")
+    settings.LOOPS_SANDBOX = mode
+    started = []
+
+    def lane():
+        zygote = Zygote()
+        zygote.start()
+        started.append(zygote)
+
+    thread = threading.Thread(target=lane)
+    thread.start()
+    thread.join()
+    (zygote,) = started  # still referenced: its socket is open
+    try:
+        assert zygote.proc.wait(timeout=10) is not None  # gone, without anyone stopping it
+    finally:
+        zygote.control.close()

@@ -11,7 +11,6 @@ LOOPS_MAX_MESSAGE_BYTES.
 """
 
 import contextlib
-import ctypes
 import json
 import os
 import pwd
@@ -179,18 +178,15 @@ def bwrap_command(identity: tuple[int, int] | None) -> list[str]:
 
 
 def process_command(identity: tuple[int, int] | None) -> list[str]:
+    """Fallback without bubblewrap (started in a session of its own): the zygote ties its
+    life to this worker's thread itself, as bubblewrap's --die-with-parent would (no
+    preexec_fn: a fork of a worker with lanes, runs.engine.turns, must run no Python)."""
     lib = str(Path(RestrictedPython.__file__).resolve().parent.parent)
     cmd = [_interpreter(), "-I", "-S", "-B", str(SANDBOX_DIR / "zygote.py"), "--lib", lib,
-           "--seccomp", "--best-effort"]  # fmt: skip
+           "--seccomp", "--best-effort", "--die-with", str(os.getpid())]  # fmt: skip
     if identity is not None:
         cmd += ["--uid", str(identity[0]), "--gid", str(identity[1])]
     return cmd
-
-
-def _process_preexec() -> None:
-    """Fallback without bubblewrap: a new session, and death with the worker."""
-    os.setsid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class MessageReader:
@@ -274,15 +270,12 @@ class Zygote:
     def start(self) -> None:
         self.mode = sandbox_mode()
         identity = sandbox_identity()
-        if self.mode == "bwrap":
-            cmd, preexec = bwrap_command(identity), None
-        else:
-            cmd, preexec = process_command(identity), _process_preexec
+        cmd = bwrap_command(identity) if self.mode == "bwrap" else process_command(identity)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
                 cmd, stdin=theirs.fileno(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                env={}, close_fds=True, preexec_fn=preexec, cwd="/",
+                env={}, close_fds=True, start_new_session=True, cwd="/",
             )  # fmt: skip
         finally:
             theirs.close()

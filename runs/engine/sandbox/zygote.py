@@ -244,6 +244,12 @@ def main() -> None:
     uid, gid = _option("--uid"), _option("--gid")
     if os.getuid() == 0 and uid is not None:
         become_unprivileged(int(uid), int(gid or uid))
+    if _option("--die-with"):
+        # Without bubblewrap: die with the worker's thread that started the zygote. Set once its
+        # ids are final (a change of ids clears it); its parent may have died already.
+        seal.die_with_parent()
+        if os.getppid() != int(_option("--die-with")):
+            os._exit(1)
     if zygote_filter is not None:
         seal.load_filter(zygote_filter)
     os.dup2(devnull, 2)
