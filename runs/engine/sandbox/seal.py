@@ -24,6 +24,8 @@ import errno
 import os
 import resource
 import signal
+import sys
+import types
 
 libc = ctypes.CDLL(None, use_errno=True)
 # Calls that must keep the GIL held (the raw clone): a PyDLL does not release it.
@@ -242,15 +244,22 @@ ALLOWED_PRCTLS = (3, 15, 16, 21, 23, 39)  # GET_DUMPABLE SET_NAME GET_NAME GET_S
 
 
 def _load_pyseccomp():
-    import ctypes.util
-
-    # find_library would run ldconfig (no programs here); the names are fixed on Linux.
+    """pyseccomp, imported beside a ctypes.util that knows two names. The real one would run
+    ldconfig (no programs here), and it imports subprocess and so threading, whose after-fork
+    handler would cost every execution forked from the zygote ~100 page faults (bench/README.md);
+    pyseccomp only asks it where libc and libseccomp are, as it is imported."""
     known = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
-    original, ctypes.util.find_library = ctypes.util.find_library, known.get
+    stub = types.ModuleType("ctypes.util")
+    stub.find_library = known.get
+    real = sys.modules.get("ctypes.util")
+    sys.modules["ctypes.util"], ctypes.util = stub, stub
     try:
         import pyseccomp
     finally:
-        ctypes.util.find_library = original
+        if real is None:
+            del sys.modules["ctypes.util"], ctypes.util
+        else:
+            sys.modules["ctypes.util"], ctypes.util = real, real
     return pyseccomp
 
 
