@@ -116,10 +116,15 @@ def map_own_ids(uid: int, gid: int) -> None:
     # Writing our own uid_map needs /proc/self to be ours; a process that changed its uid is
     # not dumpable and /proc/self belongs to root.
     _prctl(PR_SET_DUMPABLE, 1)
-    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                       ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
+    # Plain descriptors: the io stack's objects (and its locale lookup) would be the first
+    # things this fresh process writes, each a page fault of its own.
+    for name, text in ((b"setgroups", b"deny"), (b"uid_map", b"%d %d 1" % (uid, uid)),
+                       (b"gid_map", b"%d %d 1" % (gid, gid))):  # fmt: skip
+        fd = os.open(b"/proc/self/" + name, os.O_WRONLY)
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
     _prctl(PR_SET_DUMPABLE, 0)
 
 
