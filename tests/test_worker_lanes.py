@@ -19,13 +19,14 @@ def test_one_worker_executes_as_many_runs_at_once_as_it_has_lanes(org):
     lanes = 2
     loop = deploy(org, SLOW, slug="slow")
     queue = "lanes"
+    # All pending before the worker starts: its first turn finds work for both lanes at once.
+    for _ in range(3):
+        RunFactory(loop=loop, status=RunStatus.PENDING, queue=queue)
     cluster = Cluster(
         {**LEASE, "LOOPS_QUEUE": queue, "LOOPS_WORKERS": "1",
          "LOOPS_EXECUTIONS_PER_WORKER": str(lanes)}
     )  # fmt: skip
     try:
-        for _ in range(3):
-            RunFactory(loop=loop, status=RunStatus.PENDING, queue=queue)
         wait_until(lambda: not Run.objects.exclude(status=RunStatus.SUCCEEDED).exists(), timeout=90)
     finally:
         cluster.stop()
