@@ -4,8 +4,11 @@
 program really runs in the sandbox; only the queue is skipped.
 """
 
+import os
+import shutil
 import textwrap
 
+import pytest
 from django.db import transaction
 from django.test import TestCase
 from django.utils import timezone
@@ -15,6 +18,13 @@ from runs.clock import fire_due_timers
 from runs.engine.executor import execute_run
 from runs.models import Run, Step, Timer, TriggerType
 from runs.services import run_trigger
+
+# Tests of bubblewrap itself skip on a machine without it; in CI it is installed and they never
+# skip (a missing bwrap fails them there).
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (apt-get install bubblewrap)",
+)
 
 
 def program(body: str, imports: str = "") -> str:

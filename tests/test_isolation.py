@@ -8,7 +8,6 @@ next run of another organization succeeds with its right output.
 import os
 import re
 import secrets
-import shutil
 import socket
 import threading
 import time
@@ -17,16 +16,9 @@ from pathlib import Path
 import pytest
 
 from runs.engine.zygote_client import get_zygote, sandbox_identity
-from tests.engine_helpers import run_program
+from tests.engine_helpers import needs_bwrap, run_program
 
-pytestmark = [
-    pytest.mark.django_db,
-    # In CI bubblewrap is installed and these never skip.
-    pytest.mark.skipif(
-        shutil.which("bwrap") is None and not os.environ.get("CI"),
-        reason="bubblewrap is not installed (apt-get install bubblewrap)",
-    ),
-]
+pytestmark = [pytest.mark.django_db, needs_bwrap]
 
 
 @pytest.fixture(autouse=True)
