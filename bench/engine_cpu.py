@@ -157,8 +157,7 @@ def main() -> int:
                 print(f"  round {round_ + 1} {name:>10s}: {result['total']:.2f} ms of the "
                       f"machine per run, {result['rate']:,.0f} runs/s")  # fmt: skip
         medians = {
-            name: (statistics.median(r["total"] for r in results),
-                   statistics.median(r["rate"] for r in results))  # fmt: skip
+            name: tuple(statistics.median(r[key] for r in results) for key in ("total", "rate"))
             for name, results in found.items()
         }
         for name, (total, rate) in medians.items():
