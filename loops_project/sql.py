@@ -14,6 +14,7 @@ Everything else goes through the ORM.
 import functools
 from functools import cache
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Field, Model
 
@@ -56,8 +57,6 @@ def _cursor(db, health_check: bool = True):
         db.close_if_health_check_failed()
     db.ensure_connection()
     if db.vendor == "postgresql":
-        import psycopg
-
         return psycopg.Cursor(db.connection), {"prepare": True}
     return db.cursor(), {}  # Django's cursor: it applies the execute wrappers itself
 
@@ -93,6 +92,38 @@ def fetch_one(sql: str, params: list, *, health_check: bool = True) -> tuple | N
     with db.wrap_database_errors, cursor:
         _run(db, cursor, sql, params, options)
         return cursor.fetchone()
+
+
+def fetch_one_in_transaction(*statements: tuple[str, list]) -> tuple | None:
+    """Run `statements` in a transaction of their own and return the last one's first row.
+
+    On PostgreSQL outside a transaction, BEGIN, the statements and COMMIT go in one round trip
+    (a psycopg pipeline): the server still runs them one after the other, so a statement that
+    waits for a lock holds back the ones after it and takes its snapshot once it has the lock.
+    Elsewhere (SQLite, or inside the caller's transaction) they run one by one in an atomic
+    block."""
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor != "postgresql" or db.in_atomic_block:
+        with transaction.atomic():
+            for sql, params in statements[:-1]:
+                execute(sql, params)
+            return fetch_one(*statements[-1])
+    cursor, options = _cursor(db)
+    pg = db.connection
+    with db.wrap_database_errors, cursor:
+        try:
+            with pg.pipeline():
+                pg.execute("BEGIN")
+                for sql, params in statements:
+                    _run(db, cursor, sql, params, options)
+                pg.execute("COMMIT")
+            return cursor.fetchone()
+        except BaseException:
+            # A failed statement leaves the transaction aborted (the rest of the pipeline was
+            # skipped): end it, so that the connection is usable again.
+            if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE and not pg.closed:
+                pg.execute("ROLLBACK")
+            raise
 
 
 @cache

@@ -44,6 +44,11 @@ from runs.models import (
 )
 
 CLAIM_LOCK = 7_270_011  # pg_advisory_xact_lock key: one claim at a time, so limits hold exactly
+# The claims' lock, taken first in the claim's transaction (its snapshot is taken after it). The
+# claim commits without waiting for the WAL flush: the run's first durable write after it
+# (a step's end, the run's end) flushes it too, and a claim lost with the database's last
+# moments only makes the run pending again (its execution, no longer the owner, stops).
+_CLAIM_LOCK_SQL = "SELECT pg_advisory_xact_lock(%s), set_config('synchronous_commit', 'off', true)"
 
 
 def lease_expiry(now: datetime) -> datetime:
@@ -99,17 +104,17 @@ class Claim:
 def claim_next() -> Claim | None:
     """Take the run that should start next (see the module's docstring), or None. Claims take
     turns (an advisory lock on PostgreSQL; SQLite has one writer at a time), so limits hold
-    exactly; on PostgreSQL the choice, the claim and the turns served are one statement."""
+    exactly; on PostgreSQL the choice, the claim and the turns served are one statement, sent
+    with the lock in one round trip."""
     owner_id = uuid.uuid4().hex
+    if connection.vendor == "postgresql":
+        now = timezone.now()
+        row = sql.fetch_one_in_transaction(
+            (_CLAIM_LOCK_SQL, [CLAIM_LOCK]),
+            (_claim_next_sql(), [*_choice_params(), owner_id, lease_expiry(now), now, now]),
+        )
+        return _claim_of(row, owner_id)
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            sql.execute("SELECT pg_advisory_xact_lock(%s)", [CLAIM_LOCK])
-            now = timezone.now()
-            row = sql.fetch_one(
-                _claim_next_sql(),
-                [*_choice_params(), owner_id, lease_expiry(now), now, now],
-            )
-            return _claim_of(row, owner_id)
         chosen = sql.fetch_one(_choice_sql(), _choice_params())
         if chosen is None:
             return None
@@ -390,21 +395,52 @@ def _step_params(values: dict, columns: tuple[str, ...]) -> list:
     return [sql.prep(Step._meta.get_field(name), values[name]) for name in columns]
 
 
-def step_insert(owner: Owner, row: dict) -> bool:
-    """A new step (running, waiting, or already ended); False if the run is no longer the
-    execution's."""
+@dataclass(frozen=True)
+class StepEnd:
+    """A step's end that an execution writes with its next write (`ending=`): on PostgreSQL
+    the two are one statement, so one round trip and one commit."""
+
+    step_id: str
+    values: dict
+
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.values)
+
+    def params(self, owner: Owner) -> list:
+        return [*_step_params(self.values, self.columns()), self.step_id, *owner.params()]
+
+
+@cache
+def _ending_sql(columns: tuple[str, ...]) -> str:
+    return f"WITH step_end AS ({_step_update_sql(columns)}) "
+
+
+def _with_ending(owner: Owner, ending: StepEnd | None, statement: str, params: list) -> int:
+    """Run `statement` after `ending` (one statement on PostgreSQL); its row count."""
+    if ending is None:
+        return sql.execute(statement, params)
+    if connection.vendor != "postgresql":  # no data-modifying CTEs: two statements
+        step_update(owner, ending.step_id, ending.values)
+        return sql.execute(statement, params)
+    return sql.execute(_ending_sql(ending.columns()) + statement, [*ending.params(owner), *params])
+
+
+def step_insert(owner: Owner, row: dict, *, ending: StepEnd | None = None) -> bool:
+    """A new step (running, waiting, or already ended), after the end of the one before it
+    (`ending`); False if the run is no longer the execution's. A step's start alone commits
+    without waiting for the WAL flush (_step_insert_sql); with an end, durably."""
     columns = tuple(name for name, value in row.items() if value is not None)
-    statement = _step_insert_sql(columns, connection.vendor, not connection.in_atomic_block)
+    relaxed = ending is None and not connection.in_atomic_block
+    statement = _step_insert_sql(columns, connection.vendor, relaxed)
     params = [*_step_params(row, columns), *owner.params()]
-    return sql.execute(statement, params) == 1
+    return _with_ending(owner, ending, statement, params) == 1
 
 
 def step_update(owner: Owner, step_id: str, values: dict) -> bool:
     """A step of the execution's run changes (it starts again, ends, waits); False if the run
     is no longer the execution's."""
-    columns = tuple(values)
-    params = [*_step_params(values, columns), step_id, *owner.params()]
-    return sql.execute(_step_update_sql(columns), params) == 1
+    end = StepEnd(step_id, values)
+    return sql.execute(_step_update_sql(end.columns()), end.params(owner)) == 1
 
 
 def step_wake_at(step_id: str, when: datetime) -> None:
@@ -437,16 +473,19 @@ def step_resolve(step: Step, *, status: str, output=None, error=None) -> Change 
 
 
 def run_end(owner: Owner, run: Run, status: str, *, cpu_ms: int, total_steps: int,
-            stored: int, **fields) -> Change | None:  # fmt: skip
-    """The execution ends the run (succeeded or failed), recording what it cost. None when
-    the run is no longer the execution's (cancelled, taken over): then only the cost."""
+            stored: int, ending: StepEnd | None = None, **fields) -> Change | None:  # fmt: skip
+    """The execution ends the run (succeeded or failed), recording what it cost, after the end
+    of its last step (`ending`). None when the run is no longer the execution's (cancelled,
+    taken over): then only the cost."""
     now = timezone.now()
     values = {"status": status, "completed_at": now,
               "duration_ms": duration_ms(run.started_at, now), "lease_expires_at": None,
               "pending": None, "total_steps": total_steps, **fields}  # fmt: skip
     columns = tuple(values)
     params = [sql.prep(Run._meta.get_field(name), values[name]) for name in columns]
-    ended = sql.execute(_run_end_sql(columns), [*params, cpu_ms, stored, *owner.params()])
+    ended = _with_ending(
+        owner, ending, _run_end_sql(columns), [*params, cpu_ms, stored, *owner.params()]
+    )
     if not ended:
         Run.objects.filter(pk=owner.run_id).update(
             cpu_time_ms=F("cpu_time_ms") + cpu_ms, total_steps=total_steps,

@@ -80,6 +80,31 @@ def test_ask_and_approve_through_the_api(worker, api, org):
     assert api.post(f"/api/v1/runs/{run_id}/respond", json={"action": "approve"}).status_code == 409
 
 
+def test_a_steps_result_is_saved_while_the_program_goes_on(worker, api, org):
+    """A step's end may wait briefly to be written with the execution's next write
+    (LOOPS_STEP_END_HOLD_SECONDS), never until a program that computes on has finished."""
+    thinker = deploy(
+        org,
+        program(
+            """
+            value = step.do("First", lambda: 41 + 1)
+            time.sleep(3)
+            return value
+            """,
+            imports="import time",
+        ),
+        slug="thinker",
+    )
+    run_id = api.post(f"/api/loop/{org.slug}/{thinker.slug}", json={}).json()["runId"]
+    first = wait_until(
+        lambda: Step.objects.filter(run_id=run_id, name="First", status="succeeded").first(),
+        timeout=60,
+    )
+    assert _status(run_id) == "running"
+    assert first.output == 42
+    wait_until(lambda: _status(run_id) == "succeeded", timeout=30)
+
+
 def test_cancel_stops_a_running_execution_at_the_next_step_boundary(worker, api, org):
     slow = deploy(
         org,

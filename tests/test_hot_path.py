@@ -1,21 +1,32 @@
-"""The worker's hot path asks the database nothing it already knows: a one-step run costs the
-claim, the step's start and end, and the run's end."""
+"""The worker's hot path asks the database nothing it already knows, in as few round trips as
+it can: a one-step run costs the claim, the step's start, and the run's end with the step's
+end; each further step costs its start, with the end of the step before it."""
 
 import pytest
 from django.db import connection
 
 from loops.models import Loop
 from runs import tasks
-from runs.models import RunStatus
+from runs.models import RunStatus, Step
+from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
 
 pytestmark = pytest.mark.django_db
 
 # Statements per one-step run: PostgreSQL takes its claim in two (the claims' lock, then the
-# choice, the claim and the turns served in one); SQLite in three. Then the step's start, its
-# end, and the run's end. The last claim, which finds nothing, costs what its choice costs.
-PER_RUN = {"postgresql": 5, "sqlite": 6}
+# choice, the claim and the turns served in one), sent in one round trip with its BEGIN and
+# COMMIT; SQLite in three. Then the step's start, and the run's end, which carries the step's
+# end on PostgreSQL (a statement of its own on SQLite). The last claim, which finds nothing,
+# costs what its choice costs.
+PER_RUN = {"postgresql": 4, "sqlite": 6}
+PER_FURTHER_STEP = {"postgresql": 1, "sqlite": 2}
 NOTHING_LEFT = {"postgresql": 2, "sqlite": 1}
+
+
+@pytest.fixture(autouse=True)
+def _steps_ends_wait_for_the_next_write(settings):
+    """However slowly this machine runs the program, a step's end waits for the next write."""
+    settings.LOOPS_STEP_END_HOLD_SECONDS = 30
 
 
 def statements_of(action) -> list[str]:
@@ -47,3 +58,26 @@ def test_a_one_step_run_costs_the_fewest_statements(loop):
     # Nothing is read again: no SELECT of a run, its loop, its version or its steps.
     reads = [s for s in seen if s.lstrip().upper().startswith("SELECT") and "advisory" not in s]
     assert reads == []
+
+
+def test_each_further_step_costs_its_start_alone(org):
+    loop = deploy(org, program("for i in range(4):\n    step.do(f'Step {i}', lambda: i)\nreturn 4"))
+    RunFactory(loop=loop, status=RunStatus.PENDING, input={})
+    tasks.work()  # compiled once per version
+    run = RunFactory(loop=loop, status=RunStatus.PENDING, input={})
+
+    done = []
+    seen = statements_of(lambda: done.append(tasks.work()))
+
+    assert done == [1]
+    expected = (
+        PER_RUN[connection.vendor]
+        + 3 * PER_FURTHER_STEP[connection.vendor]
+        + NOTHING_LEFT[connection.vendor]
+    )
+    assert len(seen) == expected, "\n".join(s[:80] for s in seen)
+    # Every step's end was written, with its output.
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+    steps = Step.objects.filter(run=run).order_by("order")
+    assert [(s.status, s.output) for s in steps] == [("succeeded", i) for i in range(4)]

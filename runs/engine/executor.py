@@ -33,6 +33,9 @@ STORING_OPS = {
     protocol.LOG, protocol.STEP, protocol.STEP_DONE, protocol.RETRY, protocol.WAIT,
     protocol.HTTP, protocol.DONE,
 }  # fmt: skip
+# Messages that do not write a step's end held back (Execution.held): a log line is written
+# later anyway, a step's start and the run's end write it themselves.
+KEEP_HELD = {protocol.LOG, protocol.STEP, *protocol.OUTCOMES}
 
 
 @dataclass
@@ -62,6 +65,10 @@ class Execution:
     # What the worker refused to record (a bound overstepped, a value it cannot store): the
     # run stops at its next step and fails with this error, whatever the sandbox reports.
     refused: dict | None = None
+    # A step's end not written yet (see `pause`), with its key and when it arrived.
+    held: state.StepEnd | None = None
+    held_key: str = ""
+    held_since: float = 0.0
 
     @property
     def run(self):
@@ -78,6 +85,8 @@ class Execution:
 
     def handle(self, message: dict, size: int = 0) -> dict | None:
         op = message.get("op")
+        if op not in KEEP_HELD:
+            self.write_held()
         if op in STORING_OPS and not self.charge(size):
             return self.refuse_storage(op, message)
         if op == protocol.LOG:
@@ -198,6 +207,8 @@ class Execution:
         None when this execution no longer owns the run (one statement does both)."""
         key = str(message["key"])[:300]
         existing = self.steps.get(key)
+        if existing is not None:
+            self.write_held()
         values = {
             "status": status,
             "started_at": timezone.now(),
@@ -227,7 +238,7 @@ class Execution:
             "iteration_item": message.get("item"),
             **values,
         }
-        if not state.step_insert(self.owner, row):
+        if not state.step_insert(self.owner, row, ending=self.take_held()):
             return None
         self.steps[key] = Entry(row["id"], status, self.next_order, name)
         self.next_order += 1
@@ -235,11 +246,50 @@ class Execution:
 
     def close_step(self, key: str, values: dict) -> None:
         """A step of this execution ends (or waits) with `values`."""
+        self.write_held()
         entry = self.steps[key]
         if state.step_update(self.owner, entry.id, values):
             entry.status = values["status"]
         if self.current_step == key:
             self.current_step = None
+
+    # --- a step's end, held for the next write
+
+    def hold(self, key: str, values: dict) -> None:
+        """A step ended: its end is written with the execution's next write (see `pause`)."""
+        self.write_held()
+        self.held = state.StepEnd(self.steps[key].id, values)
+        self.held_key, self.held_since = key, time.monotonic()
+        if self.current_step == key:
+            self.current_step = None
+        if settings.LOOPS_STEP_END_HOLD_SECONDS <= 0:
+            self.write_held()
+
+    def take_held(self) -> state.StepEnd | None:
+        """The held step's end, for a write that takes it along; its entry is updated as if
+        that write succeeds (if it does not, the run is no longer this execution's)."""
+        held, self.held = self.held, None
+        if held is not None:
+            self.steps[self.held_key].status = held.values["status"]
+        return held
+
+    def write_held(self) -> None:
+        if self.held is not None:
+            held, key, self.held = self.held, self.held_key, None
+            if state.step_update(self.owner, held.step_id, held.values):
+                self.steps[key].status = held.values["status"]
+
+    def pause(self) -> float | None:
+        """How long the worker may wait for the execution's next message (None: as long as
+        it takes): a held step's end is written once it has waited LOOPS_STEP_END_HOLD_SECONDS,
+        unless the outcome has arrived (the run's end takes it along)."""
+        if self.held is None or self.outcome is not None:
+            return None
+        left = self.held_since + settings.LOOPS_STEP_END_HOLD_SECONDS - time.monotonic()
+        if left > 0:
+            return left
+        self.write_held()
+        return None
 
     def stop_reply(self) -> dict | None:
         if not self.still_owned():
@@ -281,7 +331,7 @@ class Execution:
         except ValueError as exc:
             # The runtime checks this too; the worker decides (the sandbox may be lying).
             status, output, error = StepStatus.FAILED, None, self.refuse(*exc.args)
-        self.close_step(
+        self.hold(
             message["key"],
             {
                 "status": status,
@@ -367,8 +417,10 @@ class Execution:
         if op in {protocol.DONE, protocol.STOPPED}:
             output = outcome.get("output") if op == protocol.DONE else None
             change = state.run_end(self.owner, self.run, RunStatus.SUCCEEDED, output=output,
-                                   **cost)  # fmt: skip
-        elif op == protocol.SUSPENDED:
+                                   ending=self.take_held(), **cost)  # fmt: skip
+            return self.react(change)
+        self.write_held()
+        if op == protocol.SUSPENDED:
             change = state.run_suspend(self.owner, self.run, **cost)
         elif (
             op == protocol.CANCELLED
@@ -377,6 +429,9 @@ class Execution:
         else:
             error = _error_dict(outcome.get("error")) or self.crash_error(exit_info)
             change = self.fail(error, cost)
+        return self.react(change)
+
+    def react(self, change: state.Change | None) -> str:
         if change is None:
             return "abandoned"
         reactions.after(dataclasses.replace(change, has_webhooks=self.claim.has_webhooks))
@@ -555,7 +610,7 @@ def execute(claim: state.Claim) -> str:
         try:
             exit_info = zygote.execute(
                 request, execution.handle, limits=sandbox_limits(execution),
-                deadline=execution.deadline,
+                deadline=execution.deadline, pause=execution.pause,
             )  # fmt: skip
         except BaseException:
             # Whatever the program was waiting for will never come: start a fresh sandbox.

@@ -198,7 +198,9 @@ class MessageReader:
         self.buffer = bytearray()
         self.scanned = 0
 
-    def readline(self, deadline: float) -> bytes | None:
+    def readline(self, deadline: float, pause=None) -> bytes | None:
+        """The next line, None at the end. `pause()`, if given, is asked before each wait how
+        long it may last (None: until the deadline), and asked again when that time is up."""
         while True:
             newline = self.buffer.find(b"\n", self.scanned)
             if newline >= self.limit:
@@ -214,8 +216,11 @@ class MessageReader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], remaining)
+            limit = pause() if pause is not None else None
+            ready, _, _ = select.select([self.fd], [], [], min(remaining, limit or remaining))
             if not ready:
+                if limit is not None and limit < remaining:
+                    continue
                 raise TimeoutError
             try:
                 chunk = os.read(self.fd, 1 << 20)
@@ -315,10 +320,12 @@ class Zygote:
         except (OSError, ValueError):
             return None
 
-    def execute(self, request: dict, on_message, *, limits: dict, deadline: float) -> ExitInfo:
+    def execute(self, request: dict, on_message, *, limits: dict, deadline: float,
+                pause=None) -> ExitInfo:  # fmt: skip
         """Run one execution. `on_message(message, size)` handles each message and returns
         the reply for requests (or None). `limits` is all the zygote learns of the execution:
-        cpu_seconds, memory_mb, wall_seconds, max_processes."""
+        cpu_seconds, memory_mb, wall_seconds, max_processes. `pause()` bounds each wait for the
+        next message (MessageReader.readline)."""
         if not self.alive():
             self.start()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -331,9 +338,10 @@ class Zygote:
                 return ExitInfo(crashed=True)
             finally:
                 theirs.close()
-            return self._converse(ours, request, on_message, deadline)
+            return self._converse(ours, request, on_message, deadline, pause)
 
-    def _converse(self, sock: socket.socket, request: dict, on_message, deadline: float):
+    def _converse(self, sock: socket.socket, request: dict, on_message, deadline: float,
+                  pause=None):  # fmt: skip
         info = ExitInfo()
         backstop = deadline + EXIT_GRACE
         reader = MessageReader(sock.fileno(), settings.LOOPS_MAX_MESSAGE_BYTES)
@@ -344,7 +352,7 @@ class Zygote:
         sock.settimeout(None)
         while True:
             try:
-                line = reader.readline(backstop)
+                line = reader.readline(backstop, pause)
             except MessageTooLarge:
                 info.protocol_error = (
                     f"The execution sent a message over the limit of "
