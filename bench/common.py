@@ -8,6 +8,7 @@ and used for nothing else.
 import functools
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,20 @@ def machine_busy_ticks() -> int:
     """The machine's busy CPU time so far, all cores: all of /proc/stat but idle and iowait."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return sum(ticks) - ticks[3] - ticks[4]
+
+
+def tree_of(rev: str) -> Path:
+    """The files of commit `rev`, out of git into var/bench-engine-<commit>/ (made once per
+    commit), for a benchmark that runs an earlier commit's code beside this checkout's."""
+    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=BASE_DIR,
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    root = BASE_DIR / "var" / f"bench-engine-{commit}"
+    if not (root / "manage.py").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit], cwd=BASE_DIR, capture_output=True,
+                                 check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root
 
 
 def load_average() -> str:

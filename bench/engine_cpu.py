@@ -55,19 +55,6 @@ def processes() -> dict[int, tuple[str, int, int]]:
     return found
 
 
-def tree_of(rev: str) -> Path:
-    """The files of commit `rev`, out of git (made once per commit)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", rev], cwd=common.BASE_DIR,
-                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    root = common.BASE_DIR / "var" / f"bench-engine-{commit}"
-    if not (root / "manage.py").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(["git", "archive", commit], cwd=common.BASE_DIR,
-                                 capture_output=True, check=True).stdout  # fmt: skip
-        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
-    return root
-
-
 def drain(args, loop, tree: Path) -> dict:
     """Queue --runs runs, drain them with a cluster started in `tree`; the machine's CPU per
     run, split by process name, and the rate."""
@@ -156,7 +143,7 @@ def main() -> int:
           f"LOOPS_WORKERS={args.workers}, {os.cpu_count()} cores")  # fmt: skip
 
     if args.against:
-        trees = {"now": common.BASE_DIR, args.against: tree_of(args.against)}
+        trees = {"now": common.BASE_DIR, args.against: common.tree_of(args.against)}
         found: dict[str, list[dict]] = {name: [] for name in trees}
         for round_ in range(args.rounds):
             for name, tree in trees.items():

@@ -288,10 +288,11 @@ LOOPS_HEARTBEAT_SECONDS = env_int("LOOPS_HEARTBEAT_SECONDS", 5)
 # The clock of each cluster (runs.clock) looks at what is due at least this often.
 LOOPS_CLOCK_SECONDS = env_float("LOOPS_CLOCK_SECONDS", 0.25)
 # How long a step's end may wait to be written together with the execution's next write (the
-# next step's start, the run's end: one round trip and one commit instead of two). A program
-# almost always goes on at once; one that computes longer after a step gets its step's end
-# written alone after this. 0: every step's end is written the moment it arrives.
-LOOPS_STEP_END_HOLD_SECONDS = env_float("LOOPS_STEP_END_HOLD_SECONDS", 0.01)
+# next step's start, the run's end: one round trip and one commit instead of two), and how soon
+# after its claim an execution's first step may start before its start is written (it is
+# written with the step's end). A program almost always goes on at once; one that computes
+# longer gets each write made alone after this. 0: every write the moment it arrives.
+LOOPS_STEP_HOLD_SECONDS = env_float("LOOPS_STEP_HOLD_SECONDS", 0.01)
 Q_CLUSTER = {
     "name": "loops",
     # Clusters with the same cluster_name share one queue; another LOOPS_QUEUE isolates one.

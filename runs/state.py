@@ -396,51 +396,77 @@ def _step_params(values: dict, columns: tuple[str, ...]) -> list:
 
 
 @dataclass(frozen=True)
+class StepRow:
+    """A new step's row (its start, or its start and its end at once)."""
+
+    row: dict
+
+    @property
+    def status(self) -> str:
+        return self.row["status"]
+
+    def statement(self, owner: Owner, *, relaxed: bool = False) -> tuple[str, list]:
+        columns = tuple(name for name, value in self.row.items() if value is not None)
+        statement = _step_insert_sql(columns, connection.vendor, relaxed)
+        return statement, [*_step_params(self.row, columns), *owner.params()]
+
+
+@dataclass(frozen=True)
 class StepEnd:
-    """A step's end that an execution writes with its next write (`ending=`): on PostgreSQL
-    the two are one statement, so one round trip and one commit."""
+    """A step's end (or any change of an existing step's row)."""
 
     step_id: str
     values: dict
 
-    def columns(self) -> tuple[str, ...]:
-        return tuple(self.values)
+    @property
+    def status(self) -> str:
+        return self.values["status"]
 
-    def params(self, owner: Owner) -> list:
-        return [*_step_params(self.values, self.columns()), self.step_id, *owner.params()]
-
-
-@cache
-def _ending_sql(columns: tuple[str, ...]) -> str:
-    return f"WITH step_end AS ({_step_update_sql(columns)}) "
+    def statement(self, owner: Owner, *, relaxed: bool = False) -> tuple[str, list]:
+        columns = tuple(self.values)
+        params = [*_step_params(self.values, columns), self.step_id, *owner.params()]
+        return _step_update_sql(columns), params
 
 
-def _with_ending(owner: Owner, ending: StepEnd | None, statement: str, params: list) -> int:
-    """Run `statement` after `ending` (one statement on PostgreSQL); its row count."""
-    if ending is None:
+StepWrite = StepRow | StepEnd
+
+
+def step_write(owner: Owner, write: StepWrite, *, then: StepWrite | None = None) -> bool:
+    """Write a step's row or its change, after `then`: a write the execution held back to send
+    with this one (on PostgreSQL one statement, so one round trip and one commit). False if
+    the run is no longer the execution's. A step's start alone commits without waiting for
+    the WAL flush (_step_insert_sql): losing it in a crash loses nothing, the step had not
+    finished. Anything else commits durably."""
+    relaxed = (
+        then is None
+        and isinstance(write, StepRow)
+        and write.status == StepStatus.RUNNING
+        and not connection.in_atomic_block
+    )
+    return _after(owner, then, *write.statement(owner, relaxed=relaxed)) == 1
+
+
+def _after(owner: Owner, held: StepWrite | None, statement: str, params: list) -> int:
+    """Run `statement` after the `held` write (one statement on PostgreSQL); its row count."""
+    if held is None:
         return sql.execute(statement, params)
     if connection.vendor != "postgresql":  # no data-modifying CTEs: two statements
-        step_update(owner, ending.step_id, ending.values)
+        step_write(owner, held)
         return sql.execute(statement, params)
-    return sql.execute(_ending_sql(ending.columns()) + statement, [*ending.params(owner), *params])
+    first, first_params = held.statement(owner)
+    return sql.execute(f"WITH held AS ({first}) {statement}", [*first_params, *params])
 
 
-def step_insert(owner: Owner, row: dict, *, ending: StepEnd | None = None) -> bool:
-    """A new step (running, waiting, or already ended), after the end of the one before it
-    (`ending`); False if the run is no longer the execution's. A step's start alone commits
-    without waiting for the WAL flush (_step_insert_sql); with an end, durably."""
-    columns = tuple(name for name, value in row.items() if value is not None)
-    relaxed = ending is None and not connection.in_atomic_block
-    statement = _step_insert_sql(columns, connection.vendor, relaxed)
-    params = [*_step_params(row, columns), *owner.params()]
-    return _with_ending(owner, ending, statement, params) == 1
+def step_insert(owner: Owner, row: dict) -> bool:
+    """A new step (running, waiting, or already ended); False if the run is no longer the
+    execution's."""
+    return step_write(owner, StepRow(row))
 
 
 def step_update(owner: Owner, step_id: str, values: dict) -> bool:
     """A step of the execution's run changes (it starts again, ends, waits); False if the run
     is no longer the execution's."""
-    end = StepEnd(step_id, values)
-    return sql.execute(_step_update_sql(end.columns()), end.params(owner)) == 1
+    return step_write(owner, StepEnd(step_id, values))
 
 
 def step_wake_at(step_id: str, when: datetime) -> None:
@@ -473,19 +499,17 @@ def step_resolve(step: Step, *, status: str, output=None, error=None) -> Change 
 
 
 def run_end(owner: Owner, run: Run, status: str, *, cpu_ms: int, total_steps: int,
-            stored: int, ending: StepEnd | None = None, **fields) -> Change | None:  # fmt: skip
-    """The execution ends the run (succeeded or failed), recording what it cost, after the end
-    of its last step (`ending`). None when the run is no longer the execution's (cancelled,
-    taken over): then only the cost."""
+            stored: int, then: StepWrite | None = None, **fields) -> Change | None:  # fmt: skip
+    """The execution ends the run (succeeded or failed), recording what it cost, after the
+    step write it held back (`then`, see step_write). None when the run is no longer the
+    execution's (cancelled, taken over): then only the cost."""
     now = timezone.now()
     values = {"status": status, "completed_at": now,
               "duration_ms": duration_ms(run.started_at, now), "lease_expires_at": None,
               "pending": None, "total_steps": total_steps, **fields}  # fmt: skip
     columns = tuple(values)
     params = [sql.prep(Run._meta.get_field(name), values[name]) for name in columns]
-    ended = _with_ending(
-        owner, ending, _run_end_sql(columns), [*params, cpu_ms, stored, *owner.params()]
-    )
+    ended = _after(owner, then, _run_end_sql(columns), [*params, cpu_ms, stored, *owner.params()])
     if not ended:
         Run.objects.filter(pk=owner.run_id).update(
             cpu_time_ms=F("cpu_time_ms") + cpu_ms, total_steps=total_steps,

@@ -82,7 +82,7 @@ def test_ask_and_approve_through_the_api(worker, api, org):
 
 def test_a_steps_result_is_saved_while_the_program_goes_on(worker, api, org):
     """A step's end may wait briefly to be written with the execution's next write
-    (LOOPS_STEP_END_HOLD_SECONDS), never until a program that computes on has finished."""
+    (LOOPS_STEP_HOLD_SECONDS), never until a program that computes on has finished."""
     thinker = deploy(
         org,
         program(

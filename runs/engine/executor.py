@@ -33,9 +33,9 @@ STORING_OPS = {
     protocol.LOG, protocol.STEP, protocol.STEP_DONE, protocol.RETRY, protocol.WAIT,
     protocol.HTTP, protocol.DONE,
 }  # fmt: skip
-# Messages that do not write a step's end held back (Execution.held): a log line is written
-# later anyway, a step's start and the run's end write it themselves.
-KEEP_HELD = {protocol.LOG, protocol.STEP, *protocol.OUTCOMES}
+# Messages that do not write a held step write first (Execution.held): a log line is written
+# later anyway, a step's start and the run's end take it along, a step's end merges with it.
+KEEP_HELD = {protocol.LOG, protocol.STEP, protocol.STEP_DONE, *protocol.OUTCOMES}
 
 
 @dataclass
@@ -65,10 +65,14 @@ class Execution:
     # What the worker refused to record (a bound overstepped, a value it cannot store): the
     # run stops at its next step and fails with this error, whatever the sandbox reports.
     refused: dict | None = None
-    # A step's end not written yet (see `pause`), with its key and when it arrived.
-    held: state.StepEnd | None = None
+    # A step's row or end not written yet (see `hold`), with its key and since when.
+    held: state.StepWrite | None = None
     held_key: str = ""
     held_since: float = 0.0
+    claimed_at: float = field(default_factory=time.monotonic)
+    started_steps: int = 0  # steps this execution started (not replayed)
+    # A held write found the run no longer this execution's: every request is answered so.
+    lost: bool = False
 
     @property
     def run(self):
@@ -222,6 +226,7 @@ class Execution:
                 return None
             existing.status = status
             return existing.id
+        held = self.take_held()
         parent = self.steps.get(message.get("parent"))
         name = str(message.get("name", key))[:200]
         row = {
@@ -238,9 +243,12 @@ class Execution:
             "iteration_item": message.get("item"),
             **values,
         }
-        if not state.step_insert(self.owner, row, ending=self.take_held()):
+        write = state.StepRow(row)
+        if held is None and self.may_hold_start(status):
+            self.hold(key, write, Entry(row["id"], status, self.next_order, name))
+        elif not state.step_write(self.owner, write, then=held):
             return None
-        self.steps[key] = Entry(row["id"], status, self.next_order, name)
+        self.steps.setdefault(key, Entry(row["id"], status, self.next_order, name))
         self.next_order += 1
         return row["id"]
 
@@ -253,46 +261,71 @@ class Execution:
         if self.current_step == key:
             self.current_step = None
 
-    # --- a step's end, held for the next write
+    # --- step writes held for the next write
+    #
+    # A program goes on at once after a step almost always: a step's end waits up to
+    # LOOPS_STEP_HOLD_SECONDS to be written with the execution's next write (the next step's
+    # start, the run's end), in one statement. So does the first step's start, within that
+    # time of the claim, which has just found the run this execution's: the step is answered
+    # at once. A held write that finds the run no longer the execution's (cancelled meanwhile)
+    # stops the execution at its next request, as a failed write of its own would have.
 
-    def hold(self, key: str, values: dict) -> None:
-        """A step ended: its end is written with the execution's next write (see `pause`)."""
-        self.write_held()
-        self.held = state.StepEnd(self.steps[key].id, values)
-        self.held_key, self.held_since = key, time.monotonic()
-        if self.current_step == key:
-            self.current_step = None
-        if settings.LOOPS_STEP_END_HOLD_SECONDS <= 0:
+    def may_hold_start(self, status: str) -> bool:
+        return (
+            status == StepStatus.RUNNING
+            and self.started_steps == 1
+            and time.monotonic() - self.claimed_at < settings.LOOPS_STEP_HOLD_SECONDS
+        )
+
+    def hold(self, key: str, write: state.StepWrite, entry: Entry | None = None) -> None:
+        if entry is not None:
+            self.steps[key] = entry
+        self.held, self.held_key, self.held_since = write, key, time.monotonic()
+        if settings.LOOPS_STEP_HOLD_SECONDS <= 0:
             self.write_held()
 
-    def take_held(self) -> state.StepEnd | None:
-        """The held step's end, for a write that takes it along; its entry is updated as if
-        that write succeeds (if it does not, the run is no longer this execution's)."""
+    def hold_end(self, key: str, values: dict) -> None:
+        """A step ended: its end is held, merged into its held row if its start is held."""
+        held = self.held
+        if isinstance(held, state.StepRow) and self.held_key == key:
+            self.held = None
+            self.hold(key, state.StepRow({**held.row, **values}))
+        else:
+            self.write_held()
+            self.hold(key, state.StepEnd(self.steps[key].id, values))
+        if self.current_step == key:
+            self.current_step = None
+
+    def take_held(self) -> state.StepWrite | None:
+        """The held write, for a write that takes it along; its entry is updated as if that
+        write succeeds (if it does not, the run is no longer this execution's)."""
         held, self.held = self.held, None
         if held is not None:
-            self.steps[self.held_key].status = held.values["status"]
+            self.steps[self.held_key].status = held.status
         return held
 
     def write_held(self) -> None:
         if self.held is not None:
             held, key, self.held = self.held, self.held_key, None
-            if state.step_update(self.owner, held.step_id, held.values):
-                self.steps[key].status = held.values["status"]
+            if state.step_write(self.owner, held):
+                self.steps[key].status = held.status
+            else:
+                self.lost = True
 
     def pause(self) -> float | None:
         """How long the worker may wait for the execution's next message (None: as long as
-        it takes): a held step's end is written once it has waited LOOPS_STEP_END_HOLD_SECONDS,
-        unless the outcome has arrived (the run's end takes it along)."""
+        it takes): a held write is written once it has waited LOOPS_STEP_HOLD_SECONDS, unless
+        the outcome has arrived (the run's end takes it along)."""
         if self.held is None or self.outcome is not None:
             return None
-        left = self.held_since + settings.LOOPS_STEP_END_HOLD_SECONDS - time.monotonic()
+        left = self.held_since + settings.LOOPS_STEP_HOLD_SECONDS - time.monotonic()
         if left > 0:
             return left
         self.write_held()
         return None
 
     def stop_reply(self) -> dict | None:
-        if not self.still_owned():
+        if self.lost or not self.still_owned():
             return {"cancelled": True}
         error = self.step_limit_error() or (self.refused or {}).get("message")
         return {"limit": error} if error else None
@@ -300,6 +333,9 @@ class Execution:
     def on_step(self, message: dict) -> dict:
         """A step starts. This is the step boundary where a cancelled run stops."""
         self.flush_logs()
+        if self.lost:
+            return {"cancelled": True}
+        self.started_steps += 1
         if message.get("key") not in self.steps:
             error = self.step_limit_error()
             if error:
@@ -331,7 +367,7 @@ class Execution:
         except ValueError as exc:
             # The runtime checks this too; the worker decides (the sandbox may be lying).
             status, output, error = StepStatus.FAILED, None, self.refuse(*exc.args)
-        self.hold(
+        self.hold_end(
             message["key"],
             {
                 "status": status,
@@ -417,7 +453,7 @@ class Execution:
         if op in {protocol.DONE, protocol.STOPPED}:
             output = outcome.get("output") if op == protocol.DONE else None
             change = state.run_end(self.owner, self.run, RunStatus.SUCCEEDED, output=output,
-                                   ending=self.take_held(), **cost)  # fmt: skip
+                                   then=self.take_held(), **cost)  # fmt: skip
             return self.react(change)
         self.write_held()
         if op == protocol.SUSPENDED:
