@@ -44,10 +44,15 @@ def statements_of(action) -> list[str]:
     return seen
 
 
+def compiled(loop) -> None:
+    """A first run of the loop: the worker has compiled its program (once per version)."""
+    RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": "warm"})
+    tasks.work()
+
+
 def test_a_one_step_run_costs_the_fewest_statements(loop):
     loop = Loop.objects.select_related("active_version").get(pk=loop.pk)
-    RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": "warm"})
-    tasks.work()  # the worker has compiled the program (once per version)
+    compiled(loop)
     for n in range(10):
         RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": str(n)})
 
@@ -64,8 +69,7 @@ def test_a_one_step_run_costs_the_fewest_statements(loop):
 
 def test_each_further_step_costs_its_start_alone(org):
     loop = deploy(org, program("for i in range(4):\n    step.do(f'Step {i}', lambda: i)\nreturn 4"))
-    RunFactory(loop=loop, status=RunStatus.PENDING, input={})
-    tasks.work()  # compiled once per version
+    compiled(loop)
     run = RunFactory(loop=loop, status=RunStatus.PENDING, input={})
 
     done = []
@@ -88,8 +92,7 @@ def test_each_further_step_costs_its_start_alone(org):
 def test_without_holding_every_step_write_is_a_statement_of_its_own(loop, settings):
     settings.LOOPS_STEP_HOLD_SECONDS = 0
     loop = Loop.objects.select_related("active_version").get(pk=loop.pk)
-    RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": "warm"})
-    tasks.work()
+    compiled(loop)
     run = RunFactory(loop=loop, status=RunStatus.PENDING, input={"name": "once"})
 
     seen = statements_of(tasks.work)

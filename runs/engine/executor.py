@@ -211,8 +211,6 @@ class Execution:
         None when this execution no longer owns the run (one statement does both)."""
         key = str(message["key"])[:300]
         existing = self.steps.get(key)
-        if existing is not None:
-            self.write_held()
         values = {
             "status": status,
             "started_at": timezone.now(),
@@ -222,6 +220,7 @@ class Execution:
             **fields,
         }
         if existing is not None:
+            self.write_held()
             if not state.step_update(self.owner, existing.id, values):
                 return None
             existing.status = status
@@ -244,12 +243,13 @@ class Execution:
             **values,
         }
         write = state.StepRow(row)
-        if held is None and self.may_hold_start(status):
-            self.hold(key, write, Entry(row["id"], status, self.next_order, name))
-        elif not state.step_write(self.owner, write, then=held):
+        hold = held is None and self.may_hold_start(status)
+        if not hold and not state.step_write(self.owner, write, then=held):
             return None
-        self.steps.setdefault(key, Entry(row["id"], status, self.next_order, name))
+        self.steps[key] = Entry(row["id"], status, self.next_order, name)
         self.next_order += 1
+        if hold:
+            self.hold(key, write)
         return row["id"]
 
     def close_step(self, key: str, values: dict) -> None:
@@ -277,9 +277,7 @@ class Execution:
             and time.monotonic() - self.claimed_at < settings.LOOPS_STEP_HOLD_SECONDS
         )
 
-    def hold(self, key: str, write: state.StepWrite, entry: Entry | None = None) -> None:
-        if entry is not None:
-            self.steps[key] = entry
+    def hold(self, key: str, write: state.StepWrite) -> None:
         self.held, self.held_key, self.held_since = write, key, time.monotonic()
         if settings.LOOPS_STEP_HOLD_SECONDS <= 0:
             self.write_held()
