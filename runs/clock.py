@@ -83,8 +83,9 @@ def round_(now: datetime | None = None) -> float:
     now = now or timezone.now()
     fire_due_timers(now)
     fire_due_schedules(now)
-    for run_id in state.release_expired():
-        logger.warning("run %s: its worker died; queued again", run_id)
+    for change in state.release_expired():
+        logger.warning("run %s: its worker died; queued again", change.run_id)
+        reactions.after(change)
     if state.may_start():
         dispatch.wake_workers()
     if time.monotonic() - _revived_at[0] >= REVIVE_EVERY_SECONDS:

@@ -296,23 +296,23 @@ def renew_lease(owner: Owner) -> bool:
     return bool(owner.runs().update(lease_expires_at=lease_expiry(timezone.now())))
 
 
-def release_expired(limit: int = 500) -> list[str]:
+def release_expired(limit: int = 500) -> list["Change"]:
     """Runs whose worker died (lease expired) go back to pending, to be claimed again; the
     step that was in progress is re-run by the next execution, finished ones are replayed."""
     now = timezone.now()
     expired = list(
-        Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).values_list(
-            "pk", flat=True
+        Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).only(
+            "organization_id", "loop_id", "parent_step_id"
         )[:limit]
     )
     released = []
-    for run_id in expired:
+    for run in expired:
         with transaction.atomic():
             if Run.objects.filter(
-                pk=run_id, status=RunStatus.RUNNING, lease_expires_at__lt=now
+                pk=run.pk, status=RunStatus.RUNNING, lease_expires_at__lt=now
             ).update(status=RunStatus.PENDING, execution_id="", lease_expires_at=None):
                 dispatch.wake_workers()
-                released.append(run_id)
+                released.append(change_of(run, RunStatus.PENDING))
     return released
 
 
@@ -469,10 +469,18 @@ def step_update(owner: Owner, step_id: str, values: dict) -> bool:
     return step_write(owner, StepEnd(step_id, values))
 
 
-def step_wake_at(step_id: str, when: datetime) -> None:
-    """The waiting step ends (sleep) or times out at `when`: a timer of the clock's."""
-    Step.objects.filter(pk=step_id).update(wake_at=when)
-    dispatch.set_timer(TimerKind.STEP, step_id, when)
+def _steps_of(who: "Owner | None", step_id: str):
+    """The step, if `who` (its run's execution) still owns its run; None: the caller holds the
+    run's lock."""
+    steps = Step.objects.filter(pk=step_id)
+    return steps if who is None else steps.filter(run__in=who.runs())
+
+
+def step_wake_at(who: "Owner | None", step_id: str, when: datetime) -> None:
+    """The waiting step ends (sleep) or times out at `when`: a timer of the clock's. `who`:
+    the execution that owns the step's run, or None from a caller holding the run's lock."""
+    if _steps_of(who, step_id).update(wake_at=when):
+        dispatch.set_timer(TimerKind.STEP, step_id, when)
 
 
 def step_resolve(step: Step, *, status: str, output=None, error=None) -> Change | None:
@@ -538,10 +546,11 @@ def _owner_sql() -> str:
 
 
 def steps_in_progress_fail(owner: Owner, error: dict) -> None:
-    """The step in progress when an execution died fails with the run's error."""
-    Step.objects.filter(run_id=owner.run_id, status=StepStatus.RUNNING).update(
-        status=StepStatus.FAILED, error=error, finished_at=timezone.now()
-    )
+    """The step in progress when an execution died fails with the run's error, while the
+    execution still owns the run (a run taken over is its new execution's)."""
+    Step.objects.filter(
+        run_id=owner.run_id, status=StepStatus.RUNNING, run__in=owner.runs()
+    ).update(status=StepStatus.FAILED, error=error, finished_at=timezone.now())
 
 
 @transaction.atomic
@@ -581,9 +590,15 @@ def run_wake(run_id: str) -> Change | None:
     return _requeue(run)
 
 
-def run_waits_for(run_id: str, pending: dict) -> None:
-    """What a waiting run waits for (API: pending)."""
-    Run.objects.filter(pk=run_id).update(pending=pending)
+def run_waits_for(who: Owner | Run, pending: dict) -> None:
+    """What a run waits for (API: pending), written by the execution that owns it (`who` its
+    Owner) or, for a waiting run, by a caller holding its lock (`who` the run)."""
+    runs = (
+        who.runs()
+        if isinstance(who, Owner)
+        else Run.objects.filter(pk=who.pk, status=RunStatus.WAITING)
+    )
+    runs.update(pending=pending)
 
 
 # --- Operators' changes ----------------------------------------------------------------------

@@ -133,10 +133,9 @@ def webhook_set_active(*, webhook: Webhook, active: bool, actor: Actor | None = 
 def webhook_delete(*, webhook: Webhook, actor: Actor | None = None) -> None:
     """Delete a webhook with its deliveries and the timers of their next attempts."""
     _audit(actor, webhook, "webhook.delete", _shown(webhook))
-    Timer.objects.filter(
-        kind=TimerKind.WEBHOOK,
-        target__in=webhook.deliveries.filter(status=DeliveryStatus.PENDING).values("pk"),
-    ).delete()
+    dispatch.clear_timers(
+        list(webhook.deliveries.filter(status=DeliveryStatus.PENDING).values_list("pk", flat=True))
+    )
     webhook.delete()
 
 

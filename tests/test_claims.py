@@ -5,14 +5,17 @@ Eight threads with connections of their own claim at the same moment, against th
 only (an advisory lock on PostgreSQL, one writer at a time on SQLite)."""
 
 import threading
+from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
+from django.utils import timezone
 
 from accounts.models import Organization
 from loops.models import Loop
+from loops_project import ids
 from runs import dispatch, state
-from runs.models import Run, RunStatus
+from runs.models import Run, RunStatus, Step, StepStatus, Timer
 from tests.factories import LoopFactory, RunFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,3 +101,37 @@ def test_a_claim_reads_the_head_of_the_queue_not_the_loops_history(org, loop):
     scans = [n for n in nodes(plan[0]["Plan"]) if n.get("Relation Name") == Run._meta.db_table]
     assert {n.get("Index Name") for n in scans} <= {"run_pending", "run_running", "runs_run_pkey"}
     assert sum(n.get("Rows Removed by Filter", 0) for n in scans) == 0
+
+
+def test_a_stale_execution_writes_nothing_to_a_run_taken_over(org, loop):
+    _pending(loop, 1)
+    stale = state.claim_next()
+    with transaction.atomic():  # its worker died: the lease ran out and the run was queued again
+        Run.objects.filter(pk=stale.run.pk).update(
+            lease_expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert [change.run_id for change in state.release_expired()] == [stale.run.pk]
+    current = state.claim_next()
+    assert current.run.pk == stale.run.pk
+    step = Step.objects.create(
+        id=ids.step_id(), run_id=current.run.pk, order=0, key="s", name="S", kind="do",
+        status=StepStatus.RUNNING,
+    )  # fmt: skip
+
+    # The stale execution, still going, fails and waits: none of it lands.
+    state.steps_in_progress_fail(stale.owner, {"message": "stale"})
+    state.run_waits_for(stale.owner, {"kind": "sleep"})
+    state.step_wake_at(stale.owner, step.pk, timezone.now())
+    step.refresh_from_db()
+    assert (step.status, step.error, step.wake_at) == (StepStatus.RUNNING, None, None)
+    assert Run.objects.get(pk=current.run.pk).pending is None
+    assert not Timer.objects.exists()
+
+    # The run's execution now: its writes do.
+    state.step_wake_at(current.owner, step.pk, timezone.now() + timedelta(hours=1))
+    state.run_waits_for(current.owner, {"kind": "sleep"})
+    state.steps_in_progress_fail(current.owner, {"message": "it crashed"})
+    step.refresh_from_db()
+    assert (step.status, step.error) == (StepStatus.FAILED, {"message": "it crashed"})
+    assert Run.objects.get(pk=current.run.pk).pending == {"kind": "sleep"}
+    assert Timer.objects.filter(target=step.pk).exists()

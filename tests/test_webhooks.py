@@ -8,9 +8,10 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
-from runs import dispatch, tasks
+from runs import clock, dispatch, reactions, state, tasks
 from runs.clock import fire_due_timers
 from runs.engine.executor import execute_run
 from runs.models import DeliveryStatus, Run, Step, Timer, Webhook, WebhookDelivery
@@ -264,6 +265,26 @@ def test_every_status_change_is_announced_once(api, org, in_process_deliveries):
         e.removeprefix("run.") for e in events_of(run_id)
     ]
     assert len(in_process_deliveries) == 6
+
+
+def test_a_run_whose_worker_died_is_announced_pending_again(api, org, loop, in_process_deliveries):
+    api.post("/api/v1/webhooks", json={"url": "https://hooks.example.com/loops"})
+    run_id = api.post(f"/api/loop/{org.slug}/{loop.slug}", json={}).json()["runId"]
+    claim = state.claim_next()  # a worker starts the run, then dies with it
+    assert claim.run.pk == run_id
+    reactions.after(claim.change)
+    assert events_of(run_id) == ["run.pending", "run.running"]
+
+    with transaction.atomic():  # the lease runs out and the clock takes the run back at once
+        Run.objects.filter(pk=run_id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+        clock.round_()
+    assert Run.objects.get(pk=run_id).status == "pending"
+    assert events_of(run_id) == ["run.pending", "run.running", "run.pending"]
+
+    execute_run(run_id)
+    assert events_of(run_id) == [
+        "run.pending", "run.running", "run.pending", "run.running", "run.succeeded",
+    ]  # fmt: skip
 
 
 def test_failures_and_cancellations_are_announced(api, org, loop, in_process_deliveries):

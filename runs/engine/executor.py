@@ -428,9 +428,9 @@ class Execution:
             return {"cancelled": True}
         entry.status = StepStatus.WAITING
         self.current_step = None
-        state.step_wake_at(entry.id, until)
+        state.step_wake_at(self.owner, entry.id, until)
         state.run_waits_for(
-            self.run.pk,
+            self.owner,
             {
                 "stepName": entry.name,
                 "kind": "retry",

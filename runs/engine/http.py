@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from loops_project import strict_json
-from runs import outbound
+from runs import outbound, state
 from runs.models import StepStatus
 
 MAX_PAGES = 100
@@ -125,7 +125,6 @@ def handle_http(execution, message: dict) -> dict:
         except httpx.HTTPError as exc:
             error = {"message": f"{type(exc).__name__}: {exc}", "type": "HttpError"}
     now = timezone.now()
-    duration = int((now - started).total_seconds() * 1000)
     output = records if pages > 1 else (records[0] if records else None)
     status = StepStatus.FAILED if error else StepStatus.SUCCEEDED
     execution.close_step(
@@ -136,7 +135,7 @@ def handle_http(execution, message: dict) -> dict:
             "error": error,
             "attempts": 1,
             "finished_at": now,
-            "duration_ms": duration,
+            "duration_ms": state.duration_ms(started, now),
             "page": len(records) if pages > 1 else None,
         },
     )
