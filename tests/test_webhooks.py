@@ -11,10 +11,11 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from runs import clock, dispatch, reactions, state, tasks
+from runs import clock, dispatch, reactions, services, state, tasks
 from runs.clock import fire_due_timers
 from runs.engine.executor import execute_run
 from runs.models import DeliveryStatus, Run, Step, Timer, Webhook, WebhookDelivery
+from tests.conftest import wait_until
 from tests.engine_helpers import deploy, fire_timer_of, program
 from tests.factories import LoopFactory, RunFactory
 
@@ -285,6 +286,35 @@ def test_a_run_whose_worker_died_is_announced_pending_again(api, org, loop, in_p
     assert events_of(run_id) == [
         "run.pending", "run.running", "run.pending", "run.running", "run.succeeded",
     ]  # fmt: skip
+
+
+def test_a_real_worker_announces_each_status_change_once(worker, api, org):
+    napper = deploy(org, program('step.sleep("Nap", 1)\nreturn "rested"'), slug="napper")
+    api.post("/api/v1/webhooks", json={"url": "https://hooks.example.com/loops"})
+    run_id = api.post(f"/api/loop/{org.slug}/{napper.slug}", json={}).json()["runId"]
+    expected = [
+        "run.pending", "run.running", "run.waiting", "run.pending", "run.running",
+        "run.succeeded",
+    ]  # fmt: skip
+    wait_until(lambda: events_of(run_id) == expected, timeout=60)
+    assert Run.objects.get(pk=run_id).output == "rested"
+
+
+def test_a_change_rolled_back_announces_nothing(api, org, loop, in_process_deliveries):
+    api.post("/api/v1/webhooks", json={"url": "https://hooks.example.com/loops"})
+    run_id = api.post(f"/api/loop/{org.slug}/{loop.slug}", json={}).json()["runId"]
+    assert len(in_process_deliveries) == 1  # run.pending, sent once its transaction committed
+
+    def cancel_then_fail():
+        with transaction.atomic():
+            services.run_cancel(run=Run.objects.get(pk=run_id))
+            raise RuntimeError("the cancel is rolled back")
+
+    with pytest.raises(RuntimeError):
+        cancel_then_fail()
+    assert Run.objects.get(pk=run_id).status == "pending"
+    assert events_of(run_id) == ["run.pending"]
+    assert len(in_process_deliveries) == 1  # nothing sent of a change that never was
 
 
 def test_failures_and_cancellations_are_announced(api, org, loop, in_process_deliveries):
