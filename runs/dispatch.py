@@ -78,8 +78,10 @@ def orm_broker_in_database() -> bool:
 
 
 def queue_key() -> str:
-    """The queue name the ORM broker's workers read (as its enqueue() names it)."""
-    return broker().list_key or Conf.CLUSTER_NAME
+    """The queue of runs this cluster claims (LOOPS_QUEUE, django-q2's cluster name): the same
+    whichever broker carries the turns, so that runs queued before a change of broker are
+    claimed after it."""
+    return Conf.CLUSTER_NAME
 
 
 def turns_wanted() -> int:
@@ -104,7 +106,7 @@ def turn_statement(source: str | None = None) -> str:
 
 
 def turn_params(now: datetime) -> list:
-    row = OrmQ(key=queue_key(), payload=package(WORK_TASK), lock=now)
+    row = OrmQ(key=broker().list_key, payload=package(WORK_TASK), lock=now)
     return [
         *(sql.prep(f, getattr(row, f.attname)) for f in QUEUE_FIELDS),
         row.key,
@@ -143,7 +145,7 @@ def queue_bulk_work(job_id: str, token: str) -> None:
     change that asked for it has committed; with another broker it is pushed after commit."""
     if orm_broker_in_database():
         OrmQ.objects.create(
-            key=queue_key(), payload=package(BULK_TASK, job_id, token), lock=timezone.now()
+            key=broker().list_key, payload=package(BULK_TASK, job_id, token), lock=timezone.now()
         )
         return
     transaction.on_commit(lambda: async_task(BULK_TASK, job_id, token, broker=broker()))

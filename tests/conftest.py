@@ -201,6 +201,7 @@ def _session_cluster(django_db_setup, django_db_blocker):
         cluster = Cluster({"LOOPS_QUEUE": queue_name})
         try:
             cluster.broker = get_broker(queue_name)
+            cluster.queue = queue_name
         except BaseException:
             cluster.stop()
             raise
@@ -216,6 +217,7 @@ def worker(_session_cluster, transactional_db, monkeypatch):
     its very end was still running)."""
     assert _session_cluster.proc.poll() is None, "the qcluster process died"
     monkeypatch.setattr(dispatch, "broker", lambda: _session_cluster.broker)
+    monkeypatch.setattr(dispatch, "queue_key", lambda: _session_cluster.queue)
     yield _session_cluster
     Run.objects.filter(status=RunStatus.PENDING).update(status=RunStatus.CANCELLED)
     quiet = []

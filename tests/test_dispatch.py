@@ -1,13 +1,18 @@
 """runs.dispatch is the only writer to django-q2: its packages are the ones django-q2's own
 async_task makes, for the pinned django-q2."""
 
+import importlib
+
 import pytest
+from django.apps import apps
 from django_q.brokers import Broker
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 from runs import dispatch
+from runs.models import Run, RunStatus
+from tests.factories import RunFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -42,3 +47,23 @@ def test_turns_are_queued_until_every_worker_has_one(settings):
     turns = [SignedPackage.loads(p) for p in OrmQ.objects.values_list("payload", flat=True)]
     assert [t["func"] for t in turns] == [dispatch.WORK_TASK] * 3
     assert {row.key for row in OrmQ.objects.all()} == {dispatch.queue_key()}
+
+
+def test_runs_queued_under_the_redis_broker_keep_their_place_after_the_upgrade(loop):
+    # Before 0016 a run queued under the Redis broker was in "django_q:<name>:q".
+    migration = importlib.import_module("runs.migrations.0016_queue_names_without_broker_prefix")
+    waiting = RunFactory(loop=loop, status=RunStatus.WAITING, queue="django_q:loops:q")
+    pending = RunFactory(loop=loop, status=RunStatus.PENDING, queue="django_q:night:q")
+    ended = RunFactory(loop=loop, status=RunStatus.SUCCEEDED, queue="django_q:loops:q")
+    plain = RunFactory(loop=loop, status=RunStatus.PENDING, queue="loops")
+
+    migration.plain_queue_names(apps, None)
+
+    queues = dict(Run.objects.values_list("pk", "queue"))
+    assert queues == {
+        waiting.pk: "loops",
+        pending.pk: "night",
+        ended.pk: "django_q:loops:q",  # never claimed again: left as it was
+        plain.pk: "loops",
+    }
+    assert dispatch.queue_key() == "loops"  # the cluster's name, whichever broker
