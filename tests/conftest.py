@@ -192,6 +192,15 @@ class Cluster:
         self.log.close()
 
 
+def send_work_to(monkeypatch, queue: str, broker=None) -> None:
+    """What this process queues (the live server's API included) goes to the clusters of
+    `queue` (LOOPS_QUEUE): its runs, and the turns that wake their workers (through `broker`,
+    the ORM broker of that queue unless given)."""
+    broker = broker or get_broker(queue)
+    monkeypatch.setattr(dispatch, "broker", lambda: broker)
+    monkeypatch.setattr(dispatch, "queue_key", lambda: queue)
+
+
 @pytest.fixture(scope="session")
 def _session_cluster(django_db_setup, django_db_blocker):
     # On a queue of its own: only tests that ask for `worker` send it work, so it never runs
@@ -216,8 +225,7 @@ def worker(_session_cluster, transactional_db, monkeypatch):
     is quiet: a TRUNCATE beside a worker's statement can deadlock (a run the test resumed at
     its very end was still running)."""
     assert _session_cluster.proc.poll() is None, "the qcluster process died"
-    monkeypatch.setattr(dispatch, "broker", lambda: _session_cluster.broker)
-    monkeypatch.setattr(dispatch, "queue_key", lambda: _session_cluster.queue)
+    send_work_to(monkeypatch, _session_cluster.queue, _session_cluster.broker)
     yield _session_cluster
     Run.objects.filter(status=RunStatus.PENDING).update(status=RunStatus.CANCELLED)
     quiet = []

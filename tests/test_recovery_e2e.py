@@ -1,16 +1,29 @@
-"""Dead workers replaced in seconds, with real `qcluster` processes killed with SIGKILL: one
-worker mid-step, the qcluster parent, the whole process group mid-batch. Each cluster here
-works a queue of its own (LOOPS_QUEUE), with short leases so that the tests are quick."""
+"""Dead workers replaced in seconds, with real `qcluster` processes killed with SIGKILL:
 
+- one worker mid-step (a single run) and mid-batch (its runs are taken up again within the
+  lease and the clock's round, and the batch drains as it would have, plus about that);
+- the qcluster parent: every process of it dies with it (after a run, mid-step, mid-batch),
+  and the next cluster on the queue carries on with what it left running;
+- the whole process group mid-batch (and SIGTERM to it, and to the parent alone: a graceful
+  stop).
+
+No step that had finished is run again. Each cluster here works a queue of its own
+(LOOPS_QUEUE), with short leases so that the tests are quick; the runs of the newer tests are
+triggered through the API, on that queue."""
+
+import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
+from runs import dispatch
 from runs.models import Run, RunStatus, Step
 from runs.services import run_trigger_batch
-from tests.conftest import Cluster, alive, wait_until
+from tests.conftest import Cluster, alive, send_work_to, wait_until
 from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
 
@@ -147,3 +160,184 @@ def test_a_killed_process_group_mid_batch_loses_no_finished_step(org):
     assert Step.objects.filter(run__in=runs).count() == 60  # two steps per run, each once
     for run in runs:
         assert run.output == Step.objects.get(run=run, key="First").output
+
+
+# --- the parent, or one worker, killed mid-step and mid-batch; runs triggered through the API ---
+
+LEASE_SECONDS = int(LEASE["LOOPS_LEASE_SECONDS"])
+CLOCK_SECONDS = 1  # the clock's round (0.25 s) and a worker's turn to claim the run again
+
+
+def test_a_worker_killed_mid_batch_is_replaced_and_its_runs_carry_on_within_seconds(
+    org, api, monkeypatch
+):
+    send_work_to(monkeypatch, "kill-worker-batch")
+    loop = deploy(org, TWO_STEPS, slug="two-steps")
+    runs = _trigger_batch(api, loop, 40, sleep=0.3)
+    cluster = cluster_on("kill-worker-batch")
+    try:
+        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() >= 10, timeout=60)
+        worker = wait_until(lambda: _executing_worker(cluster), timeout=10, interval=0.01)
+        normal_drain = _drain_seconds(runs)
+        os.kill(worker, signal.SIGKILL)  # django-q2's sentinel starts another worker
+        killed_at, killed_at_db = time.monotonic(), timezone.now()
+        finished = _finished_steps(runs)
+        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() == 40, timeout=60)
+        drained_in = time.monotonic() - killed_at
+    finally:
+        cluster.stop()
+    # The dead worker's runs (one per lane) were taken up again once their lease ran out,
+    # within seconds: the lease, the clock, and their "Slow" step again.
+    retried = runs.filter(executions=2)
+    assert retried.exists()
+    assert not runs.filter(executions__gt=2).exists()
+    for run in retried:
+        recovered_in = (run.completed_at - killed_at_db).total_seconds()
+        assert recovered_in < LEASE_SECONDS + CLOCK_SECONDS + 3, recovered_in
+    # … and the batch drained as it would have, plus about that.
+    assert drained_in < normal_drain + LEASE_SECONDS + CLOCK_SECONDS + 5, (drained_in, normal_drain)
+    _assert_no_finished_step_ran_again(runs, finished)
+
+
+def test_a_killed_qcluster_parent_mid_step_leaves_its_run_to_the_next_cluster(
+    org, api, monkeypatch
+):
+    send_work_to(monkeypatch, "kill-parent-step")
+    loop = deploy(org, TWO_STEPS, slug="two-steps")
+    run_id = api.post(f"/api/loop/{org.slug}/{loop.slug}", json={"sleep": 3}).json()["runId"]
+    assert Run.objects.get(pk=run_id).queue == "kill-parent-step"
+    first = cluster_on("kill-parent-step")
+    try:
+        slow = wait_until(
+            lambda: Step.objects.filter(run=run_id, name="Slow", status="running").first(),
+            timeout=60,
+        )
+        done = Step.objects.get(run=run_id, name="First")
+        killed_at = _kill_the_parent(first)  # in the middle of "Slow"
+    finally:
+        first.stop()
+    assert _status(run_id) == "running"  # no worker of that cluster is left to finish it
+
+    second = cluster_on("kill-parent-step")
+    try:
+        wait_until(lambda: _status(run_id) == "succeeded", timeout=60, interval=0.1)
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        second.stop()
+    # The lease runs out, the new cluster's clock queues the run again, a worker replays it:
+    # "Slow" (3 s) runs again, "First" does not.
+    assert recovered_in < LEASE_SECONDS + CLOCK_SECONDS + 3 + 4, recovered_in
+    run = Run.objects.get(pk=run_id)
+    assert run.executions == 2
+    assert run.output == done.output
+    again = Step.objects.get(run=run, name="First")
+    assert (again.attempts, again.finished_at) == (1, done.finished_at)
+    assert Step.objects.get(run=run, name="Slow").started_at > slow.started_at
+
+
+def test_a_killed_qcluster_parent_mid_batch_loses_no_finished_step(org, api, monkeypatch):
+    send_work_to(monkeypatch, "kill-parent-batch")
+    loop = deploy(org, TWO_STEPS, slug="two-steps")
+    runs = _trigger_batch(api, loop, 40, sleep=0.3)
+    first = cluster_on("kill-parent-batch")
+    try:
+        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() >= 10, timeout=60)
+        wait_until(lambda: runs.filter(status=RunStatus.RUNNING).exists(), timeout=30)
+        normal_drain = _drain_seconds(runs)
+        killed_at = _kill_the_parent(first)
+    finally:
+        first.stop()
+    stranded = set(runs.filter(status=RunStatus.RUNNING).values_list("pk", flat=True))
+    assert stranded
+    finished = _finished_steps(runs)
+
+    second = cluster_on("kill-parent-batch")
+    try:
+        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() == 40, timeout=60)
+        drained_in = time.monotonic() - killed_at
+    finally:
+        second.stop()
+    # A new cluster starts, the stranded runs' leases run out: then the batch drains as before.
+    assert drained_in < normal_drain + LEASE_SECONDS + CLOCK_SECONDS + 5, (drained_in, normal_drain)
+    assert set(runs.filter(executions=2).values_list("pk", flat=True)) == stranded
+    assert not runs.filter(executions__gt=2).exists()
+    _assert_no_finished_step_ran_again(runs, finished)
+
+
+def _trigger_batch(api, loop, count: int, sleep: float):
+    inputs = [{"sleep": sleep}] * count
+    response = api.post(f"/api/v1/loops/{loop.slug}/runs", json={"inputs": inputs})
+    assert response.status_code == 202, response.text
+    runs = Run.objects.filter(batch=response.json()["data"]["batchId"])
+    assert runs.count() == count
+    assert set(runs.values_list("queue", flat=True)) == {dispatch.queue_key()}
+    return runs
+
+
+def _kill_the_parent(cluster: Cluster) -> float:
+    """SIGKILL to the qcluster process alone: every process of it dies with it. Returns when."""
+    processes = cluster.descendants()
+    assert len(processes) >= 4  # sentinel, workers, their sandboxes …
+    os.kill(cluster.proc.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    cluster.proc.wait()
+    wait_until(lambda: not any(alive(pid) for pid in processes), timeout=10)
+    return killed_at
+
+
+def _drain_seconds(runs) -> float:
+    """How long the runs not yet succeeded would take at the pace of those that have."""
+    times = list(
+        runs.filter(status=RunStatus.SUCCEEDED)
+        .order_by("completed_at")
+        .values_list("completed_at", flat=True)
+    )
+    pace = (times[-1] - times[0]).total_seconds() / (len(times) - 1)
+    return runs.exclude(status=RunStatus.SUCCEEDED).count() * pace
+
+
+def _finished_steps(runs) -> dict:
+    return {
+        (s.run_id, s.key): (s.output, s.finished_at)
+        for s in Step.objects.filter(run__in=runs, status="succeeded")
+    }
+
+
+def _assert_no_finished_step_ran_again(runs, finished: dict) -> None:
+    for step in Step.objects.filter(run__in=runs):
+        if (step.run_id, step.key) in finished:
+            assert (step.output, step.finished_at) == finished[(step.run_id, step.key)]
+    assert Step.objects.filter(run__in=runs).count() == 2 * runs.count()  # each step once
+    for run in runs:
+        assert run.output == Step.objects.get(run=run, key="First").output
+
+
+def _executing_worker(cluster: Cluster) -> int | None:
+    """A worker with an execution in flight: a process below a zygote of its sandbox (worker →
+    bwrap → bwrap → zygote → execution). A worker records a run's end only once its execution
+    has exited, so the run of such an execution is still in the worker's hands."""
+    for worker in cluster.descendants():
+        todo = [child for child in _children(worker) if _comm(child) == "bwrap"]
+        while todo:
+            pid = todo.pop()
+            if _comm(pid) == "bwrap":
+                todo += _children(pid)
+            elif _children(pid):  # the zygote's children are its executions
+                return worker
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of the process (each lane of a worker is a thread)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += map(int, (task / "children").read_text().split())
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -16,9 +16,8 @@ import pytest
 import redis
 from django_q.brokers.redis_broker import Redis
 
-from runs import dispatch
 from runs.models import Run, RunStatus
-from tests.conftest import Cluster, wait_until
+from tests.conftest import Cluster, send_work_to, wait_until
 from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
 
@@ -63,8 +62,7 @@ def redis_cluster(transactional_db, monkeypatch):
     connection = redis_or_skip()
     broker = RedisBroker(list_key=QUEUE)
     connection.delete(broker.list_key)
-    monkeypatch.setattr(dispatch, "broker", lambda: broker)
-    monkeypatch.setattr(dispatch, "queue_key", lambda: QUEUE)
+    send_work_to(monkeypatch, QUEUE, broker)
     cluster = Cluster({"REDIS_URL": REDIS_URL, "LOOPS_QUEUE": QUEUE})
     cluster.broker = broker
     try:
