@@ -122,7 +122,9 @@ def execution(sock: socket.socket, filters: dict, namespaces: bool, error: str |
     if not line:
         return 3
     request = json.loads(line)
-    channel.send({"op": protocol.SEALED, **sealed, "uid": os.getuid(), "pid": os.getpid()})
+    # Told with the execution's first message (its buffer is flushed then): one wake-up of the
+    # worker fewer per execution. What was applied is only recorded (ExitInfo.sealed).
+    wfile.write(_line({"op": protocol.SEALED, **sealed, "uid": os.getuid(), "pid": os.getpid()}))
     runtime.execute_request(request, channel)
     wfile.flush()
     return 0
