@@ -7,10 +7,8 @@ import secrets
 
 import httpx
 import pytest
-from django_q.brokers import get_broker
 
-from runs import dispatch
-from tests.conftest import Cluster, wait_until
+from tests.conftest import Cluster, send_work_to, wait_until
 from tests.factories import make_token
 from tests.test_isolation import DAEMON, LOOK_AROUND, host_processes_named
 
@@ -26,8 +24,7 @@ def plain_python_worker(transactional_db, monkeypatch, settings):
     cluster = Cluster(
         {"LOOPS_QUEUE": queue_name, "LOOPS_PYTHON_GUARDS": "0", "LOOPS_MAX_PROCESSES": "8"}
     )
-    cluster.broker = get_broker(queue_name)
-    monkeypatch.setattr(dispatch, "broker", lambda: cluster.broker)
+    send_work_to(monkeypatch, queue_name)
     yield cluster
     cluster.stop()
 
