@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import signal
@@ -160,26 +161,17 @@ class Cluster:
         """Every process below the qcluster process (sentinel, workers, their sandboxes)."""
         found, todo = [], [self.proc.pid]
         while todo:
-            pid = todo.pop()
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            found += map(int, children)
-            todo += map(int, children)
+            children = children_of(todo.pop())
+            found += children
+            todo += children
         return found
 
     def sandboxed_workers(self) -> list[int]:
         """The worker processes that have started a sandbox (their zygote's bubblewrap)."""
-        workers = []
-        for pid in self.descendants():
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            if _comm(pid) != "bwrap" and any(_comm(int(child)) == "bwrap" for child in children):
-                workers.append(pid)
-        return workers
+        return [
+            pid for pid in self.descendants()
+            if comm(pid) != "bwrap" and any(comm(child) == "bwrap" for child in children_of(pid))
+        ]  # fmt: skip
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -250,11 +242,21 @@ def _busy_sessions() -> int:
         return cursor.fetchone()[0]
 
 
-def _comm(pid: int) -> str:
+def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def children_of(pid: int) -> list[int]:
+    """The children of every thread of the process (each lane of a worker is a thread, and
+    starts its sandbox itself)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += map(int, (task / "children").read_text().split())
+    return found
 
 
 def alive(pid: int) -> bool:

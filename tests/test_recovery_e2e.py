@@ -11,11 +11,9 @@ No step that had finished is run again. Each cluster here works a queue of its o
 (LOOPS_QUEUE), with short leases so that the tests are quick; the runs of the newer tests are
 triggered through the API, on that queue."""
 
-import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -23,7 +21,7 @@ from django.utils import timezone
 from runs import dispatch
 from runs.models import Run, RunStatus, Step
 from runs.services import run_trigger_batch
-from tests.conftest import Cluster, alive, send_work_to, wait_until
+from tests.conftest import Cluster, alive, children_of, comm, send_work_to, wait_until
 from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
 
@@ -317,27 +315,11 @@ def _executing_worker(cluster: Cluster) -> int | None:
     bwrap → bwrap → zygote → execution). A worker records a run's end only once its execution
     has exited, so the run of such an execution is still in the worker's hands."""
     for worker in cluster.descendants():
-        todo = [child for child in _children(worker) if _comm(child) == "bwrap"]
+        todo = [child for child in children_of(worker) if comm(child) == "bwrap"]
         while todo:
             pid = todo.pop()
-            if _comm(pid) == "bwrap":
-                todo += _children(pid)
-            elif _children(pid):  # the zygote's children are its executions
+            if comm(pid) == "bwrap":
+                todo += children_of(pid)
+            elif children_of(pid):  # the zygote's children are its executions
                 return worker
     return None
-
-
-def _children(pid: int) -> list[int]:
-    """The children of every thread of the process (each lane of a worker is a thread)."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            found += map(int, (task / "children").read_text().split())
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
