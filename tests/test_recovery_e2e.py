@@ -169,12 +169,8 @@ CLOCK_SECONDS = 1  # the clock's round (0.25 s) and a worker's turn to claim the
 def test_a_worker_killed_mid_batch_is_replaced_and_its_runs_carry_on_within_seconds(
     org, api, monkeypatch
 ):
-    send_work_to(monkeypatch, "kill-worker-batch")
-    loop = deploy(org, TWO_STEPS, slug="two-steps")
-    runs = _trigger_batch(api, loop, 40, sleep=0.3)
-    cluster = cluster_on("kill-worker-batch")
+    runs, cluster = _batch_draining(org, api, monkeypatch, "kill-worker-batch")
     try:
-        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() >= 10, timeout=60)
         worker = wait_until(lambda: _executing_worker(cluster), timeout=10, interval=0.01)
         normal_drain = _drain_seconds(runs)
         os.kill(worker, signal.SIGKILL)  # django-q2's sentinel starts another worker
@@ -234,12 +230,8 @@ def test_a_killed_qcluster_parent_mid_step_leaves_its_run_to_the_next_cluster(
 
 
 def test_a_killed_qcluster_parent_mid_batch_loses_no_finished_step(org, api, monkeypatch):
-    send_work_to(monkeypatch, "kill-parent-batch")
-    loop = deploy(org, TWO_STEPS, slug="two-steps")
-    runs = _trigger_batch(api, loop, 40, sleep=0.3)
-    first = cluster_on("kill-parent-batch")
+    runs, first = _batch_draining(org, api, monkeypatch, "kill-parent-batch")
     try:
-        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() >= 10, timeout=60)
         wait_until(lambda: runs.filter(status=RunStatus.RUNNING).exists(), timeout=30)
         normal_drain = _drain_seconds(runs)
         killed_at = _kill_the_parent(first)
@@ -260,6 +252,21 @@ def test_a_killed_qcluster_parent_mid_batch_loses_no_finished_step(org, api, mon
     assert set(runs.filter(executions=2).values_list("pk", flat=True)) == stranded
     assert not runs.filter(executions__gt=2).exists()
     _assert_no_finished_step_ran_again(runs, finished)
+
+
+def _batch_draining(org, api, monkeypatch, queue: str):
+    """40 runs of the two-step loop triggered through the API on `queue`, and a cluster of
+    that queue that has finished 10 of them (the caller stops it)."""
+    send_work_to(monkeypatch, queue)
+    loop = deploy(org, TWO_STEPS, slug="two-steps")
+    runs = _trigger_batch(api, loop, 40, sleep=0.3)
+    cluster = cluster_on(queue)
+    try:
+        wait_until(lambda: runs.filter(status=RunStatus.SUCCEEDED).count() >= 10, timeout=60)
+    except BaseException:
+        cluster.stop()
+        raise
+    return runs, cluster
 
 
 def _trigger_batch(api, loop, count: int, sleep: float):
