@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import os
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,7 @@ from runs import clock, dispatch, reactions, services, state, tasks
 from runs.clock import fire_due_timers
 from runs.engine.executor import execute_run
 from runs.models import DeliveryStatus, Run, Step, Timer, Webhook, WebhookDelivery
-from tests.conftest import wait_until
+from tests.conftest import Cluster, send_work_to, wait_until
 from tests.engine_helpers import deploy, fire_timer_of, program
 from tests.factories import LoopFactory, RunFactory
 
@@ -298,6 +299,27 @@ def test_a_real_worker_announces_each_status_change_once(worker, api, org):
     ]  # fmt: skip
     wait_until(lambda: events_of(run_id) == expected, timeout=60)
     assert Run.objects.get(pk=run_id).output == "rested"
+
+
+def test_a_webhook_retry_is_sent_within_a_second_of_its_time(api, org, loop, monkeypatch, settings):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True  # here, to subscribe a URL no worker may reach
+    queue = f"test-hook-retry-{os.getpid()}"
+    send_work_to(monkeypatch, queue)
+    cluster = Cluster({"LOOPS_QUEUE": queue, "LOOPS_WEBHOOK_RETRY_BASE_SECONDS": "2"})
+    try:
+        api.post(
+            "/api/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["succeeded"]}
+        )
+        run_id = api.post(f"/api/loop/{org.slug}/{loop.slug}", json={}).json()["runId"]
+        deliveries = WebhookDelivery.objects.filter(run_id=run_id)
+        # The first attempt is refused (a private address): the next is due 2 s later.
+        first = wait_until(lambda: deliveries.filter(attempt=1).first(), timeout=60)
+        second = wait_until(lambda: deliveries.filter(attempt=2).first(), timeout=60)
+    finally:
+        cluster.stop()
+    # Whichever cluster's clock fired its timer (they share the database), it fired on time.
+    lateness = (second.delivered_at - first.next_attempt_at).total_seconds()
+    assert 0 <= lateness < 1, lateness
 
 
 def test_a_change_rolled_back_announces_nothing(api, org, loop, in_process_deliveries):
