@@ -99,7 +99,7 @@ def approval_timer_fire(step_id: str) -> str | None:
     event, _ = stage
     done = next(flag for name, _, flag in STAGES if name == event)
     pending = {**pending, "overdue": True, done: True}
-    state.run_waits_for(run, pending)
+    state.run_waits_for(run.pk, pending)
     run.pending = pending
     webhooks.queue_event(run=run, event=f"approval.{event}", data=item_payload(run))
     following = _next_stage(step_input, pending)

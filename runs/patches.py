@@ -179,7 +179,7 @@ def step_fire(*, run: Run, step: Step, actor: Actor) -> Run:
         raise Conflict(f"“{step.name}” sleeps, but the run is {run.status}; try again in a moment.",
                        code="not_sleeping")  # fmt: skip
     due = step.wake_at
-    state.step_wake_at(None, step.pk, timezone.now())
+    state.step_wake_at(step.pk, timezone.now())
     woken = state.step_time_up(step.pk)
     dispatch.clear_timer(TimerKind.STEP, step.pk)  # a retry's step goes on running, untimed
     reactions.after(woken)

@@ -469,17 +469,13 @@ def step_update(owner: Owner, step_id: str, values: dict) -> bool:
     return step_write(owner, StepEnd(step_id, values))
 
 
-def _steps_of(who: "Owner | None", step_id: str):
-    """The step, if `who` (its run's execution) still owns its run; None: the caller holds the
-    run's lock."""
+def step_wake_at(step_id: str, when: datetime, owner: Owner | None = None) -> None:
+    """The waiting step ends (sleep) or times out at `when`: a timer of the clock's. Written
+    only while `owner` holds the step's run; without one, the caller holds the run's lock."""
     steps = Step.objects.filter(pk=step_id)
-    return steps if who is None else steps.filter(run__in=who.runs())
-
-
-def step_wake_at(who: "Owner | None", step_id: str, when: datetime) -> None:
-    """The waiting step ends (sleep) or times out at `when`: a timer of the clock's. `who`:
-    the execution that owns the step's run, or None from a caller holding the run's lock."""
-    if _steps_of(who, step_id).update(wake_at=when):
+    if owner is not None:
+        steps = steps.filter(run__in=owner.runs())
+    if steps.update(wake_at=when):
         dispatch.set_timer(TimerKind.STEP, step_id, when)
 
 
@@ -590,13 +586,13 @@ def run_wake(run_id: str) -> Change | None:
     return _requeue(run)
 
 
-def run_waits_for(who: Owner | Run, pending: dict) -> None:
-    """What a run waits for (API: pending), written by the execution that owns it (`who` its
-    Owner) or, for a waiting run, by a caller holding its lock (`who` the run)."""
+def run_waits_for(run_id: str, pending: dict, owner: Owner | None = None) -> None:
+    """What a run waits for (API: pending). Written only while `owner` holds the run; without
+    one, the caller holds the lock of the waiting run."""
     runs = (
-        who.runs()
-        if isinstance(who, Owner)
-        else Run.objects.filter(pk=who.pk, status=RunStatus.WAITING)
+        owner.runs()
+        if owner is not None
+        else Run.objects.filter(pk=run_id, status=RunStatus.WAITING)
     )
     runs.update(pending=pending)
 

@@ -120,16 +120,16 @@ def test_a_stale_execution_writes_nothing_to_a_run_taken_over(org, loop):
 
     # The stale execution, still going, fails and waits: none of it lands.
     state.steps_in_progress_fail(stale.owner, {"message": "stale"})
-    state.run_waits_for(stale.owner, {"kind": "sleep"})
-    state.step_wake_at(stale.owner, step.pk, timezone.now())
+    state.run_waits_for(stale.run.pk, {"kind": "sleep"}, stale.owner)
+    state.step_wake_at(step.pk, timezone.now(), stale.owner)
     step.refresh_from_db()
     assert (step.status, step.error, step.wake_at) == (StepStatus.RUNNING, None, None)
     assert Run.objects.get(pk=current.run.pk).pending is None
     assert not Timer.objects.exists()
 
     # The run's execution now: its writes do.
-    state.step_wake_at(current.owner, step.pk, timezone.now() + timedelta(hours=1))
-    state.run_waits_for(current.owner, {"kind": "sleep"})
+    state.step_wake_at(step.pk, timezone.now() + timedelta(hours=1), current.owner)
+    state.run_waits_for(current.run.pk, {"kind": "sleep"}, current.owner)
     state.steps_in_progress_fail(current.owner, {"message": "it crashed"})
     step.refresh_from_db()
     assert (step.status, step.error) == (StepStatus.FAILED, {"message": "it crashed"})

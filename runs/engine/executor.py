@@ -428,15 +428,16 @@ class Execution:
             return {"cancelled": True}
         entry.status = StepStatus.WAITING
         self.current_step = None
-        state.step_wake_at(self.owner, entry.id, until)
+        state.step_wake_at(entry.id, until, self.owner)
         state.run_waits_for(
-            self.owner,
+            self.run.pk,
             {
                 "stepName": entry.name,
                 "kind": "retry",
                 "until": until.isoformat(),
                 "attempt": attempts + 1,
             },
+            self.owner,
         )
         return {"suspend": True}
 

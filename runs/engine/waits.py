@@ -79,7 +79,9 @@ def _suspend(execution, message, *, kind: str, pending: dict, timeout=None, inpu
         if afters:
             overdue_at = now + timedelta(seconds=_cap(min(afters)))
             pending["overdueAt"] = inbox.stamp(overdue_at)
-    state.run_waits_for(execution.owner, {"stepName": message.get("name"), **pending})
+    state.run_waits_for(
+        execution.run.pk, {"stepName": message.get("name"), **pending}, execution.owner
+    )
     if deadline is not None:
         dispatch.set_timer(TimerKind.STEP, step_id, deadline)
     if overdue_at is not None:
@@ -214,7 +216,9 @@ def wait_scan(execution, message, params):
                                                  "link": scan.get_absolute_url()}},
     )  # fmt: skip
     state.run_waits_for(
-        execution.owner, {"stepName": message.get("name"), "kind": "scan", "scanId": scan.pk}
+        execution.run.pk,
+        {"stepName": message.get("name"), "kind": "scan", "scanId": scan.pk},
+        execution.owner,
     )
     if deadline is not None:
         dispatch.set_timer(TimerKind.STEP, step_id, deadline)
@@ -268,8 +272,9 @@ def wait_child(execution, message, params):
         message["key"], {"status": StepStatus.WAITING, "metadata": {"childRunId": child.pk}}
     )
     state.run_waits_for(
-        execution.owner,
+        execution.run.pk,
         {"stepName": message.get("name"), "kind": "child", "childRunId": child.pk},
+        execution.owner,
     )
     return SUSPEND
 
