@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from runs import dispatch, state
-from runs.engine import executor
+from runs.engine import executor, zygote_client
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class Lanes:
         return done + self.executed
 
     def _lane(self) -> None:
+        zygote_client.warm_up()
         served = None
         while True:
             with self.changed:
@@ -142,6 +143,14 @@ def lanes() -> Lanes | None:
     if _lanes is None or _lanes.pid != os.getpid():
         _lanes = Lanes(extra)
     return _lanes
+
+
+def start_worker(**_) -> None:
+    """A worker process of the cluster has started (django-q2's post_spawn, before it takes
+    its first task): its lanes and every lane's zygote start now, not while it executes its
+    first runs."""
+    lanes()
+    zygote_client.warm_up()
 
 
 def work() -> int:

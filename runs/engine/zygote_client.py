@@ -12,6 +12,7 @@ LOOPS_MAX_MESSAGE_BYTES.
 
 import contextlib
 import json
+import logging
 import os
 import pwd
 import select
@@ -36,6 +37,8 @@ try:
     import pyseccomp
 except (ImportError, OSError):  # libseccomp missing: the runner reports seccomp unavailable
     pyseccomp = None
+
+logger = logging.getLogger(__name__)
 
 SANDBOX_DIR = Path(__file__).resolve().parent / "sandbox"
 NOBODY = 65534
@@ -424,3 +427,18 @@ def get_zygote() -> Zygote:
     if zygote is None or zygote.owner_pid != os.getpid():
         zygote = _local.zygote = Zygote()
     return zygote
+
+
+def warm_up() -> None:
+    """Start this thread's zygote now rather than at its first execution (each lane of a
+    worker, as the worker starts), so that a worker's first runs do not wait for sandboxes
+    to start. One that cannot start is only logged: the first execution tries again and
+    records why."""
+    zygote = get_zygote()
+    if zygote.alive():
+        return
+    try:
+        zygote.start()
+    except (SandboxError, OSError) as exc:
+        logger.warning("the sandbox of %s did not start ahead of its runs: %s",
+                       threading.current_thread().name, exc)  # fmt: skip

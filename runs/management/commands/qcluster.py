@@ -9,7 +9,7 @@ monitor). This one also:
   (a turn would otherwise go on claiming for up to LOOPS_TURN_SECONDS);
 - turns on the heartbeat of executions in the workers (runs.engine.heartbeat), and their
   lanes: each worker executes up to LOOPS_EXECUTIONS_PER_WORKER runs at once
-  (runs.engine.turns);
+  (runs.engine.turns), and starts every lane's sandbox as it starts, before its first task;
 - makes every process of the cluster die with its parent, so that killing this process
   never leaves workers running beside the next cluster;
 - stops even when the whole process group is signalled (systemd, a terminal's Ctrl-C, a
@@ -25,6 +25,7 @@ import threading
 from django.conf import settings
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQCommand
+from django_q.signals import post_spawn
 
 from loops_project.lifeline import die_with_parent
 from runs import clock
@@ -54,6 +55,7 @@ class Command(DjangoQCommand):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         heartbeat.enable()
         turns.enable_lanes()
+        post_spawn.connect(turns.start_worker, dispatch_uid="loops-start-worker")
         multiprocessing.util.register_after_fork(LIFELINE, _Lifeline.attach)
         cluster = Cluster()
         stopping = threading.Event()
