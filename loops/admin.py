@@ -291,7 +291,7 @@ class ScheduleAdmin(admin.ModelAdmin):
     list_select_related = ["loop__organization"]
     search_fields = ["=id", "loop__slug", "loop__name", "cron"]
     autocomplete_fields = ["loop"]
-    readonly_fields = ["id", "next_run_at", "last_run_at", "created_at"]
+    readonly_fields = ["id", "next_run_at", "last_run_at", "created_at", "queue"]
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
         return self.readonly_fields if obj is None else [*self.readonly_fields, "loop"]

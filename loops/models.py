@@ -75,8 +75,8 @@ class LoopVersion(models.Model):
 
 
 class Schedule(models.Model):
-    """A cron schedule of a loop. django-q2's scheduler runs loops.schedules.fire_due_schedules
-    every minute, which starts a `system` run of every schedule whose next_run_at has come."""
+    """A cron schedule of a loop. The clock of the worker clusters of its queue (runs.clock)
+    starts a `system` run of it when its next_run_at has come (loops.schedules)."""
 
     id = ids.PublicIdField(ids.schedule_id)
     loop = models.ForeignKey(Loop, on_delete=models.CASCADE, related_name="schedules")
@@ -87,10 +87,15 @@ class Schedule(models.Model):
     next_run_at = models.DateTimeField(null=True, blank=True)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=now, editable=False)
+    # The worker clusters that fire it and execute its runs (LOOPS_QUEUE): those of the queue
+    # of the web process or command that made it, as for a run triggered there.
+    queue = models.CharField(max_length=100, default="loops", editable=False)
 
     class Meta:
         ordering = ["loop", "created_at"]
-        indexes = [models.Index(fields=["enabled", "next_run_at"], name="schedule_due")]
+        indexes = [
+            models.Index(fields=["queue", "enabled", "next_run_at"], name="schedule_queue_due")
+        ]
 
     def __str__(self) -> str:
         return f"{self.loop} @ {self.cron} ({self.timezone})"

@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.audit import Actor, record
 from loops.models import Loop, Schedule
 from loops_project.errors import DomainError, Invalid
+from runs import dispatch
 from runs.models import TriggerType
 from runs.services import check_input, run_trigger
 
@@ -82,7 +83,7 @@ def schedule_create(
     check_input(input)
     schedule = Schedule.objects.create(
         loop=loop, cron=cron, timezone=timezone_name, input=input, enabled=enabled,
-        next_run_at=next_run if enabled else None,
+        next_run_at=next_run if enabled else None, queue=dispatch.queue_key(),
     )  # fmt: skip
     _audit(actor, schedule, "schedule.create", _shown(schedule))
     return schedule
@@ -116,12 +117,14 @@ def schedule_delete(*, schedule: Schedule, actor: Actor | None = None) -> None:
 
 
 def fire_due_schedules(now: datetime | None = None) -> int:
-    """Start one `system` run for every enabled schedule that is due; returns how many. A
-    schedule whose run cannot start (paused loop, input over the limit) is skipped with a
-    warning and moves on to its next time."""
+    """Start one `system` run for every enabled schedule of this cluster's queue that is due
+    (its run is queued there too); returns how many. A schedule whose run cannot start (paused
+    loop, input over the limit) is skipped with a warning and moves on to its next time."""
     now = now or timezone.now()
     fired = 0
-    due = Schedule.objects.filter(enabled=True, next_run_at__lte=now).values_list("pk", flat=True)
+    due = Schedule.objects.filter(
+        queue=dispatch.queue_key(), enabled=True, next_run_at__lte=now
+    ).values_list("pk", flat=True)
     for schedule_id in list(due[:500]):
         with transaction.atomic():
             schedule = (

@@ -2,7 +2,9 @@
 
 It runs in the `qcluster` process (runs/management/commands/qcluster.py), beside django-q2's
 workers, and on every machine that runs one; each round claims its work with row locks
-(SKIP LOCKED on PostgreSQL; SQLite serializes writers), so no timer fires twice. Each round:
+(SKIP LOCKED on PostgreSQL; SQLite serializes writers), so no timer fires twice. Timers and
+schedules are those of its cluster's queue (LOOPS_QUEUE), as runs are: a cluster of another
+queue on the same database (staging) never fires them. Each round:
 
 - timers that are due fire (a sleep ends, a wait times out, a webhook's next attempt, a wait
   for a person is reminded or escalated);
@@ -39,14 +41,14 @@ _revived_at = [0.0]  # and its last look for stalled bulk jobs
 
 
 def fire_due_timers(now: datetime | None = None) -> int:
-    """Fire every timer due at `now`; returns how many fired."""
+    """Fire every timer of this cluster's queue due at `now`; returns how many fired."""
     now = now or timezone.now()
     fired = 0
     while True:
         with transaction.atomic():
             due = list(
                 Timer.objects.select_for_update(skip_locked=True)
-                .filter(due_at__lte=now)
+                .filter(queue=dispatch.queue_key(), due_at__lte=now)
                 .order_by("due_at")[:BATCH]
             )
             for timer in due:
@@ -74,7 +76,8 @@ def _fire(timer: Timer) -> None:
 
 def next_due(now: datetime) -> float | None:
     """Seconds until the next timer is due, if one is."""
-    due_at = Timer.objects.order_by("due_at").values_list("due_at", flat=True).first()
+    timers = Timer.objects.filter(queue=dispatch.queue_key())
+    due_at = timers.order_by("due_at").values_list("due_at", flat=True).first()
     return None if due_at is None else (due_at - now).total_seconds()
 
 

@@ -9,8 +9,8 @@ order of a queue. Turns are interchangeable: one lost with a dead worker costs n
 turn that finds no run ends at once.
 
 Timers (a sleep's end, a wait's timeout, a retry's delay, a webhook's next attempt) are rows of
-runs_timer, fired by the clock of every worker cluster (runs.clock) within a second of their
-due time.
+runs_timer, fired within a second of their due time by the clock of the worker clusters of the
+queue that set them (runs.clock).
 """
 
 # ruff: noqa: S608 - table and column names from the models; every value is a parameter
@@ -155,9 +155,10 @@ def queue_bulk_work(job_id: str, token: str) -> None:
 
 
 def set_timer(kind: str, target: str, due_at: datetime) -> None:
-    """Fire `kind` for `target` at `due_at` (runs.clock), replacing an earlier timer of it."""
+    """Fire `kind` for `target` at `due_at` (runs.clock), replacing an earlier timer of it. It
+    is this queue's: only the clocks of its clusters fire it."""
     Timer.objects.filter(kind=kind, target=target).delete()
-    Timer.objects.create(kind=kind, target=target, due_at=due_at)
+    Timer.objects.create(kind=kind, target=target, due_at=due_at, queue=queue_key())
 
 
 def clear_timer(kind: str, target: str) -> None:

@@ -471,17 +471,20 @@ class TimerKind(models.TextChoices):
 
 
 class Timer(models.Model):
-    """Something due at a time. The clock of every worker cluster (runs.clock) fires each
-    timer once, within a second of its due time; a fired timer is deleted."""
+    """Something due at a time. The clock of every worker cluster of its queue (runs.clock)
+    fires each timer once, within a second of its due time; a fired timer is deleted."""
 
     id = models.BigAutoField(primary_key=True)
     due_at = models.DateTimeField()
     kind = models.CharField(max_length=16, choices=TimerKind.choices)
     target = models.CharField(max_length=40)  # the step's or the delivery's id
+    # The worker clusters whose clock fires it (LOOPS_QUEUE): those of the queue that set it,
+    # as a run's queue says whose workers execute it.
+    queue = models.CharField(max_length=100, default="loops")
 
     class Meta:
         indexes = [
-            models.Index(fields=["due_at"], name="timer_due"),
+            models.Index(fields=["queue", "due_at"], name="timer_queue_due"),
             models.Index(fields=["target"], name="timer_target"),
         ]
 

@@ -2,7 +2,8 @@
 
 Two clocks (threads with connections of their own, as two worker clusters would have) fire the
 same due timers at the same moment; row locks (SKIP LOCKED on PostgreSQL, one writer at a time
-on SQLite) give each timer to one of them."""
+on SQLite) give each timer to one of them. A clock of another queue (staging on the same
+database) fires none of them."""
 
 import threading
 from datetime import timedelta
@@ -11,9 +12,11 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from loops.models import Schedule
+from loops.schedules import fire_due_schedules, schedule_create
 from loops_project import ids
 from runs import dispatch
-from runs.clock import fire_due_timers
+from runs.clock import fire_due_timers, next_due
 from runs.models import Run, RunStatus, Step, StepStatus, Timer, TimerKind
 from tests.factories import LoopFactory, RunFactory
 
@@ -64,3 +67,27 @@ def test_two_clocks_fire_each_due_timer_once(org):
     assert not Timer.objects.exists()
     assert Run.objects.filter(pk__in=runs, status=RunStatus.PENDING).count() == SLEEPERS
     assert Step.objects.filter(run__in=runs, status=StepStatus.SUCCEEDED).count() == SLEEPERS
+
+
+def test_a_clock_fires_only_the_timers_and_schedules_of_its_own_queue(org, loop, monkeypatch):
+    """Production and staging clusters on one database: staging's clock ends none of
+    production's sleeps and starts none of its schedules; production's does, and the
+    scheduled run is queued for production's workers."""
+    due = timezone.now() + timedelta(days=1)
+    later = due + timedelta(days=1)
+    monkeypatch.setattr(dispatch, "queue_key", lambda: "production")
+    (sleeper,) = _sleeping_runs(org, 1, due)
+    schedule = schedule_create(loop=loop, cron="0 9 * * *")
+    Schedule.objects.filter(pk=schedule.pk).update(next_run_at=due)
+
+    monkeypatch.setattr(dispatch, "queue_key", lambda: "staging")
+    assert next_due(timezone.now()) is None  # nothing to wake staging's clock for
+    assert (fire_due_timers(later), fire_due_schedules(later)) == (0, 0)
+    assert Run.objects.get(pk=sleeper).status == RunStatus.WAITING
+    assert not Run.objects.filter(loop=loop).exists()
+
+    monkeypatch.setattr(dispatch, "queue_key", lambda: "production")
+    assert next_due(timezone.now()) > 0
+    assert (fire_due_timers(later), fire_due_schedules(later)) == (1, 1)
+    assert Run.objects.get(pk=sleeper).status == RunStatus.PENDING
+    assert Run.objects.get(loop=loop).queue == "production"

@@ -10,8 +10,11 @@ from django_q.models import OrmQ
 from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
+from loops.models import Schedule
+from loops.schedules import schedule_create
+from loops_project import ids
 from runs import dispatch
-from runs.models import Run, RunStatus
+from runs.models import Run, RunStatus, Step, Timer, TimerKind
 from tests.factories import RunFactory
 
 pytestmark = pytest.mark.django_db
@@ -67,3 +70,33 @@ def test_runs_queued_under_the_redis_broker_keep_their_place_after_the_upgrade(l
         plain.pk: "loops",
     }
     assert dispatch.queue_key() == "loops"  # the cluster's name, whichever broker
+
+
+def test_timers_and_schedules_made_before_queues_were_theirs_stay_with_their_clusters(loop):
+    """Before runs 0017 and loops 0004 any cluster's clock fired any timer or schedule. A
+    step's timers go to its run's queue; the rest, and every schedule, to the queue of the
+    cluster that migrates (its clusters fired them until then)."""
+    timers = importlib.import_module("runs.migrations.0017_timer_queue")
+    schedules = importlib.import_module("loops.migrations.0004_schedule_queue")
+    run = RunFactory(loop=loop, status=RunStatus.WAITING, queue="night")
+    step = Step.objects.create(id=ids.step_id(), run=run, order=0, key="nap", name="Nap",
+                               kind="sleep", status="waiting")  # fmt: skip
+    due = run.created_at
+    made = {
+        "sleep": Timer.objects.create(kind=TimerKind.STEP, target=step.pk, due_at=due),
+        "reminder": Timer.objects.create(kind=TimerKind.APPROVAL, target=step.pk, due_at=due),
+        "gone": Timer.objects.create(kind=TimerKind.STEP, target=ids.step_id(), due_at=due),
+        "webhook": Timer.objects.create(kind=TimerKind.WEBHOOK, target="dl_x", due_at=due),
+    }
+    Timer.objects.update(queue="")
+    schedule = schedule_create(loop=loop, cron="0 9 * * *")
+    Schedule.objects.update(queue="")
+
+    timers.timers_of_their_runs_queue(apps, None)
+    schedules.schedules_of_this_queue(apps, None)
+
+    queues = dict(Timer.objects.values_list("pk", "queue"))
+    assert {name: queues[timer.pk] for name, timer in made.items()} == {
+        "sleep": "night", "reminder": "night", "gone": "loops", "webhook": "loops",
+    }  # fmt: skip
+    assert Schedule.objects.get(pk=schedule.pk).queue == "loops" == dispatch.queue_key()
