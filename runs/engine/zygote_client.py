@@ -432,8 +432,8 @@ def get_zygote() -> Zygote:
 def warm_up() -> None:
     """Start this thread's zygote now rather than at its first execution (each lane of a
     worker, as the worker starts), so that a worker's first runs do not wait for sandboxes
-    to start. One that cannot start is only logged: the first execution tries again and
-    records why."""
+    to start. One that cannot start is only logged here: the lane's first execution tries
+    again."""
     zygote = get_zygote()
     if zygote.alive():
         return
