@@ -259,6 +259,29 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def is_sandbox(pid: int) -> bool:
+    """A zygote (or an execution forked from one, which has its command line), or the
+    bubblewrap around it."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return comm(pid) == "bwrap" or any(arg.endswith(b"zygote.py") for arg in args)
+
+
+def zygotes_of(pid: int) -> list[int]:
+    """The zygotes a worker started, under bubblewrap (worker → bwrap → bwrap → zygote) or not
+    (worker → zygote); their children are its executions."""
+    found, todo = [], children_of(pid)
+    while todo:
+        child = todo.pop()
+        if comm(child) == "bwrap":
+            todo += children_of(child)
+        elif is_sandbox(child):
+            found.append(child)
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]

@@ -21,7 +21,15 @@ from django.utils import timezone
 from runs import dispatch
 from runs.models import Run, RunStatus, Step
 from runs.services import run_trigger_batch
-from tests.conftest import Cluster, alive, children_of, comm, send_work_to, wait_until
+from tests.conftest import (
+    Cluster,
+    alive,
+    children_of,
+    is_sandbox,
+    send_work_to,
+    wait_until,
+    zygotes_of,
+)
 from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
 
@@ -318,15 +326,10 @@ def _assert_no_finished_step_ran_again(runs, finished: dict) -> None:
 
 
 def _executing_worker(cluster: Cluster) -> int | None:
-    """A worker with an execution in flight: a process below a zygote of its sandbox (worker →
-    bwrap → bwrap → zygote → execution). A worker records a run's end only once its execution
-    has exited, so the run of such an execution is still in the worker's hands."""
+    """A worker whose sandboxes are up, each zygote with a child (an execution, or the sealed
+    spare made for the next). Called while a batch drains, when every worker has runs in
+    hand."""
     for worker in cluster.descendants():
-        todo = [child for child in children_of(worker) if comm(child) == "bwrap"]
-        while todo:
-            pid = todo.pop()
-            if comm(pid) == "bwrap":
-                todo += children_of(pid)
-            elif children_of(pid):  # the zygote's children are its executions
-                return worker
+        if not is_sandbox(worker) and any(children_of(z) for z in zygotes_of(worker)):
+            return worker
     return None

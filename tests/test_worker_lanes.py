@@ -1,12 +1,10 @@
 """A worker process executes up to LOOPS_EXECUTIONS_PER_WORKER runs at once, one per lane
 (runs.engine.turns), with a real `qcluster` of one worker on a queue of its own."""
 
-from pathlib import Path
-
 import pytest
 
 from runs.models import Run, RunStatus
-from tests.conftest import Cluster, children_of, comm, wait_until
+from tests.conftest import Cluster, is_sandbox, wait_until, zygotes_of
 from tests.engine_helpers import deploy, program
 from tests.factories import RunFactory
 
@@ -39,27 +37,6 @@ def test_one_worker_executes_as_many_runs_at_once_as_it_has_lanes(org):
     assert max(at_once) == lanes, spans
 
 
-def _is_sandbox(pid: int) -> bool:
-    """A zygote (or an execution forked from one), or the bubblewrap around it."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return comm(pid) == "bwrap" or any(arg.endswith(b"zygote.py") for arg in args)
-
-
-def _zygotes_below(pid: int) -> int:
-    """The zygotes a process started, under bubblewrap or not (not their executions)."""
-    found, todo = 0, children_of(pid)
-    while todo:
-        child = todo.pop()
-        if comm(child) == "bwrap":
-            todo += children_of(child)
-        elif _is_sandbox(child):
-            found += 1
-    return found
-
-
 def test_every_lane_of_a_worker_has_its_sandbox_before_the_first_run(org):
     """A worker starts its lanes' sandboxes as it starts, so that its first runs do not wait
     for them (a deploy, a worker replaced after a crash)."""
@@ -68,7 +45,7 @@ def test_every_lane_of_a_worker_has_its_sandbox_before_the_first_run(org):
     try:
 
         def sandboxes() -> list[int]:
-            found = [_zygotes_below(p) for p in cluster.descendants() if not _is_sandbox(p)]
+            found = [len(zygotes_of(p)) for p in cluster.descendants() if not is_sandbox(p)]
             return sorted(n for n in found if n)
 
         wait_until(lambda: sandboxes() == [2, 2], timeout=60)
