@@ -133,7 +133,7 @@ def database_url_for_subprocess() -> str:
 class Cluster:
     """A `manage.py qcluster` process on the test database."""
 
-    def __init__(self, env_overrides: dict | None = None):
+    def __init__(self, env_overrides: dict | None = None, args: tuple[str, ...] = ()):
         env = {
             **os.environ,
             "DATABASE_URL": database_url_for_subprocess(),
@@ -141,12 +141,21 @@ class Cluster:
             "DJANGO_LOG_LEVEL": "WARNING",
             **(env_overrides or {}),
         }
-        self.log = open(BASE_DIR / "var" / f"qcluster-{os.getpid()}.log", "ab")  # noqa: SIM115
+        self.log_path = BASE_DIR / "var" / f"qcluster-{os.getpid()}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.log_start = self.log.tell()
         self.proc = subprocess.Popen(
-            [sys.executable, str(BASE_DIR / "manage.py"), "qcluster"],
+            [sys.executable, str(BASE_DIR / "manage.py"), "qcluster", *args],
             env=env, cwd=BASE_DIR, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+
+    def output(self) -> str:
+        """What the log has had since this cluster started (the clusters of a test session
+        share one log file)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(

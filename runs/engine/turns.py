@@ -11,7 +11,8 @@ claimed a run: an idle turn costs one claim.
 
 Every lane stops taking runs when the turn's time is up (LOOPS_TURN_SECONDS: the turn is then
 handed on, so that a task always ends well inside django-q2's timeout) or the cluster stops;
-the turn ends when every lane has finished the run in hand.
+the turn ends when every lane has finished the run in hand. A lane whose sandbox cannot start
+claims nothing (zygote_client.ready): the runs stay pending, for workers whose sandbox works.
 """
 
 import ctypes
@@ -66,7 +67,7 @@ class Turn:
         done, claim = 0, first
         while True:
             if claim is None:
-                if not self.open or stopping():
+                if not self.open or stopping() or not zygote_client.ready():
                     return done
                 claim = state.claim_next()
                 if claim is None:
@@ -92,7 +93,7 @@ class Lanes:
             threading.Thread(target=self._lane, name=f"loops-lane-{number}", daemon=True).start()
 
     def work(self, turn: Turn) -> int:
-        first = None if stopping() else state.claim_next()
+        first = None if stopping() or not zygote_client.ready() else state.claim_next()
         if first is None:
             return 0
         with self.changed:
@@ -108,7 +109,7 @@ class Lanes:
         return done + self.executed
 
     def _lane(self) -> None:
-        zygote_client.warm_up()
+        zygote_client.ready()
         served = None
         while True:
             with self.changed:
@@ -150,7 +151,7 @@ def start_worker(**_) -> None:
     its first task): its lanes and every lane's zygote start now, not while it executes its
     first runs."""
     lanes()
-    zygote_client.warm_up()
+    zygote_client.ready()
 
 
 def work() -> int:

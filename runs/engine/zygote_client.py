@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 SANDBOX_DIR = Path(__file__).resolve().parent / "sandbox"
 NOBODY = 65534
 START_TIMEOUT = 15.0
+# After a sandbox failed to start, how long its lane takes no runs before it tries again.
+RETRY_SECONDS = 5.0
 EXIT_GRACE = 5.0
 CONTROL_BYTES = 65536
 
@@ -271,9 +273,28 @@ class Zygote:
         self.mode = ""
         self.info: dict = {}
         self.owner_pid = os.getpid()
+        self.retry_at = 0.0  # time.monotonic() before which a failed start is not tried again
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and self.owner_pid == os.getpid()
+
+    def ready(self) -> bool:
+        """Whether the zygote runs, started now if need be. One that cannot start is logged
+        and not tried again for RETRY_SECONDS: meanwhile its lane claims no run (a run it
+        claimed would wait, `running` in name only, for its lease to run out)."""
+        if self.alive():
+            return True
+        if time.monotonic() < self.retry_at:
+            return False
+        try:
+            self.start()
+        except (SandboxError, OSError) as exc:
+            self.retry_at = time.monotonic() + RETRY_SECONDS
+            logger.error("The sandbox of %s in worker %s did not start; it takes no runs for "
+                         "%.0f s: %s", threading.current_thread().name, os.getpid(),
+                         RETRY_SECONDS, exc)  # fmt: skip
+            return False
+        return True
 
     def start(self) -> None:
         self.mode = sandbox_mode()
@@ -429,16 +450,8 @@ def get_zygote() -> Zygote:
     return zygote
 
 
-def warm_up() -> None:
-    """Start this thread's zygote now rather than at its first execution (each lane of a
-    worker, as the worker starts), so that a worker's first runs do not wait for sandboxes
-    to start. One that cannot start is only logged here: the lane's first execution tries
-    again."""
-    zygote = get_zygote()
-    if zygote.alive():
-        return
-    try:
-        zygote.start()
-    except (SandboxError, OSError) as exc:
-        logger.warning("the sandbox of %s did not start ahead of its runs: %s",
-                       threading.current_thread().name, exc)  # fmt: skip
+def ready() -> bool:
+    """Whether this thread's sandbox is running, started now if need be (Zygote.ready): a lane
+    asks before it claims a run, and each lane asks as its worker starts, so that a worker's
+    first runs do not wait for sandboxes to start."""
+    return get_zygote().ready()
