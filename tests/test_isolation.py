@@ -462,6 +462,37 @@ def test_a_malformed_message_fails_the_execution(org, other_org):
     assert_next_run_of_another_org_is_right(other_org)
 
 
+FORGED = """
+import os, time
+for fd in range(3, 64):
+    try:
+        os.write(fd, %r)
+    except OSError:
+        pass
+time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b'{"op":"log","level":"info","message":"x","step":[1]}',
+        b'{"op":"step","name":"n","kind":"do"}',
+        b'{"op":"step","key":"k","name":"n","kind":"do","parent":{"a":1}}',
+    ],
+)
+def test_a_message_the_worker_cannot_use_fails_the_execution_not_the_worker(
+    org, other_org, message
+):
+    """Well-formed JSON of the wrong shape ends the execution and fails its run at once: the
+    worker's turn goes on, and the run is not left `running` to be taken up again and again."""
+    run = run_program(org, FORGED % (message + b"\n"))
+    assert run.status == "failed"
+    assert "message the worker could not use" in run.error_message
+    assert run.executions == 1
+    assert_next_run_of_another_org_is_right(other_org)
+
+
 CPU_TREE = """
 import os, time
 def burn(seconds):

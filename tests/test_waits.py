@@ -359,6 +359,41 @@ def test_http_error_fails_the_step_with_status_headers_and_parsed_body(org, loca
     assert error["headers"]["x-test"] == "yes"
 
 
+PARAMS_SHAPE = "params must be an object of names to values, or a list of [name, value] pairs"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        ('headers=[["a", "b"]]', "headers must be an object of names to strings"),
+        ('headers={"a": {"b": 1}}', "headers must be an object of names to strings"),
+        ('params={"a": {"b": 1}}', PARAMS_SHAPE),
+        ('params=[["a"]]', PARAMS_SHAPE),
+        ("timeout=-1", "timeout must be a positive number of seconds"),
+    ],
+)
+def test_a_request_of_the_wrong_shape_fails_its_step_and_nothing_is_sent(
+    org, local_server, settings, arguments, complaint
+):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True
+    run = run_program(org, f'return step.http("Call", "GET", "{local_server}/x", {arguments})')
+    assert run.status == "failed"
+    assert run.error_message == f"Step 'Call' failed: HttpError: {complaint}"
+    call = run.steps.get()
+    assert (call.status, call.output) == ("failed", None)
+    assert run.executions == 1  # ended by its step, not taken up again after a lease
+
+
+def test_params_as_name_value_pairs_are_all_sent(org, local_server, settings):
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True
+    run = run_program(
+        org,
+        f"""return step.http("Call", "GET", "{local_server}/q",
+                                  params=[["b", 2], ["a", "x"], ["b", 3]]).body""",
+    )
+    assert (run.status, run.output) == ("succeeded", {"path": "/q?b=2&b=3&a=x"})
+
+
 def test_a_redirect_to_an_internal_address_is_refused(org, settings, monkeypatch):
     """The first hop is allowed (treated as public here); its redirect to another address
     that is not public must be refused before any connection to it."""

@@ -8,12 +8,14 @@ run taken over after its lease expired is never written by a stale execution.
 
 import dataclasses
 import json
+import logging
 import signal
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from loops_project import ids, strict_json
@@ -23,9 +25,10 @@ from runs.engine.heartbeat import heartbeat
 from runs.engine.programs import Program, program_of
 from runs.engine.sandbox import protocol
 from runs.engine.sandbox.policy import CodeError
-from runs.engine.zygote_client import ExitInfo, get_zygote
+from runs.engine.zygote_client import ExitInfo, MessageRejected, get_zygote
 from runs.models import LogEntry, LogLevel, RunStatus, Step, StepKind, StepStatus
 
+logger = logging.getLogger(__name__)
 LOG_LEVELS = set(LogLevel.values)
 FINAL_STEP_STATUSES = {StepStatus.SUCCEEDED, StepStatus.REJECTED, StepStatus.SKIPPED}
 # Messages whose content the run keeps, counted against LOOPS_MAX_RUN_BYTES by their size.
@@ -88,6 +91,23 @@ class Execution:
     # --- messages from the sandbox
 
     def handle(self, message: dict, size: int = 0) -> dict | None:
+        """Act on a message of the execution; returns the reply to a request. A message the
+        worker cannot act on ends the execution (MessageRejected), never the worker's turn:
+        a turn that raised would leave the run `running` until its lease ran out, and the
+        next execution would send the same message again."""
+        try:
+            return self._handle(message, size)
+        except (OperationalError, InterfaceError):
+            raise  # the database's, not the message's: the run is taken up after its lease
+        except Exception as exc:
+            logger.exception("run %s: a %r message of its execution could not be used",
+                             self.run.pk, message.get("op"))  # fmt: skip
+            raise MessageRejected(
+                f"The execution sent a {str(message.get('op'))[:40]!r} message the worker "
+                f"could not use ({type(exc).__name__})"
+            ) from exc
+
+    def _handle(self, message: dict, size: int) -> dict | None:
         op = message.get("op")
         if op not in KEEP_HELD:
             self.write_held()

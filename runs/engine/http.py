@@ -71,17 +71,57 @@ def _pages(value) -> int:
     return max(1, min(value, MAX_PAGES))
 
 
+SCALAR = str | int | float | bool
+
+
+def _headers(value) -> dict[str, str] | None:
+    """The request's headers (an object of names to scalar values), or None if unusable."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, SCALAR) for v in value.values()):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _params(value):
+    """The query's parameters (an object of names to scalars or lists of scalars, or a list of
+    [name, value] pairs), or False if unusable."""
+    if value is None or value == {} or value == []:
+        return None
+    if isinstance(value, dict) and all(
+        isinstance(v, SCALAR) or (isinstance(v, list) and all(isinstance(i, SCALAR) for i in v))
+        for v in value.values()
+    ):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[1], SCALAR) for pair in value
+    ):
+        return [(str(name), item) for name, item in value]
+    return False
+
+
+def _request_error(req: dict) -> str | None:
+    """What is wrong with the program's request before anything is sent, or None."""
+    if not isinstance(req.get("url"), str) or not isinstance(req.get("method") or "GET", str):
+        return "method and url must be strings"
+    if _headers(req.get("headers")) is None:
+        return "headers must be an object of names to strings"
+    if _params(req.get("params")) is False:
+        return "params must be an object of names to values, or a list of [name, value] pairs"
+    return None
+
+
 def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list) -> dict | None:
     """Request each page into `records`; returns the step's error for a 4xx/5xx, else None."""
-    url = str(req.get("url", ""))
-    headers = {str(k): str(v) for k, v in (req.get("headers") or {}).items()}
+    url = req["url"]
+    headers = _headers(req.get("headers"))
     for page in range(1, pages + 1):
         reply = outbound.request(
-            str(req.get("method") or "GET"),
+            req.get("method") or "GET",
             url,
             deadline=deadline,
             headers=headers,
-            params=req.get("params") or None if page == 1 else None,
+            params=_params(req.get("params")) if page == 1 else None,
             json=req.get("json"),
             content=req.get("data") if isinstance(req.get("data"), str) else None,
         )
@@ -115,8 +155,11 @@ def handle_http(execution, message: dict) -> dict:
     timeout = _timeout(req.get("timeout"))
     records: list[dict] = []
     error = None
-    if timeout is None:
-        error = {"message": "timeout must be a positive number of seconds", "type": "HttpError"}
+    wrong = _request_error(req)
+    if wrong is None and timeout is None:
+        wrong = "timeout must be a positive number of seconds"
+    if wrong:
+        error = {"message": wrong, "type": "HttpError"}
     else:
         try:
             error = _fetch(req, pages, _deadline(execution, timeout), records)

@@ -57,6 +57,12 @@ class MessageTooLarge(Exception):
     pass
 
 
+class MessageRejected(Exception):
+    """The worker could not act on a message of the execution (a value of the wrong shape,
+    which only a program past the guards sends): the execution is ended, and its run fails
+    with this reason."""
+
+
 @dataclass
 class ExitInfo:
     code: int | None = None
@@ -403,7 +409,11 @@ class Zygote:
             if message["op"] == protocol.SEAL_FAILED:
                 info.seal_error = str(message.get("message", ""))[:1000]
                 continue
-            reply = on_message(message, len(line))
+            try:
+                reply = on_message(message, len(line))
+            except MessageRejected as exc:
+                info.protocol_error = str(exc)
+                break
             if reply is not None:
                 # If it ended meanwhile, reading on finds the end.
                 with contextlib.suppress(OSError):
