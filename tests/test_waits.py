@@ -305,13 +305,19 @@ def test_each_marks_inner_steps_with_iteration_index_and_item(org):
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
+        page = None
         if self.path.startswith("/missing"):
             body, status = json.dumps({"error": "nope"}).encode(), 404
+        elif self.path.startswith("/paged/"):  # endless pages of 3,000 bytes and more
+            page = int(self.path.rsplit("/", 1)[1])
+            body, status = json.dumps({"page": page, "pad": "x" * 3000}).encode(), 200
         else:
             body, status = json.dumps({"path": self.path}).encode(), 200
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("X-Test", "yes")
+        if page is not None:
+            self.send_header("Link", f'</paged/{page + 1}>; rel="next"')
         self.end_headers()
         self.wfile.write(body)
 
@@ -392,6 +398,21 @@ def test_params_as_name_value_pairs_are_all_sent(org, local_server, settings):
                                   params=[["b", 2], ["a", "x"], ["b", 3]]).body""",
     )
     assert (run.status, run.output) == ("succeeded", {"path": "/q?b=2&b=3&a=x"})
+
+
+def test_the_pages_of_a_call_together_keep_within_what_one_step_may_keep(
+    org, local_server, settings
+):
+    """Each page is read within what is left of the step's output limit: the call stops at
+    the page that would go over it, and its step fails with the reason."""
+    settings.LOOPS_HTTP_ALLOW_PRIVATE = True
+    settings.LOOPS_MAX_STEP_OUTPUT_BYTES = 8000
+    run = run_program(org, f'return step.http("Pages", "GET", "{local_server}/paged/1", pages=50)')
+    assert run.status == "failed"
+    call = run.steps.get()
+    assert call.status == "failed"
+    assert "larger than the step may keep (8000 bytes" in call.error["message"]
+    assert [record["body"]["page"] for record in call.output] == [1, 2]
 
 
 def test_a_redirect_to_an_internal_address_is_refused(org, settings, monkeypatch):

@@ -111,20 +111,42 @@ def _request_error(req: dict) -> str | None:
     return None
 
 
-def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list) -> dict | None:
-    """Request each page into `records`; returns the step's error for a 4xx/5xx, else None."""
-    url = req["url"]
+def _budget(execution) -> int:
+    """The bytes a step.http may read, all its pages together: what one step may keep, and no
+    more than its run may still store."""
+    run_left = settings.LOOPS_MAX_RUN_BYTES - execution.run.stored_bytes - execution.stored
+    return max(min(settings.LOOPS_MAX_STEP_OUTPUT_BYTES, run_left), 0)
+
+
+def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list,
+           budget: int) -> dict | None:  # fmt: skip
+    """Request each page into `records`, reading at most `budget` bytes of bodies in all;
+    returns the step's error for a 4xx/5xx or a body over the budget, else None."""
+    url, left = req["url"], budget
     headers = _headers(req.get("headers"))
     for page in range(1, pages + 1):
-        reply = outbound.request(
-            req.get("method") or "GET",
-            url,
-            deadline=deadline,
-            headers=headers,
-            params=_params(req.get("params")) if page == 1 else None,
-            json=req.get("json"),
-            content=req.get("data") if isinstance(req.get("data"), str) else None,
-        )
+        read_limit = min(settings.LOOPS_HTTP_MAX_RESPONSE_BYTES, left)
+        try:
+            reply = outbound.request(
+                req.get("method") or "GET",
+                url,
+                deadline=deadline,
+                max_bytes=read_limit,
+                headers=headers,
+                params=_params(req.get("params")) if page == 1 else None,
+                json=req.get("json"),
+                content=req.get("data") if isinstance(req.get("data"), str) else None,
+            )
+        except outbound.ResponseTooLarge:
+            if read_limit == settings.LOOPS_HTTP_MAX_RESPONSE_BYTES:
+                raise
+            return {
+                "message": f"the responses are larger than the step may keep ({budget} bytes: "
+                "LOOPS_MAX_STEP_OUTPUT_BYTES, or what is left of LOOPS_MAX_RUN_BYTES); "
+                "reading stopped there",
+                "type": "HttpError",
+            }
+        left -= len(reply.content)
         record = _record(reply)
         if pages > 1:
             record["page"] = page
@@ -162,7 +184,7 @@ def handle_http(execution, message: dict) -> dict:
         error = {"message": wrong, "type": "HttpError"}
     else:
         try:
-            error = _fetch(req, pages, _deadline(execution, timeout), records)
+            error = _fetch(req, pages, _deadline(execution, timeout), records, _budget(execution))
         except outbound.OutboundError as exc:
             error = {"message": str(exc), "type": "HttpError"}
         except httpx.HTTPError as exc:
