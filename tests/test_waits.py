@@ -532,6 +532,31 @@ def test_the_log_limit_counts_every_execution_of_the_run(org, settings):
     ]
 
 
+def test_retry_notes_count_as_log_lines(org, settings):
+    """A step retried at once, thousands of times, writes no more log lines than the limit."""
+    settings.LOOPS_MAX_LOG_LINES_PER_RUN = 5
+    body = (
+        "def fail():\n"
+        "    raise ValueError('x')\n"
+        "return step.do('Again', fail, retries=Retry(limit=50, delay=0, backoff=1))"
+    )
+    run = run_program(org, body)
+    assert run.status == "failed"
+    assert run.steps.get().attempts == 51
+    messages = list(
+        LogEntry.objects.filter(run=run).order_by("id").values_list("message", flat=True)
+    )
+    assert len(messages) == 5 + 2  # the limit's note, and the run's error
+    assert messages[0] == "Step 'Again' attempt 1 failed: ValueError: x; retrying in 0 s"
+    assert messages[5] == "Log limit of 5 lines reached; later lines dropped."
+
+
+def test_a_retrys_wait_past_a_floats_range_is_its_longest(org):
+    """The 1,025th retry of a doubling wait is max_delay long, not an OverflowError."""
+    run = run_program(org, "return Retry(delay=1, backoff=2, max_delay=60).wait_before(1025)")
+    assert (run.status, run.output) == ("succeeded", 60.0)
+
+
 def test_limit_on_input_size(org, loop, settings):
     settings.LOOPS_MAX_INPUT_BYTES = 100
     with pytest.raises(TooLarge) as caught:

@@ -188,6 +188,12 @@ class Execution:
         return None  # a log line over the bound is dropped; the outcome is the refusal
 
     def on_log(self, message: dict) -> None:
+        level = message.get("level") if message.get("level") in LOG_LEVELS else "info"
+        self.note(level, str(message.get("message", ""))[:10000], message.get("step"))
+
+    def note(self, level: str, text: str, step_key: str | None) -> None:
+        """A line of the run's log, the program's or the worker's (a retry's), within
+        LOOPS_MAX_LOG_LINES_PER_RUN."""
         limit = settings.LOOPS_MAX_LOG_LINES_PER_RUN
         if self.log_count >= limit:
             if not self.log_limit_noted:
@@ -198,10 +204,7 @@ class Execution:
                     )
                 )
             return
-        level = message.get("level") if message.get("level") in LOG_LEVELS else "info"
-        self.logs.append(
-            self._log_entry(level, str(message.get("message", ""))[:10000], message.get("step"))
-        )
+        self.logs.append(self._log_entry(level, text, step_key))
         self.log_count += 1
 
     def _log_entry(self, level: str, text: str, step_key: str | None) -> LogEntry:
@@ -435,7 +438,7 @@ class Execution:
             f"Step '{entry.name}' attempt {attempts} failed: {error.get('type')}: "
             f"{error['message']}; retrying in {delay:g} s"
         )
-        self.logs.append(self._log_entry("warning", note, message["key"]))
+        self.note(LogLevel.WARNING, note, message["key"])
         if delay <= 0:
             self.close_step(message["key"], {"status": StepStatus.RUNNING, "attempts": attempts,
                                              "error": error})  # fmt: skip

@@ -56,7 +56,10 @@ class Retry:
         self.max_delay = float(max_delay)
 
     def wait_before(self, retry_number):
-        return min(self.delay * self.backoff ** (retry_number - 1), self.max_delay)
+        try:
+            return min(self.delay * self.backoff ** (retry_number - 1), self.max_delay)
+        except OverflowError:  # backoff ** n beyond a float: max_delay long since
+            return self.max_delay
 
 
 DEFAULT_RETRY = Retry()
