@@ -139,9 +139,12 @@ def step_complete(*, run: Run, step: Step, output, actor: Actor) -> Run:
     if step.kind == StepKind.EACH or not (waiting or failed):
         raise _not_completable(run, step)
     before = {"status": step.shown_status, "error": step.error, "runStatus": run.status}
-    if waiting and step.kind in PERSON_STEP_KINDS:
-        # Completing a question or an approval answers it: only those who may answer it may.
-        services.check_may_answer(run, run.pending, actor)
+    if step.kind in PERSON_STEP_KINDS:
+        # Completing a question or an approval answers it: only those who may answer it may,
+        # whether it waits or failed (a cancelled run's wait fails, and its run has no
+        # `pending` any more: the step keeps its assignees).
+        wait = run.pending if waiting else {"kind": step.kind, **(step.input or {})}
+        services.check_may_answer(run, wait, actor)
     if waiting:
         dropped = []
         ScanRequest.objects.filter(step=step, status=ScanStatus.PENDING).update(

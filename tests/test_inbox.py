@@ -668,3 +668,27 @@ def test_completing_an_assigned_wait_is_answering_it_and_only_for_those_who_may(
     client.post(f"/runs/{run.pk}/steps/{step.pk}/complete/", {"output": output})
     assert Step.objects.get(pk=step.pk).status == "succeeded"
     assert AuditEvent.objects.get().action == "step.complete"
+
+
+@pytest.mark.parametrize("kind", ["approval", "input"])
+def test_cancelling_an_assigned_wait_is_no_way_round_its_assignees(
+    client, waits, member, admin, kind
+):
+    """An editor cancels the run (its wait fails), then completes the failed step: refused
+    as answering it would be (a review finding); an admin may."""
+    run = waiting(waits, assignee="role:admin", kind=kind)
+    step = Step.objects.get(run=run)
+    output = '{"approved": true, "reason": "x", "by": "ada"}'
+    client.force_login(member)  # an editor, not an admin
+    client.post(f"/runs/{run.pk}/cancel/")
+    assert (Run.objects.get(pk=run.pk).status, Step.objects.get(pk=step.pk).status) == (
+        "cancelled", "failed")  # fmt: skip
+    response = client.post(f"/runs/{run.pk}/steps/{step.pk}/complete/", {"output": output},
+                           follow=True)  # fmt: skip
+    assert "only they or an admin may answer it" in response.content.decode()
+    assert (Run.objects.get(pk=run.pk).status, Step.objects.get(pk=step.pk).status) == (
+        "cancelled", "failed")  # fmt: skip
+    client.force_login(admin)
+    client.post(f"/runs/{run.pk}/steps/{step.pk}/complete/", {"output": output})
+    assert Step.objects.get(pk=step.pk).status == "succeeded"
+    assert Run.objects.get(pk=run.pk).status == "pending"  # resumed
