@@ -5,7 +5,6 @@ read runs), `full_router` only `full` ones (act on runs, post scan results, webh
 
 import json
 import math
-import time
 from typing import Any, Literal
 
 from django.conf import settings
@@ -25,7 +24,7 @@ from loops_project.api_base import (
     trigger_body,
 )
 from loops_project.errors import Invalid
-from runs import patches, services
+from runs import live, patches, services
 from runs.access import get_batch_for, get_run_for, get_scan_for, get_step_for, get_webhook_for
 from runs.models import LogEntry, Run, RunStatus, Step, TriggerType, Webhook
 from runs.schemas import LogOut, RunOut, log_payload, run_payload
@@ -35,8 +34,6 @@ from runs.webhooks import webhook_create, webhook_delete
 trigger_router = Router(tags=["trigger"])
 router = Router(tags=["runs"])
 full_router = Router(tags=["runs"], auth=FullScopeAuth())
-
-LIVE_POLL_SECONDS = 0.05
 
 
 class TriggerOut(Schema):
@@ -83,20 +80,6 @@ def _live_timeout(raw) -> float:
     return value
 
 
-def wait_for_end(run_id: str, timeout: float) -> Run | None:
-    """Live mode: the run once it has ended, or None when the timeout passes first."""
-    deadline = time.monotonic() + timeout
-    delay = LIVE_POLL_SECONDS
-    while True:
-        run = _runs_with_relations().get(pk=run_id)
-        if run.is_ended:
-            return run
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
-        delay = min(delay * 1.5, 0.5)
-
-
 def _trigger_one(request, loop, value, idempotency_key) -> tuple[Run, bool]:
     """Trigger a run, or answer the run that the same Idempotency-Key already made."""
     run = services.run_trigger(
@@ -133,7 +116,7 @@ def trigger(
     wait = _live_timeout(timeout) if mode == "live" else None
     run, _ = _trigger_one(request, target, body, request.headers.get("Idempotency-Key"))
     if wait is not None:
-        ended = wait_for_end(run.pk, wait)
+        ended = live.wait_for_end(run, wait, _runs_with_relations())
         if ended is not None:
             return Status(200, {"data": run_payload(ended)})
     return Status(202, {"runId": run.pk, "workflowInstanceId": run.task_id})
@@ -179,7 +162,7 @@ def trigger_runs(request, loop: str, payload: LoopTriggerIn):
     # No input at all is an empty object, as a trigger without a body (an explicit null stays).
     run, _ = _trigger_one(request, target, payload.input if "input" in given else {}, key)
     if wait is not None:
-        ended = wait_for_end(run.pk, wait)
+        ended = live.wait_for_end(run, wait, _runs_with_relations())
         if ended is not None:
             return Status(200, {"data": run_payload(ended)})
     run = _runs_with_relations().get(pk=run.pk)

@@ -1,16 +1,18 @@
 """Triggers over real HTTP: one input, batches, idempotency keys and live mode."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import httpx
 import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from runs import dispatch
+from runs import dispatch, live
 from runs.models import Batch, Run, RunStatus
-from tests.factories import LoopFactory, RunFactory
+from tests.factories import LoopFactory, RunFactory, make_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,6 +167,30 @@ def test_live_mode_answers_202_when_the_run_does_not_end_in_time(worker, api, or
     response = api.post("/api/loop/acme/waiter?mode=live&timeout=1", json={})
     assert response.status_code == 202
     assert response.json()["runId"].startswith("run_")
+
+
+def test_an_organization_waits_live_for_at_most_its_share_of_the_web_workers(
+    worker, api, loop, other_org, live_server, settings
+):
+    """A live call over LOOPS_LIVE_WAITS_PER_ORG is answered at once, as if its timeout had
+    passed (its run queued); another organization's live call still waits for its run."""
+    settings.LOOPS_LIVE_WAITS_PER_ORG = 1
+    LoopFactory(organization=other_org, slug="greeting", code=loop.active_version.code)
+    other = httpx.Client(base_url=live_server.url, timeout=60,
+                         headers={"Authorization": f"Bearer {make_token(other_org)}"})  # fmt: skip
+    with other, live.slot(loop.organization_id) as held:  # the organization's one live wait
+        assert held
+        started = time.monotonic()
+        busy = api.post("/api/loop/acme/greeting?mode=live&timeout=30", json={"name": "Al"})
+        answered_in = time.monotonic() - started
+        theirs = other.post(f"/api/loop/{other_org.slug}/greeting?mode=live&timeout=60", json={})
+    assert (busy.status_code, answered_in < 10) == (202, True), (busy.text, answered_in)
+    assert Run.objects.filter(pk=busy.json()["runId"]).exists()
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json()["data"]["status"] == "succeeded"
+    # Its wait over, the organization waits live again.
+    again = api.post("/api/loop/acme/greeting?mode=live&timeout=60", json={"name": "Bo"})
+    assert again.status_code == 200, again.text
 
 
 @pytest.mark.parametrize("timeout", ["-1", "121", "nan", "inf", "soon"])
