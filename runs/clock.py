@@ -6,14 +6,15 @@ workers, and on every machine that runs one; each round claims its work with row
 schedules are those of its cluster's queue (LOOPS_QUEUE), as runs are: a cluster of another
 queue on the same database (staging) never fires them. Each round:
 
-- timers that are due fire (a sleep ends, a wait times out, a webhook's next attempt, a wait
-  for a person is reminded or escalated);
+- timers that are due fire (a sleep ends, a wait times out, a wait for a person is reminded
+  or escalated);
 - cron schedules that are due start their runs;
 - runs whose worker died (lease expired) go back to the queue;
 - if runs may start and no turn is queued for them, a turn is (runs.dispatch);
 - every few seconds, a bulk job whose task was lost gets another (runs.bulk);
 - once an hour, audit log entries past their retention are deleted.
 
+After each round, the cluster's webhook senders get the deliveries that are due (runs.senders).
 Between rounds it sleeps LOOPS_CLOCK_SECONDS at most, less when a timer is due sooner.
 """
 
@@ -31,6 +32,7 @@ from loops.schedules import fire_due_schedules
 from runs import approvals, dispatch, reactions, state
 from runs.bulk import bulk_revive_stalled
 from runs.models import Timer, TimerKind
+from runs.senders import Senders
 
 logger = logging.getLogger(__name__)
 BATCH = 100
@@ -66,8 +68,6 @@ def _fire(timer: Timer) -> None:
         with transaction.atomic():
             if timer.kind == TimerKind.STEP:
                 reactions.after(state.step_time_up(timer.target))
-            elif timer.kind == TimerKind.WEBHOOK:
-                dispatch.deliver_webhook(timer.target)
             elif timer.kind == TimerKind.APPROVAL:
                 approvals.approval_timer_fire(timer.target)
     except DatabaseError:
@@ -103,13 +103,19 @@ def round_(now: datetime | None = None) -> float:
 
 
 def run(until: Callable[[], bool]) -> None:
-    """Rounds until `until()` says stop. A database error ends a round, not the clock."""
-    while not until():
-        try:
-            pause = round_()
-        except DatabaseError:
-            logger.exception("clock round failed")
-            pause = settings.LOOPS_CLOCK_SECONDS
-        finally:
-            close_old_connections()
-        time.sleep(pause)
+    """Rounds until `until()` says stop, each also handing the webhook senders what is due
+    (runs.senders). A database error ends a round, not the clock."""
+    senders = Senders(settings.LOOPS_WEBHOOK_SENDERS)
+    try:
+        while not until():
+            try:
+                pause = round_()
+                senders.round()
+            except DatabaseError:
+                logger.exception("clock round failed")
+                pause = settings.LOOPS_CLOCK_SECONDS
+            finally:
+                close_old_connections()
+            time.sleep(pause)
+    finally:
+        senders.stop()

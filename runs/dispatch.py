@@ -8,9 +8,10 @@ woken run or a recovered one therefore only makes sure that turns are queued for
 order of a queue. Turns are interchangeable: one lost with a dead worker costs nothing, and a
 turn that finds no run ends at once.
 
-Timers (a sleep's end, a wait's timeout, a retry's delay, a webhook's next attempt) are rows of
-runs_timer, fired within a second of their due time by the clock of the worker clusters of the
-queue that set them (runs.clock).
+Timers (a sleep's end, a wait's timeout, a retry's delay, a reminder) are rows of runs_timer,
+fired within a second of their due time by the clock of the worker clusters of the queue that
+set them (runs.clock). Webhook deliveries are rows too, sent by those clusters' senders
+(runs.senders), never tasks in the queue of the turns.
 """
 
 # ruff: noqa: S608 - table and column names from the models; every value is a parameter
@@ -35,7 +36,6 @@ from loops_project import sql
 from runs.models import Timer
 
 WORK_TASK = "runs.tasks.work"
-DELIVER_TASK = "runs.tasks.deliver_webhook"
 BULK_TASK = "runs.tasks.bulk_work"
 DEFAULT_DB = "default"
 QUEUE_FIELDS = tuple(OrmQ._meta.get_field(name) for name in ("key", "payload", "lock"))
@@ -132,11 +132,6 @@ def _push_turn() -> None:
         async_task(WORK_TASK, broker=broker())
     elif broker().queue_size() < turns_wanted():
         broker().enqueue(package(WORK_TASK))
-
-
-def deliver_webhook(delivery_id: str) -> None:
-    """Queue one attempt of a webhook delivery, after commit."""
-    transaction.on_commit(lambda: async_task(DELIVER_TASK, delivery_id, broker=broker()))
 
 
 def queue_bulk_work(job_id: str, token: str) -> None:

@@ -451,14 +451,24 @@ class WebhookDelivery(models.Model):
     attempt = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     delivered_at = models.DateTimeField(null=True, blank=True)  # the last attempt's time
-    # When the next attempt may start (a new delivery: now); none while one is under way or
-    # once the delivery ended. An attempt is claimed by clearing it (runs.webhooks).
+    # When the next attempt may start (a new delivery: now; a retry: after its backoff); none
+    # once the delivery ended. A sender claims an attempt by moving it past the attempt's
+    # longest time (runs.webhooks): if the sender dies, the attempt is due again then.
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    # The queue (LOOPS_QUEUE) whose worker clusters send it: its run's, as its timers were.
+    queue = models.CharField(max_length=100, default="loops")
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "webhook deliveries"
-        indexes = [models.Index(fields=["webhook", "-created_at"], name="delivery_hook_created")]
+        indexes = [
+            models.Index(fields=["webhook", "-created_at"], name="delivery_hook_created"),
+            models.Index(
+                fields=["queue", "next_attempt_at"],
+                name="delivery_due",
+                condition=models.Q(status="pending"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} → {self.webhook}"

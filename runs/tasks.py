@@ -16,6 +16,8 @@ def execute_run(run_id: str) -> str:
 
 
 def deliver_webhook(delivery_id: str) -> str:
+    """One attempt of a delivery (a task queued by an earlier version of Loops: deliveries are
+    now sent by the clusters' senders, runs.senders)."""
     return webhooks.deliver(delivery_id)
 
 

@@ -1,5 +1,10 @@
 """Webhooks: a signed JSON POST of the run on each status change, retried with backoff, and
-what an admin does with a webhook (create, edit, disable, delete, send a test event)."""
+what an admin does with a webhook (create, edit, disable, delete, send a test event).
+
+A delivery is a row, due at its next_attempt_at. The worker clusters of its queue send what is
+due (runs.senders), a few deliveries of each organization at a time, beside the turns of runs
+and not in their queue: an organization with many webhooks, or slow receivers, delays its own
+deliveries, not other organizations' runs or deliveries."""
 
 import hashlib
 import hmac
@@ -14,8 +19,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import URLValidator
-from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.audit import Actor, record
@@ -28,8 +33,6 @@ from runs.models import (
     DeliveryStatus,
     Run,
     RunStatus,
-    Timer,
-    TimerKind,
     Webhook,
     WebhookDelivery,
 )
@@ -43,6 +46,7 @@ EVENT_NAMES = {f"run.{s}" for s in RunStatus.values} | set(APPROVAL_EVENTS)
 # Not a status change: what "Send test event" sends, so a receiver can be checked at any time.
 TEST_EVENT = "ping"
 DELIVERY_TIMEOUT_SECONDS = 10
+ATTEMPT_GRACE_SECONDS = 20  # beyond its timeout, before an attempt's claim runs out
 URL_CHECK_SECONDS = 3  # the page that saves a URL waits this long at most to resolve its host
 DISABLED_ERROR = "Not sent: the webhook is disabled."
 
@@ -94,6 +98,13 @@ def webhook_create(
 ) -> Webhook:  # fmt: skip
     events = _clean(url, events)
     _check_loop(organization.pk, loop)
+    limit = settings.LOOPS_MAX_WEBHOOKS_PER_ORG
+    if Webhook.objects.filter(organization=organization).count() >= limit:
+        raise Conflict(
+            f"The organization has {limit} webhooks, the most it may have: delete one first "
+            "(one webhook may take every event of every loop).",
+            code="too_many_webhooks",
+        )
     webhook = Webhook.objects.create(
         organization=organization, loop=loop, url=url, events=events,
         secret="whsec_" + secrets.token_urlsafe(24),
@@ -131,11 +142,8 @@ def webhook_set_active(*, webhook: Webhook, active: bool, actor: Actor | None = 
 
 @transaction.atomic
 def webhook_delete(*, webhook: Webhook, actor: Actor | None = None) -> None:
-    """Delete a webhook with its deliveries and the timers of their next attempts."""
+    """Delete a webhook with its deliveries."""
     _audit(actor, webhook, "webhook.delete", _shown(webhook))
-    dispatch.clear_timers(
-        list(webhook.deliveries.filter(status=DeliveryStatus.PENDING).values_list("pk", flat=True))
-    )
     webhook.delete()
 
 
@@ -147,12 +155,9 @@ def webhook_send_test(*, webhook: Webhook) -> WebhookDelivery:
     data = {"webhookId": webhook.pk, "url": webhook.url, "events": webhook.events,
             "loopId": webhook.loop_id, "sentAt": timezone.now()}  # fmt: skip
     payload = json.loads(json.dumps({"event": TEST_EVENT, "data": data}, cls=DjangoJSONEncoder))
-    with transaction.atomic():
-        delivery = WebhookDelivery.objects.create(
-            webhook=webhook, event=TEST_EVENT, payload=payload
-        )
-        dispatch.deliver_webhook(delivery.pk)
-    return delivery
+    return WebhookDelivery.objects.create(
+        webhook=webhook, event=TEST_EVENT, payload=payload, queue=dispatch.queue_key()
+    )
 
 
 def webhook_url_refusal(url: str) -> str | None:
@@ -205,12 +210,13 @@ def queue_deliveries_of(changes: list[Change]) -> None:
         # it is now, with the status of the change it announces.
         data = {**run_payload(runs[change.run_id]), "status": change.status}
         payload = json.loads(json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder))
+        queue = runs[change.run_id].queue
         deliveries.append(
-            WebhookDelivery(webhook=hook, run_id=change.run_id, event=event, payload=payload)
+            WebhookDelivery(
+                webhook=hook, run_id=change.run_id, event=event, payload=payload, queue=queue
+            )
         )
-    with transaction.atomic():
-        for delivery in WebhookDelivery.objects.bulk_create(deliveries):
-            dispatch.deliver_webhook(delivery.pk)
+    WebhookDelivery.objects.bulk_create(deliveries)
 
 
 def queue_event(*, run: Run, event: str, data: dict) -> int:
@@ -222,27 +228,54 @@ def queue_event(*, run: Run, event: str, data: dict) -> int:
     )
     payload = json.loads(json.dumps({"event": event, "data": data}, cls=DjangoJSONEncoder))
     deliveries = [
-        WebhookDelivery(webhook=hook, run_id=run.pk, event=event, payload=payload)
+        WebhookDelivery(webhook=hook, run_id=run.pk, event=event, payload=payload, queue=run.queue)
         for hook in hooks
         if not hook.events or event in hook.events
     ]
-    with transaction.atomic():
-        for delivery in WebhookDelivery.objects.bulk_create(deliveries):
-            dispatch.deliver_webhook(delivery.pk)
+    WebhookDelivery.objects.bulk_create(deliveries)
     return len(deliveries)
 
 
-def _claim(delivery_id: str) -> bool:
-    """Take the delivery's next attempt, if it is due: the delivery is pending, no attempt of
-    it is under way (next_attempt_at is cleared while one is), and no timer still holds back
-    its retry. A task that runs twice, or early, claims nothing."""
-    backing_off = Timer.objects.filter(kind=TimerKind.WEBHOOK, target=OuterRef("pk"))
+@cache
+def _due_sql() -> str:
+    d, w = sql.table(WebhookDelivery), sql.table(Webhook)
+    c = lambda name: sql.column(WebhookDelivery, name)  # noqa: E731
+    organization = sql.column(Webhook, "organization")
+    # Table and column names from the models; every value is a parameter.
+    return (
+        f"SELECT id, organization_id FROM (SELECT d.{c('id')} AS id, "  # noqa: S608
+        f"w.{organization} AS organization_id, d.{c('next_attempt_at')} AS due, "
+        f"row_number() OVER (PARTITION BY w.{organization} "
+        f"ORDER BY d.{c('next_attempt_at')}, d.{c('id')}) AS nth "
+        f"FROM {d} d JOIN {w} w ON w.{sql.column(Webhook, 'id')} = d.{c('webhook')} "
+        f"WHERE d.{c('status')} = '{DeliveryStatus.PENDING}' AND d.{c('queue')} = %s "
+        f"AND d.{c('next_attempt_at')} <= %s) due "
+        "WHERE nth <= %s ORDER BY nth, due LIMIT %s"
+    )
+
+
+def due_deliveries(*, limit: int, per_organization: int, now=None) -> list[tuple[str, str]]:
+    """Up to `limit` deliveries of this queue that are due, as (id, organization id): each
+    organization's oldest `per_organization` first, taking turns, so that one organization's
+    backlog does not hold back another's deliveries. Nothing is claimed (runs.webhooks.deliver
+    claims each)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _due_sql(), [dispatch.queue_key(), now or timezone.now(), per_organization, limit]
+        )
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+def _claim(delivery_id: str, now) -> bool:
+    """Take the delivery's next attempt, if it is due: it is pending and its next_attempt_at
+    has come. The claim moves next_attempt_at past the attempt's longest time, so that a sender
+    that dies mid-attempt leaves it due again then (a receiver may then get it twice; the
+    X-Loops-Delivery header names it), and a second sender claims nothing meanwhile."""
+    lease = timedelta(seconds=DELIVERY_TIMEOUT_SECONDS + ATTEMPT_GRACE_SECONDS)
     return bool(
         WebhookDelivery.objects.filter(
-            pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__isnull=False
-        )
-        .exclude(Exists(backing_off))
-        .update(next_attempt_at=None)
+            pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now
+        ).update(next_attempt_at=now + lease)
     )
 
 
@@ -252,11 +285,11 @@ def deliver(delivery_id: str) -> str:
     delivery pending and schedules the next one after an exponential backoff, until
     LOOPS_WEBHOOK_MAX_ATTEMPTS. A delivery of a disabled webhook is not sent."""
     delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
-    if delivery is None or not _claim(delivery_id):
+    if delivery is None or not _claim(delivery_id, timezone.now()):
         return "nothing to do"
     this = WebhookDelivery.objects.filter(pk=delivery.pk)
     if not delivery.webhook.active:
-        this.update(status=DeliveryStatus.FAILED, error=DISABLED_ERROR)
+        this.update(status=DeliveryStatus.FAILED, error=DISABLED_ERROR, next_attempt_at=None)
         return "webhook disabled"
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     headers = {
@@ -285,13 +318,12 @@ def deliver(delivery_id: str) -> str:
     outcome = {"attempt": attempt, "status_code": status_code, "response_excerpt": excerpt,
                "error": error, "delivered_at": now}  # fmt: skip
     if ok or attempt >= settings.LOOPS_WEBHOOK_MAX_ATTEMPTS:
-        this.update(**outcome, status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED)
+        this.update(**outcome, status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
+                    next_attempt_at=None)  # fmt: skip
         return "delivered" if ok else f"attempt {attempt} failed"
     delay = settings.LOOPS_WEBHOOK_RETRY_BASE_SECONDS * 2 ** (attempt - 1)
-    due = now + timedelta(seconds=delay)
-    with transaction.atomic():
-        this.update(**outcome, status=DeliveryStatus.PENDING, next_attempt_at=due)
-        dispatch.set_timer(TimerKind.WEBHOOK, delivery.pk, due)
+    this.update(**outcome, status=DeliveryStatus.PENDING,
+                next_attempt_at=now + timedelta(seconds=delay))  # fmt: skip
     return f"attempt {attempt} failed"
 
 
@@ -302,9 +334,7 @@ def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
     if not delivery.webhook.active:
         raise Conflict("The webhook is disabled: enable it to redeliver.")
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=timezone.now()
+        status=DeliveryStatus.PENDING, next_attempt_at=timezone.now(), queue=dispatch.queue_key()
     )
-    dispatch.clear_timer(TimerKind.WEBHOOK, delivery.pk)
-    dispatch.deliver_webhook(delivery.pk)
     delivery.refresh_from_db()
     return delivery

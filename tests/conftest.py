@@ -12,12 +12,13 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 import httpx
 import pytest
 from django.conf import settings
+from django.core.signals import request_finished
 from django.db import connection
 from django.test import override_settings
 from django_q.brokers import get_broker
 
 from accounts.models import Role
-from runs import dispatch
+from runs import dispatch, webhooks
 from runs.models import Run, RunStatus
 from tests.factories import (
     LoopFactory,
@@ -191,6 +192,28 @@ class Cluster:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+def send_due_deliveries() -> int:
+    """What a cluster's webhook senders do (runs.senders), in this process: one attempt of
+    every delivery of this queue that is due. Returns how many."""
+    due = webhooks.due_deliveries(limit=1000, per_organization=1000)
+    for delivery_id, _ in due:
+        webhooks.deliver(delivery_id)
+    return len(due)
+
+
+@pytest.fixture
+def senders_in_process():
+    """After each request the server answers (the live server's, or the test client's), what
+    is due is sent, as a cluster's senders would have by the next request."""
+
+    def send(**_):
+        send_due_deliveries()
+
+    request_finished.connect(send, dispatch_uid="tests-senders-in-process")
+    yield
+    request_finished.disconnect(dispatch_uid="tests-senders-in-process")
 
 
 def send_work_to(monkeypatch, queue: str, broker=None) -> None:

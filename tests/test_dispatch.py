@@ -2,9 +2,11 @@
 async_task makes, for the pinned django-q2."""
 
 import importlib
+from datetime import timedelta
 
 import pytest
 from django.apps import apps
+from django.utils import timezone
 from django_q.brokers import Broker
 from django_q.models import OrmQ
 from django_q.signing import SignedPackage
@@ -14,7 +16,7 @@ from loops.models import Schedule
 from loops.schedules import schedule_create
 from loops_project import ids
 from runs import dispatch
-from runs.models import Run, RunStatus, Step, Timer, TimerKind
+from runs.models import Run, RunStatus, Step, Timer, TimerKind, Webhook, WebhookDelivery
 from tests.factories import RunFactory
 
 pytestmark = pytest.mark.django_db
@@ -100,3 +102,32 @@ def test_timers_and_schedules_made_before_queues_were_theirs_stay_with_their_clu
         "sleep": "night", "reminder": "night", "gone": "loops", "webhook": "loops",
     }  # fmt: skip
     assert Schedule.objects.get(pk=schedule.pk).queue == "loops" == dispatch.queue_key()
+
+
+def test_deliveries_made_before_senders_are_sent_by_their_runs_queue(loop):
+    """Before runs 0018 deliveries were tasks, and retries waited on timers. A delivery goes to
+    its run's queue (else the migrating cluster's), its retry's timer goes (its next_attempt_at
+    says when it is due), and an attempt a task had claimed and never ended is due again."""
+    migration = importlib.import_module("runs.migrations.0018_delivery_queue")
+    hook = Webhook.objects.create(organization=loop.organization, url="https://x.test/h",
+                                  secret="s")  # fmt: skip
+    run = RunFactory(loop=loop, status=RunStatus.SUCCEEDED, queue="night")
+    later = timezone.now() + timedelta(minutes=5)
+    retry = WebhookDelivery.objects.create(
+        webhook=hook, run=run, event="run.succeeded", payload={}, attempt=1, next_attempt_at=later
+    )
+    Timer.objects.create(kind=TimerKind.WEBHOOK, target=retry.pk, due_at=later)
+    lost = WebhookDelivery.objects.create(webhook=hook, event="ping", payload={},
+                                          next_attempt_at=None)  # fmt: skip
+    done = WebhookDelivery.objects.create(webhook=hook, event="ping", payload={},
+                                          status="succeeded", next_attempt_at=None)  # fmt: skip
+    WebhookDelivery.objects.update(queue="")
+
+    migration.deliveries_of_their_runs_queue(apps, None)
+
+    rows = {d.pk: d for d in WebhookDelivery.objects.all()}
+    assert [rows[d.pk].queue for d in (retry, lost, done)] == ["night", "loops", "loops"]
+    assert rows[retry.pk].next_attempt_at == later
+    assert rows[lost.pk].next_attempt_at is not None  # due again
+    assert rows[done.pk].next_attempt_at is None
+    assert not Timer.objects.exists()

@@ -2,7 +2,6 @@
 test event, the warning for a URL deliveries would refuse, one row per event, and who may."""
 
 import json
-from datetime import timedelta
 
 import pytest
 from django.db import transaction
@@ -10,11 +9,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Role
-from runs import dispatch, outbound, webhooks
-from runs.clock import fire_due_timers
-from runs.models import DeliveryStatus, Timer, Webhook, WebhookDelivery
+from runs import outbound, webhooks
+from runs.models import DeliveryStatus, Webhook, WebhookDelivery
 from runs.services import run_cancel
 from runs.webhooks import webhook_create
+from tests.conftest import send_due_deliveries
 from tests.factories import LoopFactory, MembershipFactory, RunFactory, UserFactory
 from tests.test_webhooks import Receiver
 
@@ -42,17 +41,6 @@ def hook(org):
     return webhook_create(
         organization=org, url="https://93.184.215.14/hooks/loops", events=["run.failed"]
     )
-
-
-@pytest.fixture
-def worker_in_process(monkeypatch, django_capture_on_commit_callbacks):
-    """Deliveries are attempted in this process once the request's transaction commits (the
-    worker's code path), so the page that follows shows their outcome."""
-    monkeypatch.setattr(
-        dispatch, "deliver_webhook",
-        lambda delivery_id: transaction.on_commit(lambda: webhooks.deliver(delivery_id)),
-    )  # fmt: skip
-    return django_capture_on_commit_callbacks
 
 
 @pytest.fixture
@@ -154,32 +142,26 @@ def test_a_retry_queued_before_the_webhook_was_disabled_is_not_sent(hook_admin, 
     assert delivery.status == DeliveryStatus.FAILED
 
 
-def test_delete_asks_first_then_removes_the_webhook_its_deliveries_and_their_timers(
-    hook_admin, hook
-):
+def test_delete_asks_first_then_removes_the_webhook_and_its_deliveries(hook_admin, hook):
     page = page_of(hook_admin, hook)
     delete_url = reverse("accounts:webhook_delete", args=[hook.pk])
     form = page.split(f'action="{delete_url}"')[1].split(">")[0]
     assert 'data-confirm="Delete this webhook?' in form
-    delivery = WebhookDelivery.objects.create(webhook=hook, event="run.failed", payload={})
-    dispatch.set_timer("webhook", delivery.pk, hook.created_at)
+    WebhookDelivery.objects.create(webhook=hook, event="run.failed", payload={})
 
     response = hook_admin.post(delete_url, follow=True)
     assert response.redirect_chain[-1][0] == reverse("accounts:webhooks")
     assert "was deleted" in response.content.decode()
     assert not Webhook.objects.exists()
-    assert not WebhookDelivery.objects.exists()
-    assert not Timer.objects.exists()  # no retry of a deleted webhook's delivery fires
+    assert not WebhookDelivery.objects.exists()  # nothing left for a sender to send
 
 
-def test_send_test_event_posts_a_signed_ping_listed_with_the_deliveries(
-    hook_admin, org, receiver, worker_in_process
-):
+def test_send_test_event_posts_a_signed_ping_listed_with_the_deliveries(hook_admin, org, receiver):
     target = receiver(200)
     hook = webhook_create(organization=org, url=target.url, events=["run.failed"])
-    with worker_in_process(execute=True):
-        response = hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]))
+    response = hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]))
     assert response.status_code == 302
+    assert send_due_deliveries() == 1  # a sender of the cluster takes it
     (headers, body), = target.requests  # fmt: skip
     assert headers["X-Loops-Event"] == "ping"  # sent whatever events the hook subscribes to
     assert headers["X-Loops-Signature"] == webhooks.sign(hook.secret, body)
@@ -239,13 +221,11 @@ def test_a_public_url_is_saved_without_a_warning(hook_admin, hook, settings):
     assert "deliveries to it will fail" not in edited
 
 
-def test_one_event_is_one_row_showing_its_latest_state_and_attempts(
-    hook_admin, org, receiver, worker_in_process
-):
+def test_one_event_is_one_row_showing_its_latest_state_and_attempts(hook_admin, org, receiver):
     target = receiver(500, 200)
     hook = webhook_create(organization=org, url=target.url)
-    with worker_in_process(execute=True):
-        hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]))
+    hook_admin.post(reverse("accounts:webhook_test", args=[hook.pk]))
+    assert send_due_deliveries() == 1
     delivery = WebhookDelivery.objects.get()
     page = page_of(hook_admin, hook)
     assert page.count('id="delivery-') == 1
@@ -255,8 +235,9 @@ def test_one_event_is_one_row_showing_its_latest_state_and_attempts(
     assert "1 of 5" in row
     assert "next in" in row
 
-    with worker_in_process(execute=True):  # the clock sends the retry after its backoff
-        assert fire_due_timers(timezone.now() + timedelta(hours=1)) == 1
+    assert send_due_deliveries() == 0  # not before its backoff
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+    assert send_due_deliveries() == 1  # the backoff passed: a sender takes the retry
     page = page_of(hook_admin, hook)
     assert page.count('id="delivery-') == 1
     row = page.split(f'id="delivery-{delivery.pk}"')[1].split("</tr>")[0]

@@ -4,10 +4,8 @@ would refuse), sent a test event, disabled and enabled, and deleted after confir
 import json
 
 import pytest
-from django.db import transaction
 from playwright.sync_api import expect
 
-from runs import dispatch, webhooks
 from runs.models import Webhook
 from runs.webhooks import webhook_create
 from tests.test_webhooks import Receiver
@@ -22,17 +20,8 @@ def target():
     receiver.close()
 
 
-@pytest.fixture
-def worker_in_process(monkeypatch):
-    """Deliveries are attempted by the server as its request commits (the worker's code)."""
-    monkeypatch.setattr(
-        dispatch, "deliver_webhook",
-        lambda delivery_id: transaction.on_commit(lambda: webhooks.deliver(delivery_id)),
-    )  # fmt: skip
-
-
 def test_edit_test_disable_enable_and_delete_a_webhook(
-    live_server, login, org, owner, loop, target, worker_in_process, settings, screenshot
+    live_server, login, org, owner, loop, target, senders_in_process, settings, screenshot
 ):
     hook = webhook_create(organization=org, url="https://93.184.215.14/old", events=["failed"])
     page = login(owner)

@@ -1,0 +1,65 @@
+"""The webhook senders of a worker cluster: threads of the `qcluster` process, beside its clock.
+
+Each round of the clock hands them the deliveries of its queue that are due, as many as they
+have free threads, taking turns between organizations (runs.webhooks.due_deliveries); no
+organization holds more than half of them at once, so that one whose receivers are slow (an
+attempt may take DELIVERY_TIMEOUT_SECONDS) or whose backlog is long leaves the others room.
+Deliveries never enter the queue of the workers' turns: they cannot delay anyone's runs. Every
+cluster of the queue sends; each attempt is claimed first (runs.webhooks.deliver), so none is
+made twice at once.
+"""
+
+import logging
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from django.db import DatabaseError, close_old_connections
+
+from runs import webhooks
+
+logger = logging.getLogger(__name__)
+
+
+class Senders:
+    def __init__(self, threads: int):
+        self.threads = max(threads, 1)
+        self.per_organization = max(self.threads // 2, 1)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="loops-webhooks")
+        self.busy: Counter = Counter()  # attempts under way, by organization
+        self.lock = threading.Lock()
+
+    def round(self) -> int:
+        """Hand the senders what is due, as far as they have room; returns how many."""
+        with self.lock:
+            free = self.threads - sum(self.busy.values())
+            held = {org for org, n in self.busy.items() if n >= self.per_organization}
+        if free <= 0:
+            return 0
+        # More than the free threads: some may belong to organizations that have no room.
+        due = webhooks.due_deliveries(limit=free + len(held) * self.per_organization,
+                                      per_organization=self.per_organization)  # fmt: skip
+        handed = 0
+        for delivery_id, organization_id in due:
+            with self.lock:
+                if handed >= free or self.busy[organization_id] >= self.per_organization:
+                    continue
+                self.busy[organization_id] += 1
+            handed += 1
+            self.pool.submit(self._send, delivery_id, organization_id)
+        return handed
+
+    def _send(self, delivery_id: str, organization_id: str) -> None:
+        try:
+            close_old_connections()
+            webhooks.deliver(delivery_id)
+        except DatabaseError:
+            logger.exception("webhook delivery %s failed", delivery_id)
+        finally:
+            close_old_connections()
+            with self.lock:
+                self.busy[organization_id] -= 1
+
+    def stop(self) -> None:
+        """Finish the attempts under way (each within DELIVERY_TIMEOUT_SECONDS)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
