@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 
 from runs import webhooks
 
@@ -53,7 +53,8 @@ class Senders:
         try:
             close_old_connections()
             webhooks.deliver(delivery_id)
-        except DatabaseError:
+        except Exception:  # a thread of the pool: nothing above it would say so
+            # Its claim runs out and another attempt is made then (runs.webhooks._claim).
             logger.exception("webhook delivery %s failed", delivery_id)
         finally:
             close_old_connections()
