@@ -456,7 +456,7 @@ class WebhookDelivery(models.Model):
     # longest time (runs.webhooks): if the sender dies, the attempt is due again then.
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     # The queue (LOOPS_QUEUE) whose worker clusters send it: its run's, as its timers were.
-    queue = models.CharField(max_length=100, default="loops")
+    queue = models.CharField(max_length=100, default="loops", db_default="loops")
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,9 +1,11 @@
 """The webhook senders of a worker cluster: threads of the `qcluster` process, beside its clock.
 
-Each round of the clock hands them the deliveries of its queue that are due, as many as they
-have free threads, taking turns between organizations (runs.webhooks.due_deliveries); no
-organization holds more than half of them at once, so that one whose receivers are slow (an
-attempt may take DELIVERY_TIMEOUT_SECONDS) or whose backlog is long leaves the others room.
+Each round of the clock, and each thread that finishes an attempt, hands them the deliveries
+of its queue that are due, as many as they have free threads, taking turns between
+organizations (runs.webhooks.due_deliveries). While several organizations have deliveries due,
+none gets more than half of the threads, so that one whose receivers are slow (an attempt may
+take DELIVERY_TIMEOUT_SECONDS) or whose backlog is long leaves the others room; threads no one
+else wants go to whoever has more.
 Deliveries never enter the queue of the workers' turns: they cannot delay anyone's runs. Every
 cluster of the queue sends; each attempt is claimed first (runs.webhooks.deliver), so none is
 made twice at once.
@@ -28,25 +30,29 @@ class Senders:
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="loops-webhooks")
         self.busy: Counter = Counter()  # attempts under way, by organization
         self.lock = threading.Lock()
+        self.stopped = False
 
     def round(self) -> int:
-        """Hand the senders what is due, as far as they have room; returns how many."""
+        """Hand the senders what is due, as far as they have room; returns how many. Each
+        organization gets at most half of the threads while another one's deliveries are due
+        too; the threads left over go to whoever has more."""
         with self.lock:
             free = self.threads - sum(self.busy.values())
-            held = {org for org, n in self.busy.items() if n >= self.per_organization}
-        if free <= 0:
+        if free <= 0 or self.stopped:
             return 0
-        # More than the free threads: some may belong to organizations that have no room.
-        due = webhooks.due_deliveries(limit=free + len(held) * self.per_organization,
-                                      per_organization=self.per_organization)  # fmt: skip
-        handed = 0
-        for delivery_id, organization_id in due:
-            with self.lock:
-                if handed >= free or self.busy[organization_id] >= self.per_organization:
-                    continue
-                self.busy[organization_id] += 1
-            handed += 1
-            self.pool.submit(self._send, delivery_id, organization_id)
+        due = webhooks.due_deliveries(limit=self.threads * 2, per_organization=self.threads)
+        handed, picked = 0, set()
+        for capped in (True, False):
+            for delivery_id, organization_id in due:
+                with self.lock:
+                    if handed >= free or delivery_id in picked:
+                        continue
+                    if capped and self.busy[organization_id] >= self.per_organization:
+                        continue
+                    self.busy[organization_id] += 1
+                picked.add(delivery_id)
+                handed += 1
+                self.pool.submit(self._send, delivery_id, organization_id)
         return handed
 
     def _send(self, delivery_id: str, organization_id: str) -> None:
@@ -60,7 +66,19 @@ class Senders:
             close_old_connections()
             with self.lock:
                 self.busy[organization_id] -= 1
+        self._next()
+
+    def _next(self) -> None:
+        """A thread that is done hands out what is due at once, not at the clock's next
+        round: a backlog drains as fast as the receivers answer."""
+        try:
+            self.round()
+        except Exception:
+            logger.exception("handing out webhook deliveries failed")
+        finally:
+            close_old_connections()
 
     def stop(self) -> None:
         """Finish the attempts under way (each within DELIVERY_TIMEOUT_SECONDS)."""
+        self.stopped = True
         self.pool.shutdown(wait=True, cancel_futures=True)

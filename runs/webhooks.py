@@ -259,10 +259,15 @@ def due_deliveries(*, limit: int, per_organization: int, now=None) -> list[tuple
     organization's oldest `per_organization` first, taking turns, so that one organization's
     backlog does not hold back another's deliveries. Nothing is claimed (runs.webhooks.deliver
     claims each)."""
+    now = now or timezone.now()
+    due = WebhookDelivery.objects.filter(
+        status=DeliveryStatus.PENDING, queue=dispatch.queue_key(), next_attempt_at__lte=now
+    )
+    # Most rounds find nothing: one look at the partial index, not the fair pick's join.
+    if not due.exists():
+        return []
     with connection.cursor() as cursor:
-        cursor.execute(
-            _due_sql(), [dispatch.queue_key(), now or timezone.now(), per_organization, limit]
-        )
+        cursor.execute(_due_sql(), [dispatch.queue_key(), now, per_organization, limit])
         return [tuple(row) for row in cursor.fetchall()]
 
 
@@ -334,7 +339,8 @@ def delivery_redeliver(*, delivery: WebhookDelivery) -> WebhookDelivery:
     if not delivery.webhook.active:
         raise Conflict("The webhook is disabled: enable it to redeliver.")
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.PENDING, next_attempt_at=timezone.now(), queue=dispatch.queue_key()
-    )
+        status=DeliveryStatus.PENDING, next_attempt_at=timezone.now(),
+        queue=delivery.run.queue if delivery.run_id else dispatch.queue_key(),
+    )  # fmt: skip
     delivery.refresh_from_db()
     return delivery

@@ -105,8 +105,8 @@ def test_timers_and_schedules_made_before_queues_were_theirs_stay_with_their_clu
 
 
 def test_deliveries_made_before_senders_are_sent_by_their_runs_queue(loop):
-    """Before runs 0018 deliveries were tasks, and retries waited on timers. A delivery goes to
-    its run's queue (else the migrating cluster's), its retry's timer goes (its next_attempt_at
+    """Before runs 0018 deliveries were tasks, and retries waited on timers. A pending delivery
+    goes to its run's queue (else the migrating cluster's), its retry's timer goes (its next_attempt_at
     says when it is due), and an attempt a task had claimed and never ended is due again."""
     migration = importlib.import_module("runs.migrations.0018_delivery_queue")
     hook = Webhook.objects.create(organization=loop.organization, url="https://x.test/h",
@@ -126,7 +126,8 @@ def test_deliveries_made_before_senders_are_sent_by_their_runs_queue(loop):
     migration.deliveries_of_their_runs_queue(apps, None)
 
     rows = {d.pk: d for d in WebhookDelivery.objects.all()}
-    assert [rows[d.pk].queue for d in (retry, lost, done)] == ["night", "loops", "loops"]
+    # An ended delivery is never sent again: left as it was (a redelivery takes its run's queue).
+    assert [rows[d.pk].queue for d in (retry, lost, done)] == ["night", "loops", ""]
     assert rows[retry.pk].next_attempt_at == later
     assert rows[lost.pk].next_attempt_at is not None  # due again
     assert rows[done.pk].next_attempt_at is None

@@ -4,6 +4,7 @@ The request counts against the run's wall clock: its deadline is the earlier of 
 and the execution's deadline, and every page of a paginated call shares that one deadline.
 """
 
+import json
 import math
 from urllib.parse import urljoin
 
@@ -118,9 +119,18 @@ def _budget(execution) -> int:
     return max(min(settings.LOOPS_MAX_STEP_OUTPUT_BYTES, run_left), 0)
 
 
+def _over_budget(budget: int) -> dict:
+    return {
+        "message": f"the responses are larger than the step may keep ({budget} bytes: "
+        "LOOPS_MAX_STEP_OUTPUT_BYTES, or what is left of LOOPS_MAX_RUN_BYTES); reading stopped "
+        "there",
+        "type": "HttpError",
+    }
+
+
 def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list,
            budget: int) -> dict | None:  # fmt: skip
-    """Request each page into `records`, reading at most `budget` bytes of bodies in all;
+    """Request each page into `records`, keeping at most `budget` bytes of records in all;
     returns the step's error for a 4xx/5xx or a body over the budget, else None."""
     url, left = req["url"], budget
     headers = _headers(req.get("headers"))
@@ -140,14 +150,12 @@ def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list,
         except outbound.ResponseTooLarge:
             if read_limit == settings.LOOPS_HTTP_MAX_RESPONSE_BYTES:
                 raise
-            return {
-                "message": f"the responses are larger than the step may keep ({budget} bytes: "
-                "LOOPS_MAX_STEP_OUTPUT_BYTES, or what is left of LOOPS_MAX_RUN_BYTES); "
-                "reading stopped there",
-                "type": "HttpError",
-            }
-        left -= len(reply.content)
+            return _over_budget(budget)
         record = _record(reply)
+        size = len(json.dumps(record))  # what the step keeps of it: body, text, headers
+        if size > left:
+            return _over_budget(budget)
+        left -= size
         if pages > 1:
             record["page"] = page
         records.append(record)

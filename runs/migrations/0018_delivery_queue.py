@@ -16,7 +16,10 @@ def deliveries_of_their_runs_queue(apps, schema_editor):
     Timer = apps.get_model("runs", "Timer")
     here = Value(Conf.CLUSTER_NAME)
     run_queue = Run.objects.filter(pk=OuterRef("run_id")).values("queue")[:1]
-    WebhookDelivery.objects.update(queue=Coalesce(Subquery(run_queue), here))
+    # Only pending deliveries are ever sent again (a redelivery takes its run's queue anew).
+    WebhookDelivery.objects.filter(status="pending").update(
+        queue=Coalesce(Subquery(run_queue), here)
+    )
     Timer.objects.filter(kind="webhook").delete()
     # An attempt a task had claimed (the old claim cleared next_attempt_at) and never ended.
     WebhookDelivery.objects.filter(status="pending", next_attempt_at__isnull=True).update(
@@ -33,7 +36,9 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="webhookdelivery",
             name="queue",
-            field=models.CharField(default="loops", max_length=100),
+            # In the database too: processes of the previous release insert deliveries
+            # without it until they are restarted.
+            field=models.CharField(db_default="loops", default="loops", max_length=100),
         ),
         migrations.AddIndex(
             model_name="webhookdelivery",
