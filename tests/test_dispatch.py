@@ -106,8 +106,9 @@ def test_timers_and_schedules_made_before_queues_were_theirs_stay_with_their_clu
 
 def test_deliveries_made_before_senders_are_sent_by_their_runs_queue(loop):
     """Before runs 0018 deliveries were tasks, and retries waited on timers. A pending delivery
-    goes to its run's queue (else the migrating cluster's), its retry's timer goes (its next_attempt_at
-    says when it is due), and an attempt a task had claimed and never ended is due again."""
+    goes to its run's queue (else the migrating cluster's), its retry's timer goes (its
+    next_attempt_at says when it is due), and an attempt a task had claimed and never ended is
+    due again."""
     migration = importlib.import_module("runs.migrations.0018_delivery_queue")
     hook = Webhook.objects.create(organization=loop.organization, url="https://x.test/h",
                                   secret="s")  # fmt: skip

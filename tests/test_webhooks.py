@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class Receiver:
     """A tiny HTTP server on 127.0.0.1 that records requests and answers given statuses."""
 
-    def __init__(self, statuses):
+    def __init__(self, statuses, delay: float = 0.0):
         self.statuses = list(statuses)
         self.requests = []
         receiver = self
@@ -38,6 +38,7 @@ class Receiver:
                 receiver.requests.append((dict(self.headers), body))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 reply = b"boom" if status >= 500 else b"thanks"
+                time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
@@ -373,30 +374,6 @@ def test_an_organization_has_at_most_its_webhooks(api, settings):
     assert Webhook.objects.count() == 2
 
 
-class SlowReceiver:
-    """Answers every POST after `seconds`, and counts them."""
-
-    def __init__(self, seconds: float):
-        self.count = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.count += 1
-                time.sleep(seconds)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_one_organizations_webhooks_delay_no_other_organizations_runs_or_deliveries(
     org, other_org, loop, live_server, monkeypatch, settings
 ):
@@ -407,7 +384,7 @@ def test_one_organizations_webhooks_delay_no_other_organizations_runs_or_deliver
     settings.LOOPS_HTTP_ALLOW_PRIVATE = True
     queue = f"test-senders-{os.getpid()}"
     send_work_to(monkeypatch, queue)
-    slow = SlowReceiver(0.5)
+    slow = Receiver([], delay=0.5)  # every answer a 200, after 0.5 s
     LoopFactory(organization=other_org, slug="greeting", code=loop.active_version.code)
     for n in range(20):
         webhooks.webhook_create(organization=other_org, url=f"{slow.url}/{n}")
@@ -436,7 +413,7 @@ def test_one_organizations_webhooks_delay_no_other_organizations_runs_or_deliver
                                                      status="pending").count()  # fmt: skip
     finally:
         cluster.stop()
-        slow.server.shutdown()
+        slow.close()
     assert ended_in < 5, ended_in
     assert delivered_in < 10, delivered_in
     assert waiting > 1000  # theirs go on at their own pace
