@@ -101,15 +101,17 @@ def _params(value):
     return False
 
 
-def _request_error(req: dict) -> str | None:
-    """What is wrong with the program's request before anything is sent, or None."""
+def _checked(req: dict) -> dict | str:
+    """The program's request with its headers and query parameters as they are sent, or what
+    is wrong with it (before anything is sent)."""
     if not isinstance(req.get("url"), str) or not isinstance(req.get("method") or "GET", str):
         return "method and url must be strings"
-    if _headers(req.get("headers")) is None:
+    headers, params = _headers(req.get("headers")), _params(req.get("params"))
+    if headers is None:
         return "headers must be an object of names to strings"
-    if _params(req.get("params")) is False:
+    if params is False:
         return "params must be an object of names to values, or a list of [name, value] pairs"
-    return None
+    return {**req, "headers": headers, "params": params}
 
 
 def _budget(execution) -> int:
@@ -130,10 +132,10 @@ def _over_budget(budget: int) -> dict:
 
 def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list,
            budget: int) -> dict | None:  # fmt: skip
-    """Request each page into `records`, keeping at most `budget` bytes of records in all;
-    returns the step's error for a 4xx/5xx or a body over the budget, else None."""
+    """Request each page of `req` (checked) into `records`, keeping at most `budget` bytes of
+    records in all; returns the step's error for a 4xx/5xx or a body over the budget, else
+    None."""
     url, left = req["url"], budget
-    headers = _headers(req.get("headers"))
     for page in range(1, pages + 1):
         read_limit = min(settings.LOOPS_HTTP_MAX_RESPONSE_BYTES, left)
         try:
@@ -142,8 +144,8 @@ def _fetch(req: dict, pages: int, deadline: outbound.Deadline, records: list,
                 url,
                 deadline=deadline,
                 max_bytes=read_limit,
-                headers=headers,
-                params=_params(req.get("params")) if page == 1 else None,
+                headers=req["headers"],
+                params=req["params"] if page == 1 else None,
                 json=req.get("json"),
                 content=req.get("data") if isinstance(req.get("data"), str) else None,
             )
@@ -185,14 +187,15 @@ def handle_http(execution, message: dict) -> dict:
     timeout = _timeout(req.get("timeout"))
     records: list[dict] = []
     error = None
-    wrong = _request_error(req)
-    if wrong is None and timeout is None:
-        wrong = "timeout must be a positive number of seconds"
-    if wrong:
-        error = {"message": wrong, "type": "HttpError"}
+    checked = _checked(req)
+    if isinstance(checked, dict) and timeout is None:
+        checked = "timeout must be a positive number of seconds"
+    if isinstance(checked, str):
+        error = {"message": checked, "type": "HttpError"}
     else:
         try:
-            error = _fetch(req, pages, _deadline(execution, timeout), records, _budget(execution))
+            deadline = _deadline(execution, timeout)
+            error = _fetch(checked, pages, deadline, records, _budget(execution))
         except outbound.OutboundError as exc:
             error = {"message": str(exc), "type": "HttpError"}
         except httpx.HTTPError as exc:
