@@ -12,9 +12,10 @@ os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync 
 import httpx
 import pytest
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.core.signals import request_finished
 from django.db import connection
-from django.test import override_settings
+from django.test import TransactionTestCase, override_settings
 from django_q.brokers import get_broker
 
 from accounts.models import Role
@@ -45,6 +46,27 @@ def _static_files_without_collectstatic():
     with override_settings(
         STORAGES=storages, WHITENOISE_USE_FINDERS=True, WHITENOISE_AUTOREFRESH=True
     ):
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _flush_tried_again_after_a_deadlock():
+    """A transactional test's data is flushed (one TRUNCATE of every table) while the session's
+    worker cluster still runs its clock and webhook senders, whose statements take the same
+    tables in another order: PostgreSQL may end the TRUNCATE as a deadlock's victim. It was
+    rolled back whole, so it is tried again. (Nothing but tests truncates.)"""
+    flush = TransactionTestCase._fixture_teardown
+
+    def flush_tried_again(test_case, attempts=5):
+        for attempt in range(attempts):
+            try:
+                return flush(test_case)
+            except CommandError as error:
+                if attempt == attempts - 1 or "deadlock detected" not in str(error.__cause__):
+                    raise
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TransactionTestCase, "_fixture_teardown", flush_tried_again)
         yield
 
 
