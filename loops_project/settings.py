@@ -285,6 +285,10 @@ LOOPS_TURN_SECONDS = env_int("LOOPS_TURN_SECONDS", 20)
 # worker died is queued again once its lease has run out.
 LOOPS_LEASE_SECONDS = env_int("LOOPS_LEASE_SECONDS", 15)
 LOOPS_HEARTBEAT_SECONDS = env_int("LOOPS_HEARTBEAT_SECONDS", 5)
+# A run whose worker has died this many times while running it fails (WorkerLost) instead of
+# going back to the queue: a run that kills its worker (by memory, say) must not take one
+# worker after another, with the other runs in their hands, for ever.
+LOOPS_MAX_LOST_EXECUTIONS = env_int("LOOPS_MAX_LOST_EXECUTIONS", 3)
 # The clock of each cluster (runs.clock) looks at what is due at least this often.
 LOOPS_CLOCK_SECONDS = env_float("LOOPS_CLOCK_SECONDS", 0.25)
 # How long a step's end may wait to be written together with the execution's next write (the

@@ -247,6 +247,7 @@ class RunAdmin(LeanChangelistMixin, ReadOnlyMixin, admin.ModelAdmin):
                     "cpu_time_ms",
                     "total_steps",
                     "executions",
+                    "lost_executions",
                     "lease_expires_at",
                 ]
             },

@@ -31,7 +31,7 @@ from accounts.audit_log import prune_audit
 from loops.schedules import fire_due_schedules
 from runs import approvals, dispatch, reactions, state
 from runs.bulk import bulk_revive_stalled
-from runs.models import Timer, TimerKind
+from runs.models import RunStatus, Timer, TimerKind
 from runs.senders import Senders
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,11 @@ def round_(now: datetime | None = None) -> float:
     fire_due_timers(now)
     fire_due_schedules(now)
     for change in state.release_expired():
-        logger.warning("run %s: its worker died; queued again", change.run_id)
+        if change.status == RunStatus.FAILED:
+            logger.error("run %s: its worker died for the last time (LOOPS_MAX_LOST_EXECUTIONS); "
+                         "failed", change.run_id)  # fmt: skip
+        else:
+            logger.warning("run %s: its worker died; queued again", change.run_id)
         reactions.after(change)
     if state.may_start():
         dispatch.wake_workers()

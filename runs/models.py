@@ -134,6 +134,9 @@ class Run(models.Model):
     execution_id = models.CharField(max_length=40, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     executions = models.PositiveIntegerField(default=0)
+    # Executions that ended with their worker's death (lease expired): at
+    # LOOPS_MAX_LOST_EXECUTIONS the run fails instead of going back to the queue.
+    lost_executions = models.PositiveSmallIntegerField(default=0)
 
     objects = RunQuerySet.as_manager()
 

@@ -31,6 +31,8 @@ from loops_project import sql
 from runs import dispatch
 from runs.models import (
     CANCELLED_STEP_ERROR,
+    LogEntry,
+    LogLevel,
     Run,
     RunStatus,
     ScanRequest,
@@ -43,6 +45,7 @@ from runs.models import (
     Webhook,
 )
 
+WORKER_LOST = "WorkerLost"  # the error of a run that lost LOOPS_MAX_LOST_EXECUTIONS workers
 CLAIM_LOCK = 7_270_011  # pg_advisory_xact_lock key: one claim at a time, so limits hold exactly
 # The claims' lock, taken first in the claim's transaction (its snapshot is taken after it). The
 # claim commits without waiting for the WAL flush: the run's first durable write after it
@@ -298,22 +301,59 @@ def renew_lease(owner: Owner) -> bool:
 
 def release_expired(limit: int = 500) -> list["Change"]:
     """Runs whose worker died (lease expired) go back to pending, to be claimed again; the
-    step that was in progress is re-run by the next execution, finished ones are replayed."""
+    step that was in progress is re-run by the next execution, finished ones are replayed. A
+    run that has lost LOOPS_MAX_LOST_EXECUTIONS workers so fails instead (`WorkerLost`), with
+    its step in progress. Each loss is written in the run's log."""
     now = timezone.now()
     expired = list(
         Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).only(
-            "organization_id", "loop_id", "parent_step_id"
+            "organization_id", "loop_id", "parent_step_id", "started_at", "lost_executions"
         )[:limit]
     )
     released = []
     for run in expired:
         with transaction.atomic():
-            if Run.objects.filter(
-                pk=run.pk, status=RunStatus.RUNNING, lease_expires_at__lt=now
-            ).update(status=RunStatus.PENDING, execution_id="", lease_expires_at=None):
-                dispatch.wake_workers()
-                released.append(change_of(run, RunStatus.PENDING))
+            change = _release(run, now)
+        if change is not None:
+            released.append(change)
     return released
+
+
+def _release(run: Run, now: datetime) -> "Change | None":
+    lost = run.lost_executions + 1
+    limit = settings.LOOPS_MAX_LOST_EXECUTIONS
+    expired = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    if lost < limit:
+        if not expired.update(status=RunStatus.PENDING, execution_id="", lease_expires_at=None,
+                              lost_executions=lost):  # fmt: skip
+            return None
+        _log_loss(run, now, LogLevel.WARNING, f"The worker running this run stopped "
+                  f"(lost {lost} of {limit} times); the run is queued again")  # fmt: skip
+        dispatch.wake_workers()
+        return change_of(run, RunStatus.PENDING)
+    step = Step.objects.filter(run_id=run.pk, status=StepStatus.RUNNING).only("name").first()
+    message = (
+        f"The worker running this run stopped {lost} times (LOOPS_MAX_LOST_EXECUTIONS); "
+        "it is not run again"
+    )
+    if not expired.update(
+        status=RunStatus.FAILED, completed_at=now, duration_ms=duration_ms(run.started_at, now),
+        lease_expires_at=None, pending=None, lost_executions=lost,
+        error_message=f"Step '{step.name}' failed: {message}" if step else message,
+        error_type=WORKER_LOST, error_step=step.name if step else "", error_traceback="",
+    ):  # fmt: skip
+        return None
+    error = {"message": message, "type": WORKER_LOST}
+    Step.objects.filter(run_id=run.pk, status=StepStatus.RUNNING).update(
+        status=StepStatus.FAILED, error=error, finished_at=now
+    )
+    _log_loss(run, now, LogLevel.ERROR, message, step)
+    return change_of(run, RunStatus.FAILED)
+
+
+def _log_loss(run: Run, now: datetime, level: str, message: str, step: Step | None = None):
+    LogEntry.objects.create(run_id=run.pk, loop_id=run.loop_id, step=step, level=level,
+                            message=message, time=now)  # fmt: skip
 
 
 # --- What a change was, for runs.reactions -------------------------------------------------------

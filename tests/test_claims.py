@@ -135,3 +135,51 @@ def test_a_stale_execution_writes_nothing_to_a_run_taken_over(org, loop):
     assert (step.status, step.error) == (StepStatus.FAILED, {"message": "it crashed"})
     assert Run.objects.get(pk=current.run.pk).pending == {"kind": "sleep"}
     assert Timer.objects.filter(target=step.pk).exists()
+
+
+def _worker_dies(claim) -> list:
+    """The claim's worker dies mid-step: its step is running, its lease runs out, and the
+    clock releases what expired."""
+    Step.objects.update_or_create(
+        run_id=claim.run.pk, key="s",
+        defaults={"order": 0, "name": "Eat memory", "kind": "do", "status": StepStatus.RUNNING},
+        create_defaults={"id": ids.step_id(), "order": 0, "name": "Eat memory", "kind": "do",
+                         "status": StepStatus.RUNNING},
+    )  # fmt: skip
+    Run.objects.filter(pk=claim.run.pk).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    return state.release_expired()
+
+
+def test_a_run_whose_worker_dies_every_time_fails_at_the_limit_and_is_not_run_again(
+    org, loop, api, settings
+):
+    settings.LOOPS_MAX_LOST_EXECUTIONS = 3
+    _pending(loop, 1)
+    for lost in (1, 2):
+        (change,) = _worker_dies(state.claim_next())
+        assert change.status == RunStatus.PENDING
+        run = api.get(f"/api/v1/runs/{change.run_id}").json()["data"]
+        assert run["status"] == "pending", lost
+
+    (change,) = _worker_dies(state.claim_next())
+    assert change.status == RunStatus.FAILED
+    assert state.claim_next() is None  # not run a fourth time
+    body = api.get(f"/api/v1/runs/{change.run_id}").json()["data"]
+    assert body["status"] == "failed"
+    assert body["completedAt"] is not None
+    assert body["errorDetail"]["type"] == "WorkerLost"
+    assert body["errorDetail"]["stepName"] == "Eat memory"
+    assert body["error"] == (
+        "Step 'Eat memory' failed: The worker running this run stopped 3 times "
+        "(LOOPS_MAX_LOST_EXECUTIONS); it is not run again"
+    )
+    (step,) = body["steps"]
+    assert (step["status"], step["error"]["type"]) == ("failed", "WorkerLost")
+    logs = api.get(f"/api/v1/runs/{change.run_id}/logs").json()
+    assert [(entry["level"], entry["message"][:40]) for entry in logs["data"]] == [
+        ("warning", "The worker running this run stopped (los"),
+        ("warning", "The worker running this run stopped (los"),
+        ("error", "The worker running this run stopped 3 ti"),
+    ]

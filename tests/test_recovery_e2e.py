@@ -81,6 +81,34 @@ def test_a_killed_worker_is_replaced_and_its_run_carries_on_within_seconds(org):
     assert Step.objects.get(run=run, name="Slow").started_at > slow.started_at
 
 
+def test_a_run_that_kills_its_worker_each_time_fails_after_the_limit_and_kills_no_more(org):
+    """As a run that eats its worker's memory would: here the test kills whichever worker is
+    in the middle of its "Slow" step."""
+    loop = deploy(org, TWO_STEPS, slug="two-steps")
+    cluster = cluster_on("kill-every-time", LOOPS_WORKERS="1", LOOPS_MAX_LOST_EXECUTIONS="2")
+    try:
+        run = RunFactory(loop=loop, status="pending", input={"sleep": 30}, queue="kill-every-time")
+        for execution in (1, 2):
+            wait_until(lambda n=execution: _in_slow_step(run, n), timeout=60)
+            (worker,) = cluster.sandboxed_workers()
+            os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: _status(run.pk) == "failed", timeout=30)
+    finally:
+        cluster.stop()
+    run.refresh_from_db()
+    assert (run.executions, run.lost_executions, run.error_type) == (2, 2, "WorkerLost")
+    assert run.error_message.startswith("Step 'Slow' failed: The worker running this run stopped")
+    assert Step.objects.get(run=run, name="Slow").status == "failed"
+    assert Step.objects.get(run=run, name="First").status == "succeeded"
+
+
+def _in_slow_step(run: Run, execution: int) -> bool:
+    return (
+        Run.objects.filter(pk=run.pk, executions=execution, status="running").exists()
+        and Step.objects.filter(run=run, name="Slow", status="running").exists()
+    )
+
+
 def test_killing_the_qcluster_parent_takes_every_process_of_it_along(org, loop):
     cluster = cluster_on("kill-parent")
     try:
