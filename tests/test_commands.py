@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from io import StringIO
 from pathlib import Path
 
@@ -353,9 +354,14 @@ def test_demo_stopped_by_sigterm_takes_its_worker_cluster_along(tmp_path):
             if "Worker:" in line:
                 break
         assert any("Worker:" in line for line in seen), seen
+        # The rest is read as it comes: a full pipe would hold the demo and its cluster still.
+        threading.Thread(target=lambda: seen.extend(demo.stdout), daemon=True).start()
         cluster = wait_until(lambda: _clusters_on(tmp_path / "demo.sqlite3"), timeout=60)
         demo.send_signal(signal.SIGTERM)
-        demo.wait(timeout=30)
+        try:
+            demo.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the demo did not stop within 30 s of SIGTERM:\n" + "".join(seen))
         wait_until(lambda: not any(alive(pid) for pid in cluster), timeout=30)
     finally:
         if demo.poll() is None:
