@@ -471,6 +471,12 @@ class WebhookDelivery(models.Model):
                 name="delivery_due",
                 condition=models.Q(status="pending"),
             ),
+            # The senders' pick (runs.webhooks.due_deliveries): each webhook's oldest first.
+            models.Index(
+                fields=["queue", "webhook", "next_attempt_at"],
+                name="delivery_due_hook",
+                condition=models.Q(status="pending"),
+            ),
         ]
 
     def __str__(self) -> str:

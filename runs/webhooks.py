@@ -236,39 +236,87 @@ def queue_event(*, run: Run, event: str, data: dict) -> int:
     return len(deliveries)
 
 
-@cache
-def _due_sql() -> str:
-    d, w = sql.table(WebhookDelivery), sql.table(Webhook)
-    c = lambda name: sql.column(WebhookDelivery, name)  # noqa: E731
-    organization = sql.column(Webhook, "organization")
-    # Table and column names from the models; every value is a parameter.
-    return (
-        f"SELECT id, organization_id FROM (SELECT d.{c('id')} AS id, "  # noqa: S608
-        f"w.{organization} AS organization_id, d.{c('next_attempt_at')} AS due, "
-        f"row_number() OVER (PARTITION BY w.{organization} "
-        f"ORDER BY d.{c('next_attempt_at')}, d.{c('id')}) AS nth "
-        f"FROM {d} d JOIN {w} w ON w.{sql.column(Webhook, 'id')} = d.{c('webhook')} "
-        f"WHERE d.{c('status')} = '{DeliveryStatus.PENDING}' AND d.{c('queue')} = %s "
-        f"AND d.{c('next_attempt_at')} <= %s) due "
-        "WHERE nth <= %s ORDER BY nth, due LIMIT %s"
-    )
-
-
 def due_deliveries(*, limit: int, per_organization: int, now=None) -> list[tuple[str, str]]:
     """Up to `limit` deliveries of this queue that are due, as (id, organization id): each
     organization's oldest `per_organization` first, taking turns, so that one organization's
     backlog does not hold back another's deliveries. Nothing is claimed (runs.webhooks.deliver
-    claims each)."""
+    claims each).
+
+    The senders ask at every clock round and after every attempt, so the answer costs the same
+    whatever the backlog: each webhook's oldest due deliveries are read from the index
+    `delivery_due_hook` (a few rows each), never the whole backlog sorted."""
     now = now or timezone.now()
+    queue = dispatch.queue_key()
     due = WebhookDelivery.objects.filter(
-        status=DeliveryStatus.PENDING, queue=dispatch.queue_key(), next_attempt_at__lte=now
+        status=DeliveryStatus.PENDING, queue=queue, next_attempt_at__lte=now
     )
-    # Most rounds find nothing: one look at the partial index, not the fair pick's join.
+    # Most rounds find nothing: one look at the partial index.
     if not due.exists():
         return []
+    by_organization: dict[str, list[tuple]] = {}
+    hooks = _hooks_with_pending(queue)
+    for chunk in range(0, len(hooks), HOOKS_PER_STATEMENT):
+        for row in _oldest_due(queue, hooks[chunk : chunk + HOOKS_PER_STATEMENT], now,
+                               per_organization):  # fmt: skip
+            by_organization.setdefault(row[3], []).append(row)
+    ranked = []
+    for rows in by_organization.values():
+        rows.sort(key=lambda row: (row[2], row[0]))  # oldest first
+        ranked += [(nth, due_at, pk, org) for nth, (pk, _, due_at, org) in enumerate(rows)]
+    ranked = [row for row in ranked if row[0] < per_organization]
+    ranked.sort()
+    return [(pk, org) for _, _, pk, org in ranked[:limit]]
+
+
+HOOKS_PER_STATEMENT = 200  # 5 parameters each, within SQLite's 32,766
+
+
+def _hooks_with_pending(queue: str) -> list[str]:
+    """The webhooks with pending deliveries in `queue`: one index probe each (a skip scan of
+    delivery_due_hook), however many deliveries they have."""
     with connection.cursor() as cursor:
-        cursor.execute(_due_sql(), [dispatch.queue_key(), now, per_organization, limit])
-        return [tuple(row) for row in cursor.fetchall()]
+        cursor.execute(_hooks_sql(), [queue, queue])
+        return [hook for (hook,) in cursor.fetchall()]
+
+
+@cache
+def _hooks_sql() -> str:
+    d = sql.table(WebhookDelivery)
+    c = lambda name: sql.column(WebhookDelivery, name)  # noqa: E731
+    pending = f"{c('status')} = '{DeliveryStatus.PENDING}' AND {c('queue')} = %s"
+    return (
+        f"WITH RECURSIVE hooks(id) AS (SELECT MIN({c('webhook')}) FROM {d} WHERE {pending} "  # noqa: S608
+        f"UNION ALL SELECT (SELECT MIN({c('webhook')}) FROM {d} WHERE {pending} "
+        f"AND {c('webhook')} > hooks.id) FROM hooks WHERE hooks.id IS NOT NULL) "
+        "SELECT id FROM hooks WHERE id IS NOT NULL"
+    )
+
+
+def _oldest_due(queue: str, hooks: list[str], now, count: int) -> list[tuple]:
+    """Each webhook's `count` oldest due deliveries: (id, webhook id, due at, organization
+    id)."""
+    if not hooks:
+        return []
+    branch = _oldest_due_sql()
+    statement = " UNION ALL ".join([branch] * len(hooks))
+    params = [value for hook in hooks for value in (queue, hook, now, count)]
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return cursor.fetchall()
+
+
+@cache
+def _oldest_due_sql() -> str:
+    d, w = sql.table(WebhookDelivery), sql.table(Webhook)
+    c = lambda name: sql.column(WebhookDelivery, name)  # noqa: E731
+    return (
+        f"SELECT * FROM (SELECT d.{c('id')}, d.{c('webhook')}, d.{c('next_attempt_at')}, "  # noqa: S608
+        f"w.{sql.column(Webhook, 'organization')} FROM {d} d "
+        f"JOIN {w} w ON w.{sql.column(Webhook, 'id')} = d.{c('webhook')} "
+        f"WHERE d.{c('status')} = '{DeliveryStatus.PENDING}' AND d.{c('queue')} = %s "
+        f"AND d.{c('webhook')} = %s AND d.{c('next_attempt_at')} <= %s "
+        f"ORDER BY d.{c('next_attempt_at')} LIMIT %s) AS oldest"
+    )
 
 
 def _claim(delivery_id: str, now) -> bool:

@@ -364,6 +364,36 @@ def test_an_organizations_backlog_does_not_hold_back_anothers_deliveries(org, ot
     assert len(webhooks.due_deliveries(limit=100, per_organization=100)) == 51
 
 
+def test_an_organizations_share_of_the_pick_spans_all_its_webhooks(org, other_org):
+    """Each webhook's oldest deliveries are read; the organization's oldest of them all are
+    its share, however many webhooks it has. Deliveries of another queue, not yet due, or
+    ended are not picked."""
+    hooks = [
+        Webhook.objects.create(organization=other_org, url=f"https://x.test/{n}", secret="s")
+        for n in range(3)
+    ]
+    ours = Webhook.objects.create(organization=org, url="https://y.test/h", secret="s")
+    start = timezone.now() - timedelta(hours=1)
+
+    def delivery(hook, minutes: int, **fields) -> WebhookDelivery:
+        return WebhookDelivery.objects.create(
+            webhook=hook, event="ping", payload={},
+            next_attempt_at=start + timedelta(minutes=minutes), **fields,
+        )  # fmt: skip
+
+    theirs = {minutes: delivery(hooks[minutes % 3], minutes) for minutes in range(9)}
+    mine = delivery(ours, 30)
+    delivery(ours, 0, queue="elsewhere")
+    delivery(ours, 1, status="succeeded")
+    delivery(ours, 120)  # due in an hour
+    taken = webhooks.due_deliveries(limit=10, per_organization=4)
+    assert taken == [
+        (theirs[0].pk, other_org.pk),
+        (mine.pk, org.pk),
+        *[(theirs[minutes].pk, other_org.pk) for minutes in (1, 2, 3)],
+    ]
+
+
 def test_an_organization_has_at_most_its_webhooks(api, settings):
     settings.LOOPS_MAX_WEBHOOKS_PER_ORG = 2
     for n in range(2):
