@@ -3,6 +3,7 @@
 import enum
 from typing import Literal
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -86,6 +87,13 @@ def loop_create(
                       details={"field": "slug"})  # fmt: skip
     if Loop.objects.filter(organization=organization, slug=slug).exists():
         raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken")
+    limit = settings.LOOPS_MAX_LOOPS_PER_ORG
+    if Loop.objects.filter(organization=organization).count() >= limit:
+        raise Conflict(
+            f"The organization has {limit} loops, the most it may have: delete one first, "
+            "or ask your administrator to raise LOOPS_MAX_LOOPS_PER_ORG",
+            code="too_many_loops",
+        )
     try:
         with transaction.atomic():
             loop = Loop.objects.create(

@@ -369,6 +369,9 @@ LOOPS_WEBHOOK_RETRY_BASE_SECONDS = env_int("LOOPS_WEBHOOK_RETRY_BASE_SECONDS", 3
 # Threads of each worker cluster that send webhook deliveries (runs.senders).
 LOOPS_WEBHOOK_SENDERS = env_int("LOOPS_WEBHOOK_SENDERS", 4)
 LOOPS_MAX_WEBHOOKS_PER_ORG = env_int("LOOPS_MAX_WEBHOOKS_PER_ORG", 20)
+# Every claim of a run looks at the oldest pending run of each loop (runs.state), so one
+# organization's loops, each with a run waiting, would slow every claim of every organization.
+LOOPS_MAX_LOOPS_PER_ORG = env_int("LOOPS_MAX_LOOPS_PER_ORG", 200)
 
 LOGGING = {
     "version": 1,

@@ -248,9 +248,12 @@ waiting(run_id) AS (
             {in_order})
     FROM waiting WHERE waiting.run_id IS NOT NULL
 ),
-going AS (
+going AS MATERIALIZED (
     SELECT {org_id} AS organization_id, {loop_id} AS loop_id, COUNT(*) AS n
     FROM {run} WHERE {running} GROUP BY {org_id}, {loop_id}
+),
+org_going AS MATERIALIZED (
+    SELECT organization_id, SUM(n) AS n FROM going GROUP BY organization_id
 ),
 heads AS MATERIALIZED (
     SELECT run_id,
@@ -261,9 +264,7 @@ heads AS MATERIALIZED (
 candidates AS MATERIALIZED (
     SELECT heads.run_id, heads.loop_id, heads.run_created,
         l.{lc("organization")} AS organization_id,
-        COALESCE((SELECT SUM(n) FROM going
-                  WHERE going.organization_id = l.{lc("organization")}), 0) AS org_going,
-        COALESCE((SELECT n FROM going WHERE going.loop_id = heads.loop_id), 0) AS loop_going,
+        COALESCE(og.n, 0) AS org_going, COALESCE(lg.n, 0) AS loop_going,
         l.{lc("concurrency_limit")} AS loop_limit,
         COALESCE(o.{sql.column(Organization, "concurrency_limit")}, (SELECT org_limit FROM p))
             AS org_limit,
@@ -274,6 +275,8 @@ candidates AS MATERIALIZED (
     FROM heads
     JOIN {loop} l ON l.{lc("id")} = heads.loop_id
     JOIN {org} o ON o.{sql.column(Organization, "id")} = l.{lc("organization")}
+    LEFT JOIN org_going og ON og.organization_id = l.{lc("organization")}
+    LEFT JOIN going lg ON lg.loop_id = heads.loop_id
 )
 SELECT run_id, loop_id, organization_id FROM candidates
 WHERE (loop_limit IS NULL OR loop_going < loop_limit)

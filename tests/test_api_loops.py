@@ -53,6 +53,24 @@ def test_create_with_invalid_code_or_taken_or_bad_slug_saves_nothing(api, loop):
     assert list(Loop.objects.values_list("slug", flat=True)) == ["greeting"]
 
 
+def test_an_organization_has_at_most_its_loops_and_others_are_not_counted(
+    api, loop, other_org, settings
+):
+    """Each claim of a run looks at every loop with a run waiting, so an organization's loops
+    are bounded (LOOPS_MAX_LOOPS_PER_ORG); another organization's do not count."""
+    settings.LOOPS_MAX_LOOPS_PER_ORG = 2
+    LoopFactory.create_batch(3, organization=other_org)
+    assert api.post("/api/v1/loops", json={"slug": "second", "name": "2"}).status_code == 201
+    response = api.post("/api/v1/loops", json={"slug": "third", "name": "3", "code": GREETING_CODE})
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "too_many_loops"
+    assert error["message"].startswith("The organization has 2 loops, the most it may have")
+    assert sorted(
+        Loop.objects.filter(organization=loop.organization).values_list("slug", flat=True)
+    ) == ["greeting", "second"]
+
+
 def test_patch_name_description_and_paused(api, loop):
     response = api.patch(
         "/api/v1/loops/greeting", json={"name": "Greeter", "description": "Says hi"}
