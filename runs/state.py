@@ -306,13 +306,14 @@ def release_expired(limit: int = 500) -> list["Change"]:
     """Runs whose worker died (lease expired) go back to pending, to be claimed again; the
     step that was in progress is re-run by the next execution, finished ones are replayed. A
     run that has lost LOOPS_MAX_LOST_EXECUTIONS workers so fails instead (`WorkerLost`), with
-    its step in progress. Each loss is written in the run's log."""
+    its step in progress. Each loss is written in the run's log. Only the runs of this
+    cluster's queue (LOOPS_QUEUE): its clusters' settings apply to them."""
     now = timezone.now()
-    expired = list(
-        Run.objects.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now).only(
-            "organization_id", "loop_id", "parent_step_id", "started_at", "lost_executions"
-        )[:limit]
+    expired = Run.objects.filter(
+        status=RunStatus.RUNNING, lease_expires_at__lt=now, queue=dispatch.queue_key()
     )
+    fields = ("organization_id", "loop_id", "parent_step_id", "started_at", "lost_executions")
+    expired = list(expired.only(*fields)[:limit])
     released = []
     for run in expired:
         with transaction.atomic():

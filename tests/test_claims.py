@@ -183,3 +183,14 @@ def test_a_run_whose_worker_dies_every_time_fails_at_the_limit_and_is_not_run_ag
         ("warning", "The worker running this run stopped (los"),
         ("error", "The worker running this run stopped 3 ti"),
     ]
+
+
+def test_a_clock_takes_up_only_the_runs_of_its_own_queue(org, loop):
+    """The runs of another queue are its clusters' to take up, under their settings."""
+    _pending(loop, 1)
+    claim = state.claim_next()
+    Run.objects.filter(pk=claim.run.pk).update(queue="elsewhere")
+    assert _worker_dies(claim) == []
+    assert Run.objects.get(pk=claim.run.pk).status == RunStatus.RUNNING
+    Run.objects.filter(pk=claim.run.pk).update(queue=dispatch.queue_key())
+    assert [change.status for change in state.release_expired()] == [RunStatus.PENDING]
