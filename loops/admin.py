@@ -11,7 +11,13 @@ from django.utils.text import slugify
 from accounts.audit import Actor
 from loops.forms import JsonInput, clean_timezone
 from loops.models import Loop, LoopVersion, Schedule, TestInput
-from loops.schedules import next_times, schedule_create, schedule_delete, schedule_update
+from loops.schedules import (
+    check_room_for_schedule,
+    next_times,
+    schedule_create,
+    schedule_delete,
+    schedule_update,
+)
 from loops.services import loop_create, loop_rollback, loop_update
 from loops_project.errors import DomainError
 from runs.services import check_input
@@ -259,11 +265,13 @@ class ScheduleForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if data.get("cron") and data.get("timezone"):
-            try:
+        try:
+            if data.get("cron") and data.get("timezone"):
                 next_times(data["cron"], data["timezone"])
-            except DomainError as exc:
-                raise ValidationError(exc.message) from None
+            if self.instance._state.adding and data.get("loop"):
+                check_room_for_schedule(data["loop"].organization_id)
+        except DomainError as exc:
+            raise ValidationError(exc.message) from None
         return data
 
 

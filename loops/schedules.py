@@ -1,17 +1,19 @@
 """Cron schedules: validation, next-time computation (croniter, per time zone) and firing."""
 
 import logging
+import time
 from datetime import datetime
 from functools import cache
 from zoneinfo import ZoneInfo, available_timezones
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.audit import Actor, record
 from loops.models import Loop, Schedule
-from loops_project.errors import DomainError, Invalid
+from loops_project.errors import Conflict, DomainError, Invalid
 from runs import dispatch
 from runs.models import TriggerType
 from runs.services import check_input, run_trigger
@@ -81,12 +83,23 @@ def schedule_create(
     next_run = next_times(cron, timezone_name)[0]
     input = {} if input is None else input
     check_input(input)
+    check_room_for_schedule(loop.organization_id)
     schedule = Schedule.objects.create(
         loop=loop, cron=cron, timezone=timezone_name, input=input, enabled=enabled,
         next_run_at=next_run if enabled else None, queue=dispatch.queue_key(),
     )  # fmt: skip
     _audit(actor, schedule, "schedule.create", _shown(schedule))
     return schedule
+
+
+def check_room_for_schedule(organization_id: str) -> None:
+    """Conflict when the organization has LOOPS_MAX_SCHEDULES_PER_ORG schedules already."""
+    limit = settings.LOOPS_MAX_SCHEDULES_PER_ORG
+    if Schedule.objects.filter(loop__organization_id=organization_id).count() >= limit:
+        raise Conflict(
+            f"The organization has {limit} schedules, the most it may have: delete one first",
+            code="too_many_schedules",
+        )
 
 
 @transaction.atomic
@@ -116,16 +129,21 @@ def schedule_delete(*, schedule: Schedule, actor: Actor | None = None) -> None:
     schedule.delete()
 
 
-def fire_due_schedules(now: datetime | None = None) -> int:
+def fire_due_schedules(now: datetime | None = None, seconds: float | None = None) -> int:
     """Start one `system` run for every enabled schedule of this cluster's queue that is due
-    (its run is queued there too); returns how many. A schedule whose run cannot start (paused
-    loop, input over the limit) is skipped with a warning and moves on to its next time."""
+    (its run is queued there too), the longest due first; returns how many. A schedule whose
+    run cannot start (paused loop, input over the limit) is skipped with a warning and moves on
+    to its next time. With `seconds`, it stops once that time is spent (the clock's round: the
+    rest wait for the next round, and timers are not held up behind them)."""
     now = now or timezone.now()
+    until = None if seconds is None else time.monotonic() + seconds
     fired = 0
     due = Schedule.objects.filter(
         queue=dispatch.queue_key(), enabled=True, next_run_at__lte=now
-    ).values_list("pk", flat=True)
-    for schedule_id in list(due[:500]):
+    ).order_by("next_run_at")
+    for n, schedule_id in enumerate(list(due.values_list("pk", flat=True)[:500])):
+        if n and until is not None and time.monotonic() >= until:
+            break  # at least one a round, whatever the time
         with transaction.atomic():
             schedule = (
                 Schedule.objects.select_for_update(skip_locked=True)

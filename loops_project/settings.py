@@ -372,6 +372,9 @@ LOOPS_MAX_WEBHOOKS_PER_ORG = env_int("LOOPS_MAX_WEBHOOKS_PER_ORG", 20)
 # Every claim of a run looks at the oldest pending run of each loop (runs.state), so one
 # organization's loops, each with a run waiting, would slow every claim of every organization.
 LOOPS_MAX_LOOPS_PER_ORG = env_int("LOOPS_MAX_LOOPS_PER_ORG", 200)
+# Every schedule due is fired by the clock of its queue; an organization's schedules are
+# bounded so that its own do not hold back everyone else's at the top of the minute.
+LOOPS_MAX_SCHEDULES_PER_ORG = env_int("LOOPS_MAX_SCHEDULES_PER_ORG", 100)
 
 LOGGING = {
     "version": 1,

@@ -28,6 +28,7 @@ from django.db import DatabaseError, close_old_connections, transaction
 from django.utils import timezone
 
 from accounts.audit_log import prune_audit
+from loops.models import Schedule
 from loops.schedules import fire_due_schedules
 from runs import approvals, dispatch, reactions, state
 from runs.bulk import bulk_revive_stalled
@@ -75,17 +76,22 @@ def _fire(timer: Timer) -> None:
 
 
 def next_due(now: datetime) -> float | None:
-    """Seconds until the next timer is due, if one is."""
+    """Seconds until the next timer or schedule is due, if one is (a schedule left over from
+    a round that ran out of time is due already)."""
     timers = Timer.objects.filter(queue=dispatch.queue_key())
-    due_at = timers.order_by("due_at").values_list("due_at", flat=True).first()
-    return None if due_at is None else (due_at - now).total_seconds()
+    due_at = [timers.order_by("due_at").values_list("due_at", flat=True).first()]
+    schedules = Schedule.objects.filter(queue=dispatch.queue_key(), enabled=True)
+    due_at.append(schedules.order_by("next_run_at").values_list("next_run_at", flat=True).first())
+    due_at = [when for when in due_at if when is not None]
+    return (min(due_at) - now).total_seconds() if due_at else None
 
 
 def round_(now: datetime | None = None) -> float:
     """One round of the clock; returns how long to sleep before the next."""
     now = now or timezone.now()
     fire_due_timers(now)
-    fire_due_schedules(now)
+    # A round's schedules take at most one tick: the timers of the next round wait no longer.
+    fire_due_schedules(now, seconds=settings.LOOPS_CLOCK_SECONDS)
     for change in state.release_expired():
         if change.status == RunStatus.FAILED:
             logger.error("run %s: its worker died for the last time (LOOPS_MAX_LOST_EXECUTIONS); "

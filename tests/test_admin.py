@@ -483,6 +483,18 @@ def test_schedule_added_in_admin_gets_its_next_run_time(admin_client, data):
     assert schedule.next_run_at.minute == 30
 
 
+def test_a_schedule_over_the_organizations_limit_is_refused_in_admin(admin_client, data, settings):
+    loop = data[Loop]
+    settings.LOOPS_MAX_SCHEDULES_PER_ORG = Schedule.objects.filter(
+        loop__organization=loop.organization
+    ).count()
+    fields = {"loop": loop.pk, "cron": "0 7 * * *", "timezone": "UTC", "input": "{}"}
+    response = admin_client.post(admin_url(Schedule, "add"), fields)
+    assert response.status_code == 200  # the form again, with the reason
+    assert "the most it may have" in response.content.decode()
+    assert not Schedule.objects.filter(cron="0 7 * * *").exists()
+
+
 def test_webhook_added_in_admin_gets_a_secret_that_is_not_shown(admin_client, org):
     admin_client.post(
         admin_url(Webhook, "add"),

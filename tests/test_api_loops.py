@@ -71,6 +71,18 @@ def test_an_organization_has_at_most_its_loops_and_others_are_not_counted(
     ) == ["greeting", "second"]
 
 
+def test_an_organization_has_at_most_its_schedules(api, loop, settings):
+    settings.LOOPS_MAX_SCHEDULES_PER_ORG = 2
+    other = LoopFactory(organization=loop.organization, slug="other")
+    path = "/api/v1/loops/{}/schedules"
+    assert api.post(path.format("greeting"), json={"cron": "0 9 * * *"}).status_code == 201
+    assert api.post(path.format("other"), json={"cron": "0 9 * * *"}).status_code == 201
+    response = api.post(path.format("other"), json={"cron": "0 10 * * *"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "too_many_schedules"
+    assert other.schedules.count() == 1
+
+
 def test_patch_name_description_and_paused(api, loop):
     response = api.patch(
         "/api/v1/loops/greeting", json={"name": "Greeter", "description": "Says hi"}

@@ -16,7 +16,7 @@ from loops.models import Schedule
 from loops.schedules import fire_due_schedules, schedule_create
 from loops_project import ids
 from runs import dispatch
-from runs.clock import fire_due_timers, next_due
+from runs.clock import fire_due_timers, next_due, round_
 from runs.models import Run, RunStatus, Step, StepStatus, Timer, TimerKind
 from tests.factories import LoopFactory, RunFactory
 
@@ -91,3 +91,25 @@ def test_a_clock_fires_only_the_timers_and_schedules_of_its_own_queue(org, loop,
     assert (fire_due_timers(later), fire_due_schedules(later)) == (1, 1)
     assert Run.objects.get(pk=sleeper).status == RunStatus.PENDING
     assert Run.objects.get(loop=loop).queue == "production"
+
+
+def test_a_rounds_schedules_take_one_tick_and_hold_no_timer_back(org, other_org, settings):
+    """An organization's schedules all due at the top of the minute are fired over as many
+    rounds as they take, the next round at once; another organization's timer is fired by the
+    first round and waits for none of them."""
+    settings.LOOPS_CLOCK_SECONDS = 0  # the shortest tick: one schedule a round
+    busy = LoopFactory(organization=org)
+    for _ in range(3):
+        schedule_create(loop=busy, cron="* * * * *")
+    due = timezone.now() - timedelta(seconds=1)
+    Schedule.objects.update(next_run_at=due)
+    (sleeper,) = _sleeping_runs(other_org, 1, due)
+
+    round_()
+    assert Run.objects.get(pk=sleeper).status == RunStatus.PENDING
+    assert Run.objects.filter(loop=busy).count() == 1
+    assert next_due(timezone.now()) <= 0  # the next round follows at once
+    round_()
+    round_()
+    assert Run.objects.filter(loop=busy).count() == 3
+    assert next_due(timezone.now()) > 0
