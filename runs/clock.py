@@ -22,17 +22,19 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from accounts.audit_log import prune_audit
 from loops.models import Schedule
 from loops.schedules import fire_due_schedules
+from loops_project import sql
 from runs import approvals, dispatch, reactions, state
 from runs.bulk import bulk_revive_stalled
-from runs.models import RunStatus, Timer, TimerKind
+from runs.models import Run, RunStatus, Step, Timer, TimerKind
 from runs.senders import Senders
 
 logger = logging.getLogger(__name__)
@@ -43,23 +45,56 @@ _pruned_at = [0.0]  # this process's last prune (time.monotonic())
 _revived_at = [0.0]  # and its last look for stalled bulk jobs
 
 
-def fire_due_timers(now: datetime | None = None) -> int:
-    """Fire every timer of this cluster's queue due at `now`; returns how many fired."""
+def fire_due_timers(now: datetime | None = None, seconds: float | None = None) -> int:
+    """Fire the timers of this cluster's queue due at `now`, BATCH at a time, in fair turns
+    between organizations (each one's longest due first, `_fair_due`): a burst of one
+    organization's timers (a batch of runs that sleep until the same moment) does not hold
+    back another's. Returns how many fired. With `seconds`, it stops after the batch that
+    spends that time (the clock's round: the rest fire in the next one, at once)."""
     now = now or timezone.now()
+    until = None if seconds is None else time.monotonic() + seconds
     fired = 0
     while True:
+        picked = _fair_due(now)
         with transaction.atomic():
             due = list(
                 Timer.objects.select_for_update(skip_locked=True)
-                .filter(queue=dispatch.queue_key(), due_at__lte=now)
-                .order_by("due_at")[:BATCH]
+                .filter(pk__in=picked, due_at__lte=now)
+                .order_by("due_at")
             )
             for timer in due:
                 _fire(timer)
             Timer.objects.filter(pk__in=[t.pk for t in due]).delete()
         fired += len(due)
-        if len(due) < BATCH:
+        # Done when no more are due, when another clock holds these (it fires the rest too),
+        # or when the round's time is spent.
+        if len(picked) < BATCH or not due or (until is not None and time.monotonic() >= until):
             return fired
+
+
+def _fair_due(now: datetime) -> list[int]:
+    """Up to BATCH due timers of this queue: each organization's first, then each one's
+    second, and so on, oldest first at each rank. Not locked (the caller locks them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_fair_due_sql(), [dispatch.queue_key(), now, BATCH])
+        return [pk for (pk,) in cursor.fetchall()]
+
+
+@cache
+def _fair_due_sql() -> str:
+    t, s, r = sql.table(Timer), sql.table(Step), sql.table(Run)
+    tc = lambda name: sql.column(Timer, name)  # noqa: E731
+    # A timer's target is its step (TimerKind.STEP, APPROVAL); the step's run has the
+    # organization. Table and column names from the models; every value is a parameter.
+    return (
+        f"SELECT id FROM (SELECT t.{tc('id')} AS id, t.{tc('due_at')} AS due_at, "  # noqa: S608
+        f"row_number() OVER (PARTITION BY r.{sql.column(Run, 'organization')} "
+        f"ORDER BY t.{tc('due_at')}, t.{tc('id')}) AS nth FROM {t} t "
+        f"LEFT JOIN {s} s ON s.{sql.column(Step, 'id')} = t.{tc('target')} "
+        f"LEFT JOIN {r} r ON r.{sql.column(Run, 'id')} = s.{sql.column(Step, 'run')} "
+        f"WHERE t.{tc('queue')} = %s AND t.{tc('due_at')} <= %s) due "
+        "ORDER BY nth, due_at, id LIMIT %s"
+    )
 
 
 def _fire(timer: Timer) -> None:
@@ -89,8 +124,9 @@ def next_due(now: datetime) -> float | None:
 def round_(now: datetime | None = None) -> float:
     """One round of the clock; returns how long to sleep before the next."""
     now = now or timezone.now()
-    fire_due_timers(now)
-    # A round's schedules take at most one tick: the timers of the next round wait no longer.
+    # Timers, then schedules, take at most about one tick each (at least one batch, one
+    # schedule): what is left is due at once, so the next round follows without a sleep.
+    fire_due_timers(now, seconds=settings.LOOPS_CLOCK_SECONDS)
     fire_due_schedules(now, seconds=settings.LOOPS_CLOCK_SECONDS)
     for change in state.release_expired():
         if change.status == RunStatus.FAILED:

@@ -16,7 +16,7 @@ from loops.models import Schedule
 from loops.schedules import fire_due_schedules, schedule_create
 from loops_project import ids
 from runs import dispatch
-from runs.clock import fire_due_timers, next_due, round_
+from runs.clock import BATCH, fire_due_timers, next_due, round_
 from runs.models import Run, RunStatus, Step, StepStatus, Timer, TimerKind
 from tests.factories import LoopFactory, RunFactory
 
@@ -113,3 +113,18 @@ def test_a_rounds_schedules_take_one_tick_and_hold_no_timer_back(org, other_org,
     round_()
     assert Run.objects.filter(loop=busy).count() == 3
     assert next_due(timezone.now()) > 0
+
+
+def test_a_burst_of_one_organizations_timers_holds_back_no_others(org, other_org):
+    """Timers fire in fair turns: another organization's timer, due after the whole burst,
+    fires in the first batch; the burst goes on in the batches after."""
+    now = timezone.now()
+    burst = _sleeping_runs(org, 2 * BATCH + 50, now - timedelta(seconds=2))
+    (theirs,) = _sleeping_runs(other_org, 1, now - timedelta(seconds=1))
+
+    assert fire_due_timers(now, seconds=0) == BATCH  # one batch, as a round with no time left
+    assert Run.objects.get(pk=theirs).status == RunStatus.PENDING
+    woken = Run.objects.filter(pk__in=burst, status=RunStatus.PENDING).count()
+    assert woken == BATCH - 1
+    assert fire_due_timers(now) == 2 * BATCH + 50 - woken  # the rest
+    assert not Run.objects.filter(pk__in=burst, status=RunStatus.WAITING).exists()
