@@ -12,8 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.audit import Actor, record
+from accounts.limits import check_room
 from loops.models import Loop, Schedule
-from loops_project.errors import Conflict, DomainError, Invalid
+from loops_project.errors import DomainError, Invalid
 from runs import dispatch
 from runs.models import TriggerType
 from runs.services import check_input, run_trigger
@@ -94,12 +95,12 @@ def schedule_create(
 
 def check_room_for_schedule(organization_id: str) -> None:
     """Conflict when the organization has LOOPS_MAX_SCHEDULES_PER_ORG schedules already."""
-    limit = settings.LOOPS_MAX_SCHEDULES_PER_ORG
-    if Schedule.objects.filter(loop__organization_id=organization_id).count() >= limit:
-        raise Conflict(
-            f"The organization has {limit} schedules, the most it may have: delete one first",
-            code="too_many_schedules",
-        )
+    check_room(
+        Schedule.objects.filter(loop__organization_id=organization_id),
+        settings.LOOPS_MAX_SCHEDULES_PER_ORG,
+        "schedules",
+        hint="delete one first",
+    )
 
 
 @transaction.atomic

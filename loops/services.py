@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.audit import Actor, record
+from accounts.limits import check_room
 from accounts.models import CONCURRENCY_LIMIT_MAX, Organization
 from loops.models import Loop, LoopVersion, TestInput
 from loops.validation import validate_code
@@ -87,13 +88,12 @@ def loop_create(
                       details={"field": "slug"})  # fmt: skip
     if Loop.objects.filter(organization=organization, slug=slug).exists():
         raise Conflict(f"A loop with slug '{slug}' already exists", code="slug_taken")
-    limit = settings.LOOPS_MAX_LOOPS_PER_ORG
-    if Loop.objects.filter(organization=organization).count() >= limit:
-        raise Conflict(
-            f"The organization has {limit} loops, the most it may have: delete one first, "
-            "or ask your administrator to raise LOOPS_MAX_LOOPS_PER_ORG",
-            code="too_many_loops",
-        )
+    check_room(
+        Loop.objects.filter(organization=organization),
+        settings.LOOPS_MAX_LOOPS_PER_ORG,
+        "loops",
+        hint="delete one first, or ask your administrator to raise LOOPS_MAX_LOOPS_PER_ORG",
+    )
     try:
         with transaction.atomic():
             loop = Loop.objects.create(

@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.audit import Actor, record
+from accounts.limits import check_room
 from accounts.models import Organization
 from loops.models import Loop
 from loops_project import sql
@@ -98,13 +99,12 @@ def webhook_create(
 ) -> Webhook:  # fmt: skip
     events = _clean(url, events)
     _check_loop(organization.pk, loop)
-    limit = settings.LOOPS_MAX_WEBHOOKS_PER_ORG
-    if Webhook.objects.filter(organization=organization).count() >= limit:
-        raise Conflict(
-            f"The organization has {limit} webhooks, the most it may have: delete one first "
-            "(one webhook may take every event of every loop).",
-            code="too_many_webhooks",
-        )
+    check_room(
+        Webhook.objects.filter(organization=organization),
+        settings.LOOPS_MAX_WEBHOOKS_PER_ORG,
+        "webhooks",
+        hint="delete one first (one webhook may take every event of every loop).",
+    )
     webhook = Webhook.objects.create(
         organization=organization, loop=loop, url=url, events=events,
         secret="whsec_" + secrets.token_urlsafe(24),
