@@ -375,6 +375,9 @@ LOOPS_MAX_LOOPS_PER_ORG = env_int("LOOPS_MAX_LOOPS_PER_ORG", 200)
 # Every schedule due is fired by the clock of its queue; an organization's schedules are
 # bounded so that its own do not hold back everyone else's at the top of the minute.
 LOOPS_MAX_SCHEDULES_PER_ORG = env_int("LOOPS_MAX_SCHEDULES_PER_ORG", 100)
+# A running bulk job holds a worker for a few seconds at a time (runs.bulk): an organization's
+# jobs run one at a time by default, so that they leave the other workers to everyone's runs.
+LOOPS_MAX_BULK_JOBS_PER_ORG = env_int("LOOPS_MAX_BULK_JOBS_PER_ORG", 1)
 
 LOGGING = {
     "version": 1,

@@ -37,12 +37,14 @@ from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import CharField, Q, QuerySet, Value
 from django.http import Http404
 from django.utils import timezone
 
 from accounts.audit import Actor, record
+from accounts.limits import check_room
 from accounts.models import ActorType, Organization
 from loops_project import sql
 from loops_project.errors import Conflict, DomainError, Invalid
@@ -137,6 +139,12 @@ def bulk_job_create(*, organization: Organization, action: str, filter: dict,
             details={"field": "action"},
         )  # fmt: skip
     filter = clean_filter(filter)
+    check_room(
+        BulkJob.objects.filter(organization=organization, status=BulkStatus.RUNNING),
+        settings.LOOPS_MAX_BULK_JOBS_PER_ORG,
+        "running bulk jobs",
+        hint="wait for one to finish, or cancel it",
+    )
     runs = bulk_runs(organization=organization, filter=filter)
     now = timezone.now()
     with transaction.atomic():

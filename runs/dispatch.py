@@ -33,7 +33,7 @@ from django_q.signing import SignedPackage
 from django_q.tasks import async_task
 
 from loops_project import sql
-from runs.models import Timer
+from runs.models import BulkJob, BulkStatus, Timer
 
 WORK_TASK = "runs.tasks.work"
 BULK_TASK = "runs.tasks.bulk_work"
@@ -92,7 +92,8 @@ def turns_wanted() -> int:
 
 @cache
 def turn_statement(source: str | None = None) -> str:
-    """The insert of a turn (ORM broker) if fewer than `turns_wanted()` are queued, for one
+    """The insert of a turn (ORM broker) if fewer than `turns_wanted()` are queued (beside the
+    bulk jobs' tasks), for one
     statement of its own or for statements that add it to theirs (a run's insert, the trigger
     URL's): with `source`, only for each row of that CTE. Its parameters: `turn_params()`."""
     names = ", ".join(sql.quote(f.column) for f in QUEUE_FIELDS)
@@ -101,8 +102,16 @@ def turn_statement(source: str | None = None) -> str:
         f"INSERT INTO {sql.table(OrmQ)} ({names}) "
         f"SELECT {', '.join(sql.cast(f) for f in QUEUE_FIELDS)} "
         + (f"FROM {source} " if source else "")
-        + f"WHERE (SELECT count(*) FROM {sql.table(OrmQ)} WHERE {key} = %s AND {lock} <= %s) < %s"
+        + f"WHERE (SELECT count(*) FROM {sql.table(OrmQ)} WHERE {key} = %s AND {lock} <= %s) "
+        f"< %s + ({_bulk_tasks_sql()})"
     )
+
+
+def _bulk_tasks_sql() -> str:
+    """How many tasks of bulk jobs may be in the queue (runs.bulk: one per running job): the
+    queue holds them beside the turns, and they are not turns (they must not keep one out)."""
+    status = sql.column(BulkJob, "status")
+    return f"SELECT count(*) FROM {sql.table(BulkJob)} WHERE {status} = '{BulkStatus.RUNNING}'"
 
 
 def turn_params(now: datetime) -> list:
@@ -130,8 +139,12 @@ def wake_workers() -> None:
 def _push_turn() -> None:
     if Conf.SYNC:
         async_task(WORK_TASK, broker=broker())
-    elif broker().queue_size() < turns_wanted():
+    elif broker().queue_size() < turns_wanted() + _bulk_tasks():
         broker().enqueue(package(WORK_TASK))
+
+
+def _bulk_tasks() -> int:
+    return BulkJob.objects.filter(status=BulkStatus.RUNNING).count()
 
 
 def queue_bulk_work(job_id: str, token: str) -> None:

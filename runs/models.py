@@ -576,7 +576,13 @@ class BulkJob(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["organization", "-created_at"], name="bulk_org_created")]
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="bulk_org_created"),
+            # The running jobs: each has a task in the workers' queue (runs.dispatch).
+            models.Index(
+                fields=["organization"], name="bulk_running", condition=models.Q(status="running")
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(done__lte=models.F("total") - models.F("failed")),

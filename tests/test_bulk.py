@@ -462,6 +462,39 @@ def test_nothing_matching_is_a_job_already_done(org, loop):
     assert AuditEvent.objects.get().details["total"] == 0
 
 
+def test_an_organization_runs_one_bulk_job_at_a_time_and_another_is_not_held(
+    api, org, loop, other_org
+):
+    """A running job holds a worker for a few seconds at a time: an organization's jobs run
+    one at a time (LOOPS_MAX_BULK_JOBS_PER_ORG); another organization's are its own."""
+    waiting(loop, 3)
+    first = api.post("/api/v1/runs/bulk", json={"action": "cancel", "filter": {}})
+    assert first.status_code == 202, first.text
+    second = api.post("/api/v1/runs/bulk", json={"action": "resume", "filter": {}})
+    assert second.status_code == 409
+    assert second.json()["error"]["code"] == "too_many_running_bulk_jobs"
+    assert "wait for one to finish" in second.json()["error"]["message"]
+    assert BulkJob.objects.filter(organization=org).count() == 1
+    waiting(LoopFactory(organization=other_org), 1)
+    theirs = bulk.bulk_job_create(organization=other_org, action="cancel", filter={}, actor=ACTOR)
+    assert theirs.status == "running"
+
+
+def test_the_bulk_jobs_tasks_keep_no_turn_out_of_the_workers_queue(org, loop, other_org, settings):
+    """Each running job has a task waiting in the workers' queue, beside the turns that start
+    runs: with as many of them as there are workers, a run must still get a turn."""
+    settings.LOOPS_WORKERS = 2
+    for organization in (org, other_org):
+        waiting(LoopFactory(organization=organization), 2)
+        bulk.bulk_job_create(organization=organization, action="cancel", filter={}, actor=ACTOR)
+    assert OrmQ.objects.count() == 2  # the jobs' tasks
+    dispatch.wake_workers()  # a run was triggered
+    assert OrmQ.objects.count() == 3
+    dispatch.wake_workers()
+    dispatch.wake_workers()
+    assert OrmQ.objects.count() == 4  # turns_wanted() turns wait, no more
+
+
 # --- Pages ------------------------------------------------------------------------------------
 
 
