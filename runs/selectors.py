@@ -192,10 +192,15 @@ def page_runs(qs: QuerySet, *, sort: str = "-createdAt", limit: int = 10, offset
                 # instead of filtering every row before it (deep pages stay fast).
                 after &= Q(**{f"{field}__{'lte' if desc else 'gte'}": value})
         qs = qs.filter(after)
-    rows = list(qs[offset : offset + limit + 1])
-    has_more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = _encode_cursor(sort, getattr(rows[-1], field), rows[-1].pk) if has_more else None
+    # The page's ids first, on plain columns; then its rows: whatever the list computes per
+    # row (without_values' heads of each input and output) is computed for the page only,
+    # not for every row the database sorts or skips on its way to it.
+    ids = list(qs.values_list("pk", flat=True)[offset : offset + limit + 1])
+    order = {pk: n for n, pk in enumerate(ids)}
+    rows = sorted(qs.filter(pk__in=ids[:limit]), key=lambda row: order[row.pk])
+    has_more = len(ids) > limit
+    last = rows[-1] if has_more and rows else None
+    next_cursor = _encode_cursor(sort, getattr(last, field), last.pk) if last else None
     return rows, has_more, next_cursor
 
 
