@@ -74,7 +74,7 @@ def loop_create(
     """Create a loop, and deploy its first version when code is given. `actor` (who asked)
     is recorded in the audit log; None is an internal call its caller accounts for."""
     if code is not None:
-        validate_code(code)  # before anything is saved
+        validate_code(code, organization.pk)  # before anything is saved
     if not slug or slugify(slug) != slug or len(slug) > SLUG_MAX_LENGTH:
         raise Invalid(
             f"slug must be 1 to {SLUG_MAX_LENGTH} lower-case letters, digits and hyphens",
@@ -121,7 +121,7 @@ def loop_deploy(
     actor: Actor | None = None,
 ) -> LoopVersion:  # fmt: skip
     """Validate the code, save it as the next version and make that version active."""
-    validate_code(code)
+    validate_code(code, loop.organization_id)
     # Lock the loop so that two deploys never take the same number.
     locked = Loop.objects.select_for_update().get(pk=loop.pk)
     number = (locked.versions.aggregate(n=Max("number"))["n"] or 0) + 1

@@ -41,3 +41,10 @@ class NotFound(DomainError):
 class Forbidden(DomainError):
     status = 403
     code = "forbidden"
+
+
+class Busy(DomainError):
+    """The organization already does as many of these at once as it may: try again soon."""
+
+    status = 429
+    code = "busy"

@@ -378,6 +378,9 @@ LOOPS_MAX_SCHEDULES_PER_ORG = env_int("LOOPS_MAX_SCHEDULES_PER_ORG", 100)
 # A running bulk job holds a worker for a few seconds at a time (runs.bulk): an organization's
 # jobs run one at a time by default, so that they leave the other workers to everyone's runs.
 LOOPS_MAX_BULK_JOBS_PER_ORG = env_int("LOOPS_MAX_BULK_JOBS_PER_ORG", 1)
+# Programs an organization's deploys and test runs may have checked at once (each costs up to a
+# few seconds of a web worker's CPU for the largest programs).
+LOOPS_COMPILES_PER_ORG = env_int("LOOPS_COMPILES_PER_ORG", 2)
 
 LOGGING = {
     "version": 1,

@@ -9,59 +9,21 @@ released when it ends (or with its connection, if the process dies). Elsewhere (
 machine) it holds within each web process.
 """
 
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import connection
 
+from loops_project.slots import slot
 from runs.models import Run
 
 POLL_SECONDS = 0.05
-LIVE_LOCK = 7_270_012  # pg_try_advisory_lock(LIVE_LOCK, slot): a live wait's slot
-_TRY = "SELECT pg_try_advisory_lock(%s, hashtext(%s))"
-_RELEASE = "SELECT pg_advisory_unlock(%s, hashtext(%s))"
-
-_waiting: Counter = Counter()  # this process's live waits by organization (not PostgreSQL)
-_waiting_lock = threading.Lock()
-
-
-@contextmanager
-def slot(organization_id: str) -> Iterator[bool]:
-    """Whether a slot of the organization's live waits was free; held until the block ends."""
-    slots = settings.LOOPS_LIVE_WAITS_PER_ORG
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            for number in range(slots):
-                key = f"{organization_id}:{number}"
-                cursor.execute(_TRY, [LIVE_LOCK, key])
-                if cursor.fetchone()[0]:
-                    try:
-                        yield True
-                    finally:
-                        cursor.execute(_RELEASE, [LIVE_LOCK, key])
-                    return
-        yield False
-        return
-    with _waiting_lock:
-        free = _waiting[organization_id] < slots
-        if free:
-            _waiting[organization_id] += 1
-    try:
-        yield free
-    finally:
-        if free:
-            with _waiting_lock:
-                _waiting[organization_id] -= 1
+LIVE_LOCK = 7_270_012  # the advisory locks' space of live waits' slots (loops_project.slots)
 
 
 def wait_for_end(run: Run, timeout: float, runs=Run.objects) -> Run | None:
     """The run (read through `runs`) once it has ended, or None when the timeout passes
     first, or at once when its organization already waits live for as many runs as it may."""
-    with slot(run.organization_id) as free:
+    with slot(LIVE_LOCK, run.organization_id, settings.LOOPS_LIVE_WAITS_PER_ORG) as free:
         if not free:
             return None
         deadline = time.monotonic() + timeout

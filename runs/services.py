@@ -82,7 +82,7 @@ def run_trigger(
                 return existing
         check_input(input)
         if mode == RunMode.TEST:
-            validate_code(test_code or "")
+            validate_code(test_code or "", loop.organization_id)
             version = None
         else:
             check_triggerable(loop)

@@ -4,8 +4,10 @@ import pytest
 
 from loops.demo import GREETING_CODE
 from loops.models import Loop, LoopVersion
+from loops.validation import COMPILE_LOCK
+from loops_project.slots import slot
 from runs.models import Run
-from tests.factories import LoopFactory
+from tests.factories import LoopFactory, make_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,6 +120,27 @@ def test_a_loop_without_a_version_answers_triggers_with_409(api, org):
     response = api.post("/api/loop/acme/empty", json={})
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "no_active_version"
+
+
+def test_an_organization_checks_its_programs_a_few_at_a_time(api, loop, other_org, settings):
+    """Checking a large program takes seconds of a web worker's CPU: an organization has
+    LOOPS_COMPILES_PER_ORG checked at once, and one more is 429 `busy`, not queued; another
+    organization's deploys are not held."""
+    settings.LOOPS_COMPILES_PER_ORG = 1
+    theirs = LoopFactory(organization=other_org)
+    with slot(COMPILE_LOCK, loop.organization_id, 1) as free:  # a deploy being checked
+        assert free
+        response = api.post("/api/v1/loops/greeting/versions", json={"code": GREETING_CODE})
+        assert response.status_code == 429
+        assert response.json()["error"]["code"] == "busy"
+        assert "try again" in response.json()["error"]["message"]
+        headers = {"Authorization": f"Bearer {make_token(other_org)}"}
+        other = api.post(f"/api/v1/loops/{theirs.slug}/versions", json={"code": GREETING_CODE},
+                         headers=headers)  # fmt: skip
+        assert other.status_code == 201, other.text
+    assert loop.versions.count() == 1
+    after = api.post("/api/v1/loops/greeting/versions", json={"code": GREETING_CODE})
+    assert after.status_code == 201
 
 
 def test_deploy_lists_newest_first_retrieves_code_and_rolls_back(api, loop):

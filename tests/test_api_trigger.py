@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from loops_project.slots import slot
 from runs import dispatch, live
 from runs.models import Batch, Run, RunStatus
 from tests.factories import LoopFactory, RunFactory, make_token
@@ -178,7 +179,8 @@ def test_an_organization_waits_live_for_at_most_its_share_of_the_web_workers(
     LoopFactory(organization=other_org, slug="greeting", code=loop.active_version.code)
     other = httpx.Client(base_url=live_server.url, timeout=60,
                          headers={"Authorization": f"Bearer {make_token(other_org)}"})  # fmt: skip
-    with other, live.slot(loop.organization_id) as held:  # the organization's one live wait
+    held_wait = slot(live.LIVE_LOCK, loop.organization_id, 1)  # the organization's one live wait
+    with other, held_wait as held:
         assert held
         started = time.monotonic()
         busy = api.post("/api/loop/acme/greeting?mode=live&timeout=30", json={"name": "Al"})
