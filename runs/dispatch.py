@@ -139,8 +139,11 @@ def wake_workers() -> None:
 def _push_turn() -> None:
     if Conf.SYNC:
         async_task(WORK_TASK, broker=broker())
-    elif broker().queue_size() < turns_wanted() + _bulk_tasks():
-        broker().enqueue(package(WORK_TASK))
+    else:
+        queued = broker().queue_size()
+        # The bulk jobs' count is asked only when the queue looks full (rarely).
+        if queued < turns_wanted() or queued < turns_wanted() + _bulk_tasks():
+            broker().enqueue(package(WORK_TASK))
 
 
 def _bulk_tasks() -> int:
